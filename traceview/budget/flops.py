@@ -1,0 +1,185 @@
+"""FLOP and byte counts per operator: pure functions of the model shapes, no hardware.
+
+FLOPs are 2 x MACs, returned in GFLOP (1e9) as the seed does; bytes are plain bytes (the timing
+layer converts them with the seed's MiB convention).  Formulas follow seeds/001 line for line,
+including its choices: the KV-cache hit rate only discounts the KV down-projection, attention is
+counted over the full q_len x kv_len rectangle (no causal halving), and in the standard MLA the
+output projection ``wo`` is counted with the attention (BF16) part.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .models import ModelConfig
+
+__all__ = [
+    "AttentionFlops",
+    "mla_flops",
+    "mla_absorbed_flops",
+    "gqa_flops",
+    "attention_flops",
+    "dense_mlp_flops",
+    "expert_flops",
+    "tp_allreduce_bytes",
+    "prefill_dispatch_bytes",
+    "decode_dispatch_bytes",
+    "kv_cache_bytes",
+    "mla_params",
+    "expert_params",
+]
+
+GFLOP = 1e9
+
+
+class AttentionFlops(NamedTuple):
+    """GFLOP of one attention block: ``gemm`` (projections, run in FP8 by the seed) and
+    ``attention`` (score/value products and, for MLA, the output projection; BF16)."""
+
+    total: float
+    gemm: float
+    attention: float
+
+
+def _pack(gemm_macs: float, attn_macs: float) -> AttentionFlops:
+    gemm = gemm_macs * 2 / GFLOP
+    attn = attn_macs * 2 / GFLOP
+    return AttentionFlops(gemm + attn, gemm, attn)
+
+
+def _q_in(m: ModelConfig) -> int:
+    """Width feeding the query up-projection: q_lora_rank, or dim when queries are uncompressed."""
+    return m.q_lora_rank if m.q_lora_rank > 0 else m.dim
+
+
+def mla_flops(m: ModelConfig, q_len: float, kv_len: float, kv_cache_rate: float = 0.0) -> AttentionFlops:
+    """Standard (non-absorbed) MLA, the seed's ``mla_flops``: prefill's form.
+
+    ``kv_cache_rate`` is the fraction of the kv_len keys whose latent is already cached, so only
+    their down-projection (``wkv_a``) is skipped.  1 token over 1 key on DeepSeek-V3:
+    0.3743 GFLOP = 0.1393 GEMM + 0.2350 attention.
+    """
+    h = m.n_heads
+    q_down = q_len * m.dim * m.q_lora_rank if m.q_lora_rank > 0 else 0
+    q_up = q_len * _q_in(m) * h * (m.qk_nope_head_dim + m.qk_rope_head_dim)
+    kv_down = kv_len * m.dim * (m.kv_lora_rank + m.qk_rope_head_dim) * (1 - kv_cache_rate)
+    k_up = kv_len * m.kv_lora_rank * h * m.qk_nope_head_dim
+    v_up = kv_len * m.kv_lora_rank * h * m.v_head_dim
+    gemm = q_down + q_up + kv_down + k_up + v_up
+    mha = h * (
+        q_len * m.qk_rope_head_dim * kv_len + q_len * m.qk_nope_head_dim * kv_len + q_len * kv_len * m.v_head_dim
+    )
+    wo = q_len * h * m.v_head_dim * m.dim
+    return _pack(gemm, mha + wo)
+
+
+def mla_absorbed_flops(m: ModelConfig, q_len: float, kv_len: float, kv_cache_rate: float = 0.0) -> AttentionFlops:
+    """MLA with W_UK absorbed into the query and W_UV into ``wo`` (the seed's
+    ``mla_matabsob_flops``): decode's form, an MQA over the 576-wide latent."""
+    h = m.n_heads
+    q_down = q_len * m.dim * m.q_lora_rank if m.q_lora_rank > 0 else 0
+    q_rope_up = q_len * _q_in(m) * h * m.qk_rope_head_dim
+    q_absorb = q_len * h * _q_in(m) * m.kv_lora_rank
+    kv_down = kv_len * m.dim * (m.kv_lora_rank + m.qk_rope_head_dim) * (1 - kv_cache_rate)
+    gemm = q_down + q_rope_up + q_absorb + kv_down
+    mqa = h * (q_len * m.qk_rope_head_dim * kv_len + q_len * m.kv_lora_rank * kv_len + q_len * kv_len * m.kv_lora_rank)
+    o_absorb = q_len * h * m.kv_lora_rank * m.dim
+    return _pack(gemm, mqa + o_absorb)
+
+
+def gqa_flops(m: ModelConfig, q_len: float, kv_len: float, kv_cache_rate: float = 0.0) -> AttentionFlops:
+    """Grouped-query / multi-head attention (Qwen2, Baichuan), in the same shape as the MLA count.
+
+    ``gemm`` = Q and O projections over q_len tokens plus K/V projections over the uncached part
+    of kv_len; ``attention`` = QK^T and PV over the full q_len x kv_len rectangle.
+    """
+    hd = m.head_dim
+    q_proj = q_len * m.dim * m.n_heads * hd
+    kv_proj = kv_len * m.dim * 2 * m.n_kv_heads * hd * (1 - kv_cache_rate)
+    o_proj = q_len * m.n_heads * hd * m.dim
+    core = m.n_heads * (q_len * kv_len * hd * 2)
+    return _pack(q_proj + kv_proj + o_proj, core)
+
+
+def attention_flops(
+    m: ModelConfig, q_len: float, kv_len: float, kv_cache_rate: float = 0.0, absorbed: bool = False
+) -> AttentionFlops:
+    """The model's attention block: MLA (standard or absorbed) or GQA."""
+    if m.is_mla:
+        fn = mla_absorbed_flops if absorbed else mla_flops
+        return fn(m, q_len, kv_len, kv_cache_rate)
+    return gqa_flops(m, q_len, kv_len, kv_cache_rate)
+
+
+def dense_mlp_flops(m: ModelConfig, tokens: float) -> float:
+    """SwiGLU MLP (w1, w3: dim->inter, w2: inter->dim): 3 * tokens * dim * inter_dim * 2 / 1e9."""
+    return 3 * tokens * m.dim * m.inter_dim * 2 / GFLOP
+
+
+def expert_flops(m: ModelConfig, tokens: float) -> float:
+    """One expert (routed or shared) over ``tokens`` rows: 3 * tokens * dim * moe_inter_dim * 2 / 1e9.
+
+    For routed experts pass token-expert rows (tokens x top-k), as the seed does."""
+    return 3 * tokens * m.dim * m.moe_inter_dim * 2 / GFLOP
+
+
+def tp_allreduce_bytes(m: ModelConfig, tokens: float, bytes_per_value: int = 2) -> float:
+    """Tensor-parallel all-reduce of the attention output: tokens * dim * 2 bytes (BF16)."""
+    return tokens * m.dim * bytes_per_value
+
+
+def prefill_dispatch_bytes(
+    m: ModelConfig, seq_len: float, tp: int, dispatch_nodes: int, gpus_per_node: int = 8, bytes_per_value: int = 1
+) -> float:
+    """Bytes one node sends across the scale-out network for one MoE dispatch in prefill.
+
+    The seed: each of the node's gpus_per_node/tp DP groups sends its seq_len tokens (FP8) to
+    the dispatch_nodes - 1 other nodes it routes to.  Combine sends 2x (BF16)."""
+    return (dispatch_nodes - 1) * (gpus_per_node / tp) * seq_len * m.dim * bytes_per_value
+
+
+def decode_dispatch_bytes(m: ModelConfig, batch: float, bytes_per_value: int = 1) -> float:
+    """Bytes one GPU sends for one MoE dispatch in decode: batch * dim * top-k (FP8).
+    Combine sends 2x (BF16)."""
+    return batch * m.dim * m.n_activated_experts * bytes_per_value
+
+
+def kv_cache_bytes(m: ModelConfig, kv_len: float, batch: float = 1, bytes_per_value: int = 1) -> float:
+    """KV cache of one layer: kv_len * (512 + 64 for MLA) * batch values (FP8 = 1 byte)."""
+    return kv_len * m.kv_values_per_token * batch * bytes_per_value
+
+
+def mla_params(m: ModelConfig, absorbed: bool = False, bias: bool = False) -> float:
+    """Parameters of one attention block (MLA; GQA falls back to q/k/v/o).
+
+    The seed quotes 187.17M for standard MLA (ptflops with bias=True Linear layers) and
+    598.147M for the absorbed form (no bias)."""
+    if not m.is_mla:
+        hd = m.head_dim
+        return m.dim * hd * (2 * m.n_heads + 2 * m.n_kv_heads) + (
+            (m.n_heads + 2 * m.n_kv_heads) * hd + m.dim if bias else 0
+        )
+    h = m.n_heads
+    qi = _q_in(m)
+    if absorbed:
+        return (
+            (m.dim * m.q_lora_rank if m.q_lora_rank > 0 else 0)
+            + qi * h * m.qk_rope_head_dim
+            + h * qi * m.kv_lora_rank
+            + m.dim * (m.kv_lora_rank + m.qk_rope_head_dim)
+            + h * m.kv_lora_rank * m.dim
+        )
+    layers = [
+        (m.dim, m.q_lora_rank) if m.q_lora_rank > 0 else None,
+        (qi, h * (m.qk_nope_head_dim + m.qk_rope_head_dim)),
+        (m.dim, m.kv_lora_rank + m.qk_rope_head_dim),
+        (m.kv_lora_rank, h * (m.qk_nope_head_dim + m.v_head_dim)),
+        (h * m.v_head_dim, m.dim),
+    ]
+    return sum(i * o + (o if bias else 0) for i, o in (x for x in layers if x))
+
+
+def expert_params(m: ModelConfig, bias: bool = False) -> float:
+    """Parameters of one expert: 3 * dim * moe_inter_dim (the seed: 44.05M with biases)."""
+    p = 3 * m.dim * m.moe_inter_dim
+    return p + (2 * m.moe_inter_dim + m.dim if bias else 0)

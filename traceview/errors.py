@@ -18,3 +18,11 @@ class TraceError(Exception):
 
 class UsageError(Exception):
     """A bad option value or configuration (not tied to one trace file)."""
+
+
+class NotATraceError(TraceError):
+    """Valid input that is not a trace at all (e.g. a MANIFEST.json beside the ranks).
+
+    Named explicitly on the command line it is an error; met while scanning a directory
+    it is skipped with a note.
+    """

@@ -1,0 +1,113 @@
+"""The library facade: one call from a path to every table traceview reports.
+
+``analyze(path)`` runs the whole flow (load -> classify -> intervals -> metrics) and
+returns a ``TraceAnalysis``; the CLI, JSON, HTML and the CI gate all read that object, so
+each number is computed in exactly one place.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import polars as pl
+
+from .classify import RuleSet, classify, load_rules
+from .errors import NotATraceError, TraceError
+from .load import DEFAULT_MAX_BYTES, Trace, find_trace_files, load
+from .metrics import GpuMetrics, all_devices
+
+
+@dataclass
+class TraceAnalysis:
+    """Everything measured on one trace file (one rank)."""
+
+    trace: Trace
+    kernels: pl.DataFrame            # classified GPU events (category, role, launch columns)
+    gpus: list[GpuMetrics]
+    rules: RuleSet = field(repr=False, default=None)  # type: ignore[assignment]
+
+    @property
+    def file(self) -> str:
+        return str(self.trace.path)
+
+    @property
+    def rank(self) -> int | None:
+        return self.trace.rank
+
+    def unclassified(self) -> pl.DataFrame:
+        """Kernels no rule matched, by total time (shown in reports, never dropped)."""
+        return (self.kernels.filter(pl.col("category") == "unclassified")
+                .group_by("name").agg(pl.col("dur").sum().alias("time_us"), pl.len().alias("count"))
+                .sort("time_us", descending=True))
+
+    def top_kernels(self, n: int = 15) -> pl.DataFrame:
+        return (self.kernels.group_by("name", "category")
+                .agg(pl.col("dur").sum().alias("time_us"), pl.len().alias("count"))
+                .sort("time_us", descending=True).head(n))
+
+
+def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
+            max_bytes: int = DEFAULT_MAX_BYTES) -> TraceAnalysis:
+    """Load (unless given a ``Trace``), classify and measure one trace."""
+    trace = source if isinstance(source, Trace) else load(source, max_bytes=max_bytes)
+    rules = rules or load_rules()
+    kernels = classify(trace, rules)
+    gpus = all_devices(kernels)
+    for g in gpus:
+        g.name = trace.device_name(g.device)
+    return TraceAnalysis(trace=trace, kernels=kernels, gpus=gpus, rules=rules)
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, directories replaced by the trace files directly inside them.
+
+    Files found by scanning a directory are returned as ``ScannedPath`` so that a
+    non-trace JSON beside the ranks (a manifest) can be skipped instead of failing.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(ScannedPath(f) for f in find_trace_files(p))
+        elif not p.exists():
+            raise TraceError(p, "no such file or directory")
+        else:
+            out.append(p)
+    return out
+
+
+class ScannedPath(type(Path())):  # type: ignore[misc]
+    """A path found inside a directory rather than named by the user."""
+
+
+def _analyze_one(args) -> TraceAnalysis | TraceError | None:
+    path, rules_file, max_bytes = args
+    try:
+        return analyze(path, load_rules(rules_file), max_bytes)
+    except NotATraceError as e:
+        return None if isinstance(path, ScannedPath) else e
+    except TraceError as e:
+        return e
+
+
+def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> list[TraceAnalysis | TraceError]:
+    """Analyze several files (ranks), in parallel processes when ``jobs > 1``.
+
+    A bad file gives a ``TraceError`` in its place; the good ones are still analyzed.
+    """
+    work = [(p, rules_file, max_bytes) for p in paths]
+    if jobs <= 1 or len(paths) <= 1:
+        results = [_analyze_one(w) for w in work]
+    else:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(paths))) as pool:
+            results = list(pool.map(_analyze_one, work))
+    results = [r for r in results if r is not None]
+    if not results:
+        raise TraceError(paths[0].parent if paths else ".", "no trace files among the inputs")
+    # ranks in rank order; files without a rank keep their (sorted) position after them
+    return sorted(results, key=lambda r: (0, r.rank, r.file) if isinstance(r, TraceAnalysis) and r.rank is not None
+                  else (1, 0, r.file if isinstance(r, TraceAnalysis) else r.path))

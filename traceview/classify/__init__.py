@@ -1,0 +1,6 @@
+"""Kernel taxonomy: ordered name rules (data, in rules.toml) plus launch-context rules."""
+
+from .classifier import classify
+from .rules import ROLES, UNCLASSIFIED, RuleSet, default_rules, load_rules
+
+__all__ = ["ROLES", "UNCLASSIFIED", "RuleSet", "classify", "default_rules", "load_rules"]

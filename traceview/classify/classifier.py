@@ -1,0 +1,77 @@
+"""GPU events -> category and role, by name rules and then by launch context."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ..load.trace import Trace
+from .launch import attach_launches, enclosing_ranges
+from .rules import ROLES, RuleSet, load_rules
+
+ROLE_DTYPE = pl.Enum(list(ROLES))
+
+
+def classify(trace: Trace, rules: RuleSet | None = None) -> pl.DataFrame:
+    """The trace's GPU events with ``category``, ``role`` and launch columns.
+
+    Names are classified once per distinct (name, kind), so cost does not grow with the
+    number of events; communication kernels are then relabelled by their launch context.
+    """
+    rules = rules or load_rules()
+    gpu = attach_launches(trace.events).with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    distinct = gpu.select(pl.col("name").cast(pl.Utf8), pl.col("kind").cast(pl.Utf8)).unique()
+    mapping = pl.DataFrame(
+        {
+            "name": distinct["name"],
+            "kind": distinct["kind"],
+            "category": [rules.classify_name(n, k) for n, k in distinct.iter_rows()],
+        },
+        schema={"name": pl.Utf8, "kind": pl.Utf8, "category": pl.Utf8},
+    )
+    gpu = gpu.with_columns(pl.col("name").cast(pl.Utf8).alias("_n"), pl.col("kind").cast(pl.Utf8).alias("_k")).join(
+        mapping.rename({"name": "_n", "kind": "_k"}), on=["_n", "_k"], how="left").drop("_n", "_k")
+    gpu = _apply_context(trace, gpu, rules)
+    roles = {c: rules.role(c) for c in gpu["category"].unique().to_list()}
+    return gpu.with_columns(
+        pl.col("category").cast(pl.Categorical),
+        pl.col("category").replace_strict(roles, return_dtype=pl.Utf8).cast(ROLE_DTYPE).alias("role"),
+    ).sort(["device", "ts", "row"])
+
+
+def _apply_context(trace: Trace, gpu: pl.DataFrame, rules: RuleSet) -> pl.DataFrame:
+    if not rules.context:
+        return gpu
+    from_cats = set().union(*(c.from_categories for c in rules.context))
+    points = gpu.filter(pl.col("category").is_in(list(from_cats)) & pl.col("launch_ts").is_not_null())
+    if points.height == 0:
+        return gpu
+    ev = trace.events.with_row_index("range").with_columns(pl.col("range").cast(pl.Int64))
+    op_names = ev.filter(pl.col("kind") == "cpu_op")["name"].cast(pl.Utf8).unique().to_list()
+    useful_ops = [n for n in op_names if rules.matches_context(n)]
+    ranges = ev.filter(
+        (pl.col("kind") == "user_annotation")
+        | ((pl.col("kind") == "cpu_op") & pl.col("name").cast(pl.Utf8).is_in(useful_ops))
+    ).select("range", "pid", "tid", "ts", "end", pl.col("name").cast(pl.Utf8))
+    if ranges.height == 0:
+        return gpu
+    enc = enclosing_ranges(
+        points.select(pl.col("row").alias("point"), pl.col("launch_pid").alias("pid"),
+                      pl.col("launch_tid").alias("tid"), pl.col("launch_ts").alias("ts")),
+        ranges.select("range", "pid", "tid", "ts", "end"),
+    ).join(ranges.select("range", "name"), on="range")
+    if enc.height == 0:
+        return gpu
+    names = enc["name"].unique()
+    hit_cols = []
+    for i, rule in enumerate(rules.context):
+        matched = [n for n in names.to_list() if rule.pattern.search(n)]
+        hit_cols.append(pl.col("name").is_in(matched).any().alias(f"ctx{i}"))
+    hits = enc.group_by("point").agg(hit_cols)
+    cat_of_point = points.select(pl.col("row").alias("point"), "category").join(hits, on="point")
+    new_cat = pl.lit(None, dtype=pl.Utf8)
+    for i, rule in reversed(list(enumerate(rules.context))):
+        cond = pl.col(f"ctx{i}") & pl.col("category").is_in(list(rule.from_categories))
+        new_cat = pl.when(cond).then(pl.lit(rule.category)).otherwise(new_cat)
+    relabel = cat_of_point.select(pl.col("point").alias("row"), new_cat.alias("_ctx")).filter(pl.col("_ctx").is_not_null())
+    return gpu.join(relabel, on="row", how="left").with_columns(
+        pl.coalesce("_ctx", "category").alias("category")).drop("_ctx")

@@ -1,0 +1,79 @@
+"""What every command shares: error handling (one line, exit 2) and common options."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Callable
+
+import click
+
+from ..errors import TraceError, UsageError
+
+EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+
+
+def error_line(message: str) -> None:
+    from ..report.text import clean
+
+    click.echo(f"traceview: error: {clean(message)}", err=True)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn library errors into ``traceview: error: <file>: <what>`` and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TraceError as e:
+            error_line(str(e))
+            sys.exit(EXIT_INPUT)
+        except UsageError as e:
+            error_line(str(e))
+            sys.exit(EXIT_INPUT)
+        except MemoryError:
+            error_line("out of memory (try a smaller --max-bytes or fewer --jobs)")
+            sys.exit(EXIT_INPUT)
+        except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+            raise
+        except BrokenPipeError:
+            sys.exit(EXIT_OK)
+        except Exception as e:  # a bug: still one line, the traceback only on request
+            if os.environ.get("TRACEVIEW_DEBUG"):
+                raise
+            error_line(f"internal error: {type(e).__name__}: {e} (set TRACEVIEW_DEBUG=1 for a traceback)")
+            sys.exit(EXIT_INPUT)
+
+    return wrapper
+
+
+def parse_size(value: str) -> int:
+    """'16G', '500M', '1024' -> bytes."""
+    v = value.strip().upper().removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if v and v[-1] in mult:
+            return int(float(v[:-1]) * mult[v[-1]])
+        return int(v)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 16G, 500M)") from None
+
+
+def max_bytes_option(f):
+    from ..load import DEFAULT_MAX_BYTES
+
+    return click.option("--max-bytes", default=str(DEFAULT_MAX_BYTES), show_default=True,
+                        callback=lambda _c, _p, v: parse_size(v),
+                        help="Refuse files that are (or decompress to) more than this; e.g. 16G.")(f)
+
+
+def rules_option(f):
+    return click.option("--rules", "rules_file", type=click.Path(dir_okay=False),
+                        help="A TOML file of extra classification rules, tried before the built-in ones.")(f)
+
+
+def jobs_option(f):
+    return click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 256),
+                        help="Analyze this many rank files in parallel processes.")(f)

@@ -1,0 +1,354 @@
+"""Bytes -> event columns.
+
+Decoding is the hot path on multi-GB traces, so it never builds a list of dicts: msgspec
+decodes only the fields the analysis uses into small typed structs, one chunk of the
+``traceEvents`` array at a time, and each chunk is turned into column lists at once, so
+peak memory is one chunk of structs plus the columns.  Input that the typed decoder
+refuses (strings where numbers belong, NaN, odd exporters) falls back to a tolerant
+path that converts event by event and counts what it had to skip.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import msgspec
+
+#: Event categories we keep (lower-cased, legacy Kineto names mapped).  Everything else
+#: (python_function stacks, flow arrows, overhead) is skipped at decode time.
+CATEGORY_ALIASES = {
+    "kernel": "kernel",
+    "gpu_memcpy": "gpu_memcpy",
+    "gpu_memset": "gpu_memset",
+    "memcpy": "gpu_memcpy",
+    "memset": "gpu_memset",
+    "cpu_op": "cpu_op",
+    "operator": "cpu_op",
+    "cuda_runtime": "cuda_runtime",
+    "runtime": "cuda_runtime",
+    "cuda_driver": "cuda_driver",
+    "user_annotation": "user_annotation",
+    "gpu_user_annotation": "gpu_user_annotation",
+}
+KEPT_PHASES = {"X", "B", "E"}
+
+CHUNK_BYTES = 32 << 20
+
+
+class Args(msgspec.Struct, frozen=True):
+    correlation: Any = None
+    stream: Any = None
+    device: Any = None
+    external_id: Any = msgspec.field(default=None, name="External id")
+    input_dims: msgspec.Raw | None = msgspec.field(default=None, name="Input Dims")
+    bytes: Any = None
+
+
+class Event(msgspec.Struct, frozen=True):
+    ph: Any = None
+    cat: Any = None
+    name: Any = None
+    pid: Any = None
+    tid: Any = None
+    ts: Any = None
+    dur: Any = None
+    args: Args | None = None
+
+
+class TraceHeader(msgspec.Struct):
+    """Everything of a Kineto trace except its events (decoded separately, in chunks)."""
+
+    distributedInfo: dict | None = None
+    deviceProperties: list | None = None
+    baseTimeNanoseconds: Any = None
+    schemaVersion: Any = None
+    displayTimeUnit: Any = None
+
+
+_event_list_decoder = msgspec.json.Decoder(list[Event])
+_header_decoder = msgspec.json.Decoder(TraceHeader)
+
+COLUMNS = (
+    "kind", "name", "pid", "tid", "ts", "dur", "correlation", "external_id",
+    "device", "stream", "input_dims", "bytes",
+)
+
+
+@dataclass
+class ColumnBuffer:
+    """Column lists filled chunk by chunk; ``skipped`` counts events dropped, by reason."""
+
+    cols: dict[str, list] = field(default_factory=lambda: {c: [] for c in COLUMNS})
+    skipped: dict[str, int] = field(default_factory=dict)
+    begins: list[tuple] = field(default_factory=list)  # B events, matched later
+    ends: list[tuple] = field(default_factory=list)    # E events
+    thread_ids: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    def thread_key(self, value: Any) -> int | None:
+        """pid/tid as an int; strings (Chrome allows them) get stable negative ids."""
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            return int(value)
+        if isinstance(value, str):
+            if value.lstrip("-").isdigit():
+                return int(value)
+            key = self.thread_ids.get(value)
+            if key is None:
+                key = -(len(self.thread_ids) + 1_000_000)
+                self.thread_ids[value] = key
+            return key
+        return None
+
+
+def _num(value: Any) -> float | None:
+    """A finite number or None (bools, strings, NaN and infinities are not times)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, str):
+        try:
+            v = float(value)
+        except ValueError:
+            return None
+        return v if math.isfinite(v) else None
+    return None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if -(1 << 63) <= value < (1 << 63) else None
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return int(value)
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return _int(int(value))
+    return None
+
+
+MAX_ABS_TIME_US = 1e17  # ~3,000 years in microseconds: anything larger is corrupt
+
+
+def add_event(buf: ColumnBuffer, ph: Any, cat: Any, name: Any, pid: Any, tid: Any,
+              ts: Any, dur: Any, args: Any) -> None:
+    """Append one event to the column lists, or count why it was skipped."""
+    if ph not in KEPT_PHASES:
+        return
+    kind = CATEGORY_ALIASES.get(cat.lower() if isinstance(cat, str) else None)
+    if kind is None:
+        return
+    if not isinstance(name, str):
+        if name is None:
+            buf.skip("events without a name")
+            return
+        name = str(name)
+    t = _num(ts)
+    if t is None or abs(t) > MAX_ABS_TIME_US:
+        buf.skip("events without a valid timestamp")
+        return
+    p, th = buf.thread_key(pid), buf.thread_key(tid)
+    if isinstance(args, Args):
+        corr, ext, dev, stream = args.correlation, args.external_id, args.device, args.stream
+        dims = bytes(args.input_dims).decode() if args.input_dims is not None else None
+        nbytes = args.bytes
+    elif isinstance(args, dict):
+        corr, ext = args.get("correlation"), args.get("External id")
+        dev, stream, nbytes = args.get("device"), args.get("stream"), args.get("bytes")
+        d = args.get("Input Dims")
+        dims = json.dumps(d) if d is not None else None
+    else:
+        corr = ext = dev = stream = nbytes = dims = None
+    if ph == "B":
+        buf.begins.append((p, th, t, kind, name, corr, ext, dev, stream, dims))
+        return
+    if ph == "E":
+        buf.ends.append((p, th, t))
+        return
+    d = _num(dur)
+    if d is None:
+        buf.skip("events without a valid duration")
+        return
+    if d < 0 or d > MAX_ABS_TIME_US:
+        buf.skip("events with a negative or huge duration")
+        return
+    _append(buf, kind, name, p, th, t, d, corr, ext, dev, stream, dims, nbytes)
+
+
+def _append(buf: ColumnBuffer, kind, name, p, th, t, d, corr, ext, dev, stream, dims, nbytes) -> None:
+    c = buf.cols
+    c["kind"].append(kind)
+    c["name"].append(name)
+    c["pid"].append(p)
+    c["tid"].append(th)
+    c["ts"].append(t)
+    c["dur"].append(d)
+    c["correlation"].append(_int(corr))
+    c["external_id"].append(_int(ext))
+    c["device"].append(_int(dev))
+    c["stream"].append(_int(stream))
+    c["input_dims"].append(dims)
+    c["bytes"].append(_int(nbytes))
+
+
+def match_begin_end(buf: ColumnBuffer) -> None:
+    """Turn ``B``/``E`` pairs into complete events (per pid/tid, innermost first)."""
+    if not buf.begins and not buf.ends:
+        return
+    # Merge both lists in time order; on equal times an E closes before a B opens.
+    timeline = [(b[2], 1, i) for i, b in enumerate(buf.begins)]
+    timeline += [(e[2], 0, i) for i, e in enumerate(buf.ends)]
+    timeline.sort()
+    stacks: dict[tuple, list[int]] = {}
+    for _t, is_begin, i in timeline:
+        if is_begin:
+            b = buf.begins[i]
+            stacks.setdefault((b[0], b[1]), []).append(i)
+            continue
+        e = buf.ends[i]
+        stack = stacks.get((e[0], e[1]))
+        if not stack:
+            buf.skip("'E' events without a matching 'B'")
+            continue
+        p, th, t, kind, name, corr, ext, dev, stream, dims = buf.begins[stack.pop()]
+        _append(buf, kind, name, p, th, t, e[2] - t, corr, ext, dev, stream, dims, None)
+    unmatched = sum(len(s) for s in stacks.values())
+    if unmatched:
+        buf.skip("'B' events without a matching 'E'", unmatched)
+    buf.begins.clear()
+    buf.ends.clear()
+
+
+# --- locating and splitting the event array -------------------------------------------
+
+_TRACE_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
+_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+
+
+@dataclass
+class EventArray:
+    """Where the events are in the file, and the top-level metadata around them."""
+
+    start: int          # offset of the first byte after '['
+    end: int            # offset of the closing ']' (len(raw) when the file is cut short)
+    complete: bool      # False: the array never closes (a job killed mid-write)
+    header: dict        # distributedInfo, deviceProperties, ... ({} for a bare array)
+
+
+def locate_events(raw: bytes) -> EventArray | None:
+    """Find the ``traceEvents`` array (or a bare top-level array); None if there is none."""
+    head = raw[:64].lstrip()
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:].lstrip()
+    if head.startswith(b"["):
+        start = raw.index(b"[") + 1
+        stripped = raw.rstrip()
+        complete = stripped.endswith(b"]")
+        return EventArray(start, len(stripped) - 1 if complete else len(raw), complete, {})
+    if not head.startswith(b"{"):
+        return None
+    m = _TRACE_EVENTS_KEY.search(raw)
+    if m is None:
+        return None
+    start = m.end()
+    prefix = raw[: start]
+    # Try the last few ']' in the file as the array's end: the right one makes
+    # prefix + ']' + rest a valid object (Kineto writes only small keys after the events).
+    idx = len(raw)
+    for _ in range(16):
+        idx = raw.rfind(b"]", start - 1, idx)
+        if idx < 0:
+            break
+        header = _try_header(prefix + raw[idx:])
+        if header is not None:
+            return EventArray(start, idx, True, header)
+    header = _try_header(prefix + b"]}") or {}
+    return EventArray(start, len(raw), False, header)
+
+
+def _try_header(data: bytes) -> dict | None:
+    try:
+        h = _header_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return {f: getattr(h, f) for f in h.__struct_fields__ if getattr(h, f) is not None}
+
+
+def iter_event_chunks(raw: bytes, start: int, end: int, chunk_bytes: int = CHUNK_BYTES
+                      ) -> Iterator[tuple[bytes, int]]:
+    """Yield ``(piece, piece_start)`` for successive runs of whole events.
+
+    Chunks are cut at ``}, {`` boundaries; the caller validates each by decoding it, so
+    a cut that falls inside a nested object or a string (the piece would not be balanced)
+    is detected and retried with a bigger piece (see ``decode_events``).
+    """
+    pos = start
+    while pos < end:
+        target = pos + chunk_bytes
+        m = _BOUNDARY.search(raw, target, end) if target < end else None
+        if m is None:
+            yield raw[pos:end], pos
+            return
+        cut = m.start() + 1  # just after the '}'
+        yield raw[pos:cut], pos
+        pos = m.end() - 1     # the next event's '{'
+
+
+def last_whole_events(piece: bytes) -> bytes | None:
+    """The longest prefix of ``piece`` that ends at an event boundary and decodes.
+
+    Used on the last piece of a truncated file, so that every complete event is kept.
+    """
+    window = max(0, len(piece) - (4 << 20))
+    cuts = [m.start() + 1 for m in _BOUNDARY.finditer(piece, window)]
+    stripped = piece.rstrip()
+    if stripped.endswith(b"}"):
+        cuts.append(len(stripped))
+    for cut in reversed(cuts[-64:]):
+        candidate = piece[:cut]
+        try:
+            msgspec.json.decode(b"[" + candidate + b"]")
+            return candidate
+        except msgspec.DecodeError:
+            continue
+    return None
+
+
+def decode_chunk(buf: ColumnBuffer, piece: bytes) -> bool:
+    """Decode one run of events into ``buf``. False if the bytes are not whole events."""
+    data = b"[" + piece.strip().rstrip(b",") + b"]"
+    try:
+        events = _event_list_decoder.decode(data)
+    except msgspec.ValidationError:
+        return _decode_tolerant(buf, data)
+    except msgspec.DecodeError:
+        return _decode_tolerant(buf, data) if b"NaN" in data or b"Infinity" in data else False
+    for e in events:
+        add_event(buf, e.ph, e.cat, e.name, e.pid, e.tid, e.ts, e.dur, e.args)
+    return True
+
+
+def _decode_tolerant(buf: ColumnBuffer, data: bytes) -> bool:
+    """Slow path: generic JSON (NaN allowed), then event-by-event conversion."""
+    try:
+        events = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    for e in events:
+        if not isinstance(e, dict):
+            buf.skip("entries in traceEvents that are not objects")
+            continue
+        add_event(buf, e.get("ph"), e.get("cat"), e.get("name"), e.get("pid"), e.get("tid"),
+                  e.get("ts"), e.get("dur"), e.get("args"))
+    return True

@@ -1,0 +1,64 @@
+"""The library's core type: one trace file as an event table plus its metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
+
+#: The kinds of event kept in the table; the first three are GPU activity.
+GPU_KINDS = ("kernel", "gpu_memcpy", "gpu_memset")
+CPU_KINDS = ("cpu_op", "cuda_runtime", "cuda_driver", "user_annotation")
+EVENT_KINDS = GPU_KINDS + CPU_KINDS + ("gpu_user_annotation",)
+KIND_DTYPE = pl.Enum(list(EVENT_KINDS))
+
+
+@dataclass
+class Trace:
+    """One trace file (one rank), loaded.
+
+    ``events`` has one row per kept event: ``kind`` (kernel, gpu_memcpy, gpu_memset,
+    cpu_op, cuda_runtime, cuda_driver, user_annotation, gpu_user_annotation), ``name``
+    (categorical), ``pid``, ``tid``, ``ts`` and ``dur`` (microseconds, float), ``end``,
+    ``correlation`` and ``external_id`` (links a launch to its kernel), ``device`` and
+    ``stream`` (GPU rows: from ``args.device``/``args.stream``, else ``pid``/``tid``),
+    ``input_dims`` (JSON text of ``Input Dims`` on CPU ops recorded with shapes) and
+    ``bytes`` (memcpy/memset sizes).
+    """
+
+    path: Path
+    events: pl.DataFrame
+    rank: int | None = None
+    world_size: int | None = None
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: human-readable counts of what the loader had to skip or repair
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def gpu_events(self) -> pl.DataFrame:
+        """Kernels, memcpys and memsets: the GPU's activity, sorted by device and time."""
+        return self.events.filter(pl.col("kind").is_in(GPU_KINDS)).sort(["device", "ts"])
+
+    def device_name(self, device: int) -> str | None:
+        for d in self.devices:
+            if d.get("id") == device:
+                return d.get("name")
+        return None
+
+    def to_pandas(self) -> "pandas.DataFrame":
+        """The event table as a pandas DataFrame, for notebooks (needs pandas + pyarrow)."""
+        return self.events.to_pandas()
+
+    def __repr__(self) -> str:
+        return (f"Trace({self.name!r}, rank={self.rank}, world_size={self.world_size}, "
+                f"events={self.events.height})")

@@ -1,0 +1,1 @@
+"""Reports: terminal (rich), JSON, CSV tables, HTML (plotly), gate verdicts."""

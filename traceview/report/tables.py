@@ -1,0 +1,53 @@
+"""Flat tables (polars) of an analysis: the rows behind CSV output and the terminal view."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ..analysis import TraceAnalysis
+
+GPU_COLUMNS = ["file", "rank", "device", "span_us", "busy_us", "compute_us", "comm_us", "memory_us",
+               "overlap_us", "exposed_comm_us", "exposed_memory_us", "idle_us", "overlap_ratio",
+               "exposed_comm_ratio", "events"]
+
+
+def gpu_table(results: list[TraceAnalysis]) -> pl.DataFrame:
+    rows = []
+    for a in results:
+        for g in a.gpus:
+            d = g.to_dict()
+            rows.append({"file": a.trace.name, "rank": a.rank, **{k: d[k] for k in GPU_COLUMNS[2:]}})
+    return pl.DataFrame(rows, schema={c: (pl.Utf8 if c == "file" else pl.Int64 if c in ("rank", "device", "events")
+                                          else pl.Float64) for c in GPU_COLUMNS})
+
+
+def category_table(results: list[TraceAnalysis]) -> pl.DataFrame:
+    rows = []
+    for a in results:
+        for g in a.gpus:
+            for cat, ct in g.categories.items():
+                rows.append({"file": a.trace.name, "rank": a.rank, "device": g.device, "category": cat,
+                             "role": a.rules.role(cat), "time_us": ct.time_us, "count": ct.count,
+                             "share": ct.share})
+    return pl.DataFrame(rows, schema={"file": pl.Utf8, "rank": pl.Int64, "device": pl.Int64, "category": pl.Utf8,
+                                      "role": pl.Utf8, "time_us": pl.Float64, "count": pl.Int64, "share": pl.Float64})
+
+
+def stream_table(results: list[TraceAnalysis]) -> pl.DataFrame:
+    rows = [{"file": a.trace.name, "rank": a.rank, "device": g.device, "stream": s, "busy_us": b}
+            for a in results for g in a.gpus for s, b in g.streams.items()]
+    return pl.DataFrame(rows, schema={"file": pl.Utf8, "rank": pl.Int64, "device": pl.Int64, "stream": pl.Int64,
+                                      "busy_us": pl.Float64})
+
+
+def kernel_table(results: list[TraceAnalysis]) -> pl.DataFrame:
+    frames = [a.kernels.group_by("device", "category", "role", "name")
+              .agg(pl.col("dur").sum().alias("time_us"), pl.len().alias("count"))
+              .with_columns(pl.lit(a.trace.name).alias("file"), pl.lit(a.rank, dtype=pl.Int64).alias("rank"))
+              .select("file", "rank", "device", pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8),
+                      pl.col("name").cast(pl.Utf8), "time_us", "count")
+              for a in results]
+    return pl.concat(frames).sort(["file", "device", "time_us"], descending=[False, False, True]) if frames else pl.DataFrame()
+
+
+TABLES = {"gpus": gpu_table, "categories": category_table, "streams": stream_table, "kernels": kernel_table}

@@ -1,0 +1,124 @@
+"""The terminal view: one screen per run (rich tables; trace strings are sanitized)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..analysis import TraceAnalysis
+from .text import clean, fmt_ms, fmt_pct, short_kernel_name
+
+MAX_GPU_COLUMNS = 4
+
+
+def gpu_label(a: TraceAnalysis, device: int) -> str:
+    rank = "?" if a.rank is None else str(a.rank)
+    return f"r{rank}/gpu{device}"
+
+
+def verdict(a: TraceAnalysis, g) -> str:
+    """The one-line answer for a GPU: how much communication was exposed."""
+    if g.comm_us <= 0:
+        return "no communication kernels"
+    return (f"exposed communication {g.exposed_comm_us / 1000:.3f} ms = {fmt_pct(g.exposed_comm_ratio)} of comm, "
+            f"{fmt_pct(g.exposed_comm_us / g.span_us if g.span_us else None)} of the span")
+
+
+def render_analysis(results: list[TraceAnalysis], console: Console, top: int = 8) -> None:
+    if not results:
+        return
+    _header(results, console)
+    console.print(_gpu_table(results))
+    for a in results:
+        for g in a.gpus:
+            console.print(Text(f"  {gpu_label(a, g.device)}: {verdict(a, g)}"))
+    console.print(_category_table(results))
+    if len(results) == 1:
+        console.print(_top_kernels(results[0], top))
+    _unclassified(results, console)
+    for a in results:
+        for w in a.trace.warnings:
+            console.print(Text(f"warning: {clean(a.trace.name)}: {clean(w)}", style="yellow"))
+
+
+def _header(results: list[TraceAnalysis], console: Console) -> None:
+    if len(results) == 1:
+        a = results[0]
+        t = a.trace
+        rank = "" if t.rank is None else f" · rank {t.rank}" + ("" if t.world_size is None else f"/{t.world_size}")
+        names = sorted({clean(g.name) for g in a.gpus if g.name})
+        dev = f" · {', '.join(names)}" if names else ""
+        console.print(Text(f"traceview · {clean(t.name)}{rank}{dev} · {len(a.gpus)} GPU(s), "
+                           f"{a.kernels.height} GPU events", style="bold"))
+    else:
+        console.print(Text(f"traceview · {len(results)} traces, "
+                           f"{sum(len(a.gpus) for a in results)} GPU(s)", style="bold"))
+
+
+def _gpu_table(results: list[TraceAnalysis]) -> Table:
+    t = Table(title="GPU time (ms)", title_justify="left", header_style="bold")
+    for col in ("trace", "rank", "gpu", "span", "busy", "compute", "comm", "overlap", "exposed comm",
+                "exposed %", "memory", "idle"):
+        t.add_column(col, justify="left" if col == "trace" else "right")
+    for a in results:
+        for g in a.gpus:
+            exposed_style = "red" if (g.exposed_comm_ratio or 0) > 0.5 else "green" if g.comm_us > 0 else ""
+            t.add_row(clean(a.trace.name, 40), "-" if a.rank is None else str(a.rank), str(g.device),
+                      fmt_ms(g.span_us), fmt_ms(g.busy_us), fmt_ms(g.compute_us), fmt_ms(g.comm_us),
+                      fmt_ms(g.overlap_us), Text(fmt_ms(g.exposed_comm_us), style=exposed_style),
+                      fmt_pct(g.exposed_comm_ratio), fmt_ms(g.memory_us), fmt_ms(g.idle_us))
+    return t
+
+
+def _category_table(results: list[TraceAnalysis]) -> Table:
+    gpus = [(a, g) for a in results for g in a.gpus]
+    cats: dict[str, float] = {}
+    for _a, g in gpus:
+        for c, ct in g.categories.items():
+            cats[c] = cats.get(c, 0.0) + ct.time_us
+    order = sorted(cats, key=lambda c: -cats[c])
+    rules = results[0].rules
+    t = Table(title="Kernel categories (time ms, share of GPU event time)", title_justify="left",
+              header_style="bold")
+    t.add_column("category")
+    t.add_column("role")
+    if len(gpus) <= MAX_GPU_COLUMNS:
+        for a, g in gpus:
+            t.add_column(f"{gpu_label(a, g.device)} ms", justify="right")
+            t.add_column("share", justify="right")
+            t.add_column("count", justify="right")
+        for c in order:
+            row = [clean(c), rules.role(c)]
+            for _a, g in gpus:
+                ct = g.categories.get(c)
+                row += [fmt_ms(ct.time_us), fmt_pct(ct.share), str(ct.count)] if ct else ["-", "-", "-"]
+            t.add_row(*row, style="red" if c == "unclassified" else None)
+    else:
+        for col in ("total ms", "mean share", "min share", "max share"):
+            t.add_column(col, justify="right")
+        for c in order:
+            shares = [g.categories[c].share if c in g.categories else 0.0 for _a, g in gpus]
+            t.add_row(clean(c), rules.role(c), fmt_ms(cats[c]), fmt_pct(sum(shares) / len(shares)),
+                      fmt_pct(min(shares)), fmt_pct(max(shares)), style="red" if c == "unclassified" else None)
+    return t
+
+
+def _top_kernels(a: TraceAnalysis, n: int) -> Table:
+    t = Table(title=f"Top {n} kernels", title_justify="left", header_style="bold")
+    for col, just in (("kernel", "left"), ("category", "left"), ("ms", "right"), ("count", "right")):
+        t.add_column(col, justify=just, overflow="fold" if col == "kernel" else "ellipsis")
+    for name, cat, time_us, count in a.top_kernels(n).iter_rows():
+        t.add_row(short_kernel_name(name, 80), clean(cat), fmt_ms(time_us), str(count))
+    return t
+
+
+def _unclassified(results: list[TraceAnalysis], console: Console) -> None:
+    for a in results:
+        u = a.unclassified()
+        if u.height:
+            total = sum(g.categories["unclassified"].time_us for g in a.gpus if "unclassified" in g.categories)
+            console.print(Text(f"{clean(a.trace.name)}: {u.height} unclassified kernel name(s), "
+                               f"{total / 1000:.3f} ms (add a rule with --rules):", style="yellow"))
+            for name, time_us, count in u.head(5).iter_rows():
+                console.print(Text(f"    {short_kernel_name(name, 100)}  {time_us / 1000:.3f} ms x{count}"))

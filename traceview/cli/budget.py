@@ -188,7 +188,13 @@ def _rows(model: ModelConfig, phase: str, results: Sequence[Any]) -> list[tuple[
     if phase == "prefill":
         tp = results[0].tp
         spec: list[tuple[str, str, Callable[[Any], str]]] = [
-XX, nm, lambda r: _ms(r.shared_expert_ms)),
+            (f"{attn} TP1", nd, lambda r: _ms(r.attn_tp1_ms)),
+            ("DenseMLP", nd, lambda r: _ms(r.dense_mlp_ms)),
+        ]
+        if model.is_moe:
+            spec[1:1] = [(f"{attn} TP{tp}", nm, lambda r: _ms(r.attn_tp_ms))]
+            spec += [
+                ("Shared", nm, lambda r: _ms(r.shared_expert_ms)),
                 ("Routed", nm, lambda r: _ms(r.routed_experts_ms)),
                 ("Dispatch", nm, lambda r: _ms(r.dispatch_ms)),
                 ("Combine", nm, lambda r: _ms(r.combine_ms)),

@@ -170,7 +170,8 @@ def list_models() -> dict[str, str]:
 
 
 def load_model(name_or_path: str | Path) -> ModelConfig:
-    """A shipped model by name or alias (case-insensitive, ``_`` = ``-``), or a file path.
+    """A shipped model by name or alias (case-insensitive, ``_`` = ``-``), or a file path
+    (or a model directory holding ``config.json``).
 
     Paths ending in ``.json`` are read as Hugging Face ``config.json``; ``.toml`` files use the
     same keys as the shipped ones.  Unknown names raise ``UsageError``; unreadable or malformed
@@ -178,7 +179,9 @@ def load_model(name_or_path: str | Path) -> ModelConfig:
     """
     text = str(name_or_path)
     path = Path(text)
-    if text.endswith((".json", ".toml")) or path.exists():
+    if path.is_dir() and (path / "config.json").is_file():  # a downloaded HF model directory
+        return _load_file(path / "config.json")
+    if text.endswith((".json", ".toml")) or path.is_file():
         return _load_file(path)
     key = _norm(text)
     raw_all = _builtin_raw()

@@ -7,6 +7,7 @@ each number is computed in exactly one place.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -103,7 +104,9 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
     if jobs <= 1 or len(paths) <= 1:
         results = [_analyze_one(w) for w in work]
     else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(paths))) as pool:
+        # spawn, not fork: forking a process that runs polars thread pools can deadlock
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=spawn) as pool:
             results = list(pool.map(_analyze_one, work))
     results = [r for r in results if r is not None]
     if not results:

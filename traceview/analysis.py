@@ -7,6 +7,7 @@ each number is computed in exactly one place.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +21,10 @@ from .classify import RuleSet, classify, load_rules
 from .errors import NotATraceError, TraceError
 from .load import DEFAULT_MAX_BYTES, Trace, find_trace_files, load
 from .metrics import GpuMetrics, all_devices
+from .metrics.segments import segment_table
+from .metrics.skew import collective_skew
+from .metrics.tax import overlap_tax
+from .segment import LevelPatterns, Segmentation, segment
 
 
 @dataclass
@@ -30,6 +35,20 @@ class TraceAnalysis:
     kernels: pl.DataFrame            # classified GPU events (category, role, launch columns)
     gpus: list[GpuMetrics]
     rules: RuleSet = field(repr=False, default=None)  # type: ignore[assignment]
+    patterns: LevelPatterns | None = field(repr=False, default=None)
+
+    @functools.cached_property
+    def segmentation(self) -> Segmentation:
+        """Iterations, micro-batches, layers, phases of every GPU event (computed on first use)."""
+        return segment(self.trace, self.kernels, self.patterns)
+
+    def segments(self, by: str = "microbatch") -> pl.DataFrame:
+        """Per-segment compute / overlapped / exposed communication (see metrics/segments.py)."""
+        return segment_table(self.kernels, self.segmentation, by)
+
+    def overlap_tax(self) -> pl.DataFrame:
+        """How much slower compute kernels ran beside communication than alone."""
+        return overlap_tax(self.kernels, self.trace.events)
 
     @property
     def file(self) -> str:
@@ -52,7 +71,7 @@ class TraceAnalysis:
 
 
 def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
-            max_bytes: int = DEFAULT_MAX_BYTES) -> TraceAnalysis:
+            max_bytes: int = DEFAULT_MAX_BYTES, patterns: LevelPatterns | None = None) -> TraceAnalysis:
     """Load (unless given a ``Trace``), classify and measure one trace."""
     trace = source if isinstance(source, Trace) else load(source, max_bytes=max_bytes)
     rules = rules or load_rules()
@@ -60,7 +79,15 @@ def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
     gpus = all_devices(kernels)
     for g in gpus:
         g.name = trace.device_name(g.device)
-    return TraceAnalysis(trace=trace, kernels=kernels, gpus=gpus, rules=rules)
+    return TraceAnalysis(trace=trace, kernels=kernels, gpus=gpus, rules=rules, patterns=patterns)
+
+
+def rank_skew(analyses: list[TraceAnalysis]) -> tuple[pl.DataFrame, dict[int, float]]:
+    """Per-collective skew between ranks (needs two or more ranks with one GPU each)."""
+    per_rank = [(a.rank, a.kernels) for a in analyses if a.rank is not None and len(a.gpus) == 1]
+    if len({r for r, _ in per_rank}) < 2:
+        return pl.DataFrame(), {}
+    return collective_skew(per_rank)
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -85,9 +112,9 @@ class ScannedPath(type(Path())):  # type: ignore[misc]
 
 
 def _analyze_one(args) -> TraceAnalysis | TraceError | None:
-    path, rules_file, max_bytes = args
+    path, rules_file, max_bytes, patterns = args
     try:
-        return analyze(path, load_rules(rules_file), max_bytes)
+        return analyze(path, load_rules(rules_file), max_bytes, patterns)
     except NotATraceError as e:
         return None if isinstance(path, ScannedPath) else e
     except TraceError as e:
@@ -95,12 +122,13 @@ def _analyze_one(args) -> TraceAnalysis | TraceError | None:
 
 
 def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> list[TraceAnalysis | TraceError]:
+                 max_bytes: int = DEFAULT_MAX_BYTES,
+                 patterns: LevelPatterns | None = None) -> list[TraceAnalysis | TraceError]:
     """Analyze several files (ranks), in parallel processes when ``jobs > 1``.
 
     A bad file gives a ``TraceError`` in its place; the good ones are still analyzed.
     """
-    work = [(p, rules_file, max_bytes) for p in paths]
+    work = [(p, rules_file, max_bytes, patterns) for p in paths]
     if jobs <= 1 or len(paths) <= 1:
         results = [_analyze_one(w) for w in work]
     else:

@@ -8,7 +8,8 @@ import click
 import orjson
 from rich.console import Console
 
-from ..analysis import TraceAnalysis, analyze_many, expand_paths
+from ..analysis import TraceAnalysis, analyze_many, expand_paths, rank_skew
+from ..segment import LevelPatterns
 from ..classify import load_rules
 from ..errors import TraceError
 from ..report import json_report, tables, terminal
@@ -23,19 +24,26 @@ from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_byte
               help="Which flat table --format csv prints.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout.")
 @click.option("--strict", is_flag=True, help="Treat loader warnings (skipped or repaired events, truncation) as errors.")
+@click.option("--by", "by", type=click.Choice(["microbatch", "layer", "phase", "iteration", "stage", "stage-phase"]),
+              multiple=True, help="Add a per-segment table: exposed communication per micro-batch, (layer, micro-batch), "
+                                  "phase...  Repeatable.")
+@click.option("--tax/--no-tax", default=None, help="Show the overlap tax table (default: with --by).")
+@click.option("--segments", "segments_file", type=click.Path(dir_okay=False),
+              help="TOML with [segments] naming patterns (iteration, stage, microbatch, layer, not_phase).")
 @rules_option
 @jobs_option
 @max_bytes_option
 @handle_errors
-def analyze_cmd(paths, fmt, table_name, output, strict, rules_file, jobs, max_bytes):
+def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, rules_file, jobs, max_bytes):
     """Where the GPU time goes: busy compute/comm/memory, overlap, exposed communication,
     idle, per stream and per kernel category, for each rank and GPU.
 
     PATHS are trace files (.json, .json.gz) or directories of per-rank traces.
     """
     load_rules(rules_file)  # validate the rules file once, before any work
+    patterns = LevelPatterns.from_file(segments_file) if segments_file else None
     files = expand_paths(paths)
-    results = analyze_many(files, rules_file, jobs, max_bytes)
+    results = analyze_many(files, rules_file, jobs, max_bytes, patterns)
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     if strict:
@@ -45,21 +53,36 @@ def analyze_cmd(paths, fmt, table_name, output, strict, rules_file, jobs, max_by
     for e in failed:
         error_line(str(e))
     if good:
-        _emit(good, results, fmt, table_name, output)
+        _emit(good, results, fmt, table_name, output, by, bool(by) if tax is None else tax)
     sys.exit(EXIT_INPUT if failed else 0)
 
 
-def _emit(good, results, fmt, table_name, output) -> None:
+def _emit(good, results, fmt, table_name, output, by=(), tax=False) -> None:
     out = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
         if fmt == "json":
             out.write(orjson.dumps(json_report.analysis_document(results),
                                    option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
         elif fmt == "csv":
-            out.write(tables.TABLES[table_name](good).write_csv())
+            if by:
+                import polars as pl
+
+                frames = [a.segments(by[0]).with_columns(pl.lit(a.trace.name).alias("file"),
+                                                         pl.lit(a.rank, dtype=pl.Int64).alias("rank")) for a in good]
+                out.write(pl.concat(frames, how="diagonal_relaxed").write_csv())
+            else:
+                out.write(tables.TABLES[table_name](good).write_csv())
         else:
             console = Console(file=out, width=None if out.isatty() else 160)
             terminal.render_analysis(good, console)
+            for view in by:
+                for a in good:
+                    terminal.render_segments(a, view, console)
+            if tax:
+                for a in good:
+                    terminal.render_tax(a, console)
+            if by or tax:
+                terminal.render_skew(*rank_skew(good), console)
     finally:
         if output:
             out.close()

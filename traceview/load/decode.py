@@ -46,6 +46,8 @@ class Args(msgspec.Struct, frozen=True):
     external_id: Any = msgspec.field(default=None, name="External id")
     input_dims: msgspec.Raw | None = msgspec.field(default=None, name="Input Dims")
     bytes: Any = None
+    grid: msgspec.Raw | None = None
+    block: msgspec.Raw | None = None
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -74,7 +76,7 @@ _header_decoder = msgspec.json.Decoder(TraceHeader)
 
 COLUMNS = (
     "kind", "name", "pid", "tid", "ts", "dur", "correlation", "external_id",
-    "device", "stream", "input_dims", "bytes",
+    "device", "stream", "input_dims", "bytes", "grid",
 )
 
 
@@ -163,15 +165,19 @@ def add_event(buf: ColumnBuffer, ph: Any, cat: Any, name: Any, pid: Any, tid: An
         corr, ext, dev, stream = args.correlation, args.external_id, args.device, args.stream
         dims = bytes(args.input_dims).decode() if args.input_dims is not None else None
         nbytes = args.bytes
+        grid = (bytes(args.grid).decode() + "/" + (bytes(args.block).decode() if args.block is not None else "")
+                if args.grid is not None else None)
     elif isinstance(args, dict):
         corr, ext = args.get("correlation"), args.get("External id")
         dev, stream, nbytes = args.get("device"), args.get("stream"), args.get("bytes")
         d = args.get("Input Dims")
         dims = json.dumps(d) if d is not None else None
+        g = args.get("grid")
+        grid = f"{json.dumps(g, separators=(',', ':'))}/{json.dumps(args.get('block'), separators=(',', ':'))}" if g is not None else None
     else:
-        corr = ext = dev = stream = nbytes = dims = None
+        corr = ext = dev = stream = nbytes = dims = grid = None
     if ph == "B":
-        buf.begins.append((p, th, t, kind, name, corr, ext, dev, stream, dims))
+        buf.begins.append((p, th, t, kind, name, corr, ext, dev, stream, dims, grid))
         return
     if ph == "E":
         buf.ends.append((p, th, t))
@@ -183,10 +189,10 @@ def add_event(buf: ColumnBuffer, ph: Any, cat: Any, name: Any, pid: Any, tid: An
     if d < 0 or d > MAX_ABS_TIME_US:
         buf.skip("events with a negative or huge duration")
         return
-    _append(buf, kind, name, p, th, t, d, corr, ext, dev, stream, dims, nbytes)
+    _append(buf, kind, name, p, th, t, d, corr, ext, dev, stream, dims, nbytes, grid)
 
 
-def _append(buf: ColumnBuffer, kind, name, p, th, t, d, corr, ext, dev, stream, dims, nbytes) -> None:
+def _append(buf: ColumnBuffer, kind, name, p, th, t, d, corr, ext, dev, stream, dims, nbytes, grid=None) -> None:
     c = buf.cols
     c["kind"].append(kind)
     c["name"].append(name)
@@ -200,6 +206,7 @@ def _append(buf: ColumnBuffer, kind, name, p, th, t, d, corr, ext, dev, stream, 
     c["stream"].append(_int(stream))
     c["input_dims"].append(dims)
     c["bytes"].append(_int(nbytes))
+    c["grid"].append(grid)
 
 
 def match_begin_end(buf: ColumnBuffer) -> None:
@@ -221,8 +228,8 @@ def match_begin_end(buf: ColumnBuffer) -> None:
         if not stack:
             buf.skip("'E' events without a matching 'B'")
             continue
-        p, th, t, kind, name, corr, ext, dev, stream, dims = buf.begins[stack.pop()]
-        _append(buf, kind, name, p, th, t, e[2] - t, corr, ext, dev, stream, dims, None)
+        p, th, t, kind, name, corr, ext, dev, stream, dims, grid = buf.begins[stack.pop()]
+        _append(buf, kind, name, p, th, t, e[2] - t, corr, ext, dev, stream, dims, None, grid)
     unmatched = sum(len(s) for s in stacks.values())
     if unmatched:
         buf.skip("'B' events without a matching 'E'", unmatched)

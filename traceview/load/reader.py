@@ -167,6 +167,7 @@ def _to_frame(buf: decode.ColumnBuffer) -> pl.DataFrame:
             "stream": pl.Series(c["stream"], dtype=pl.Int64),
             "input_dims": pl.Series(c["input_dims"], dtype=pl.Utf8),
             "bytes": pl.Series(c["bytes"], dtype=pl.Int64),
+            "grid": pl.Series(c["grid"], dtype=pl.Utf8).cast(pl.Categorical),
         }
     )
     gpu = pl.col("kind").is_in(GPU_KINDS)

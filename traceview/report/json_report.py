@@ -10,8 +10,29 @@ from ..errors import TraceError
 SCHEMA = "traceview.analyze/1"
 
 
-def trace_dict(a: TraceAnalysis) -> dict[str, Any]:
+SEGMENT_VIEWS = ("microbatch", "layer", "phase")
+
+
+def _rows(df) -> list[dict]:
+    rows = []
+    for r in df.to_dicts():
+        cats = {k[4:]: v for k, v in r.items() if k.startswith("cat:") and v}
+        row = {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items() if not k.startswith("cat:")}
+        row["categories"] = cats
+        rows.append(row)
+    return rows
+
+
+def segments_dict(a: TraceAnalysis, views=SEGMENT_VIEWS) -> dict[str, Any]:
+    seg = a.segmentation
+    return {"sources": seg.sources, "summary": seg.summary(), **{f"by_{v}": _rows(a.segments(v)) for v in views}}
+
+
+def trace_dict(a: TraceAnalysis, with_segments: bool = True) -> dict[str, Any]:
     t = a.trace
+    extra = {}
+    if with_segments:
+        extra = {"segments": segments_dict(a), "overlap_tax": a.overlap_tax().to_dicts()}
     return {
         "file": str(t.path),
         "rank": t.rank,
@@ -21,17 +42,24 @@ def trace_dict(a: TraceAnalysis) -> dict[str, Any]:
         "unclassified": [
             {"name": n, "time_us": tu, "count": c} for n, tu, c in a.unclassified().iter_rows()
         ],
+        **extra,
     }
 
 
-def analysis_document(results: list[TraceAnalysis | TraceError], extra: dict | None = None) -> dict[str, Any]:
+def analysis_document(results: list[TraceAnalysis | TraceError], extra: dict | None = None,
+                      with_segments: bool = True) -> dict[str, Any]:
     from .. import __version__
+    from ..analysis import rank_skew
 
+    good = [r for r in results if isinstance(r, TraceAnalysis)]
+    skew, offsets = rank_skew(good)
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "traceview_version": __version__,
-        "traces": [trace_dict(r) for r in results if isinstance(r, TraceAnalysis)],
+        "traces": [trace_dict(r, with_segments) for r in good],
         "errors": [{"file": e.path, "error": e.reason} for e in results if isinstance(e, TraceError)],
+        "skew": {"clock_offset_us": {str(k): v for k, v in offsets.items()}, "by_category": skew.to_dicts()}
+        if skew.height else None,
     }
     if extra:
         doc.update(extra)

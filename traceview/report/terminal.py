@@ -122,3 +122,67 @@ def _unclassified(results: list[TraceAnalysis], console: Console) -> None:
                                f"{total / 1000:.3f} ms (add a rule with --rules):", style="yellow"))
             for name, time_us, count in u.head(5).iter_rows():
                 console.print(Text(f"    {short_kernel_name(name, 100)}  {time_us / 1000:.3f} ms x{count}"))
+
+
+def render_segments(a: TraceAnalysis, by: str, console: Console) -> None:
+    """The per-segment table (micro-batch, layer, phase...) for one trace."""
+    from ..metrics.segments import category_columns
+
+    seg = a.segmentation
+    df = a.segments(by)
+    src = ", ".join(f"{k}: {v}" for k, v in seg.sources.items() if v != "none")
+    t = Table(title=f"{clean(a.trace.name)} by {by} (ms; segments from {src})", title_justify="left",
+              header_style="bold")
+    keys = [c for c in df.columns if c in ("iteration", "stage", "microbatch", "layer", "phase")]
+    multi_gpu = df["device"].n_unique() > 1 if df.height else False
+    if multi_gpu:
+        t.add_column("gpu", justify="right")
+    for k in keys:
+        t.add_column(k)
+    for col in ("events", "compute", "comm", "overlapped", "exposed", "exposed %", "cover by other mb", "largest category"):
+        t.add_column(col, justify="left" if col == "largest category" else "right")
+    cats = category_columns(df)
+    for row in df.iter_rows(named=True):
+        top = max(cats, key=lambda c: row[c] or 0.0) if cats else None
+        cover = row["cover_other_mb_us"]
+        cells = [str(row["device"])] if multi_gpu else []
+        cells += [clean(row[k], 40) for k in keys]
+        exposed_pct = row["exposed_comm_us"] / row["comm_us"] if row["comm_us"] > 0 else None
+        cells += [str(row["events"]), fmt_ms(row["compute_us"]), fmt_ms(row["comm_us"]),
+                  fmt_ms(row["overlapped_comm_us"]),
+                  Text(fmt_ms(row["exposed_comm_us"]), style="red" if (exposed_pct or 0) > 0.5 else ""),
+                  fmt_pct(exposed_pct), "-" if cover is None or cover != cover else fmt_ms(cover),
+                  f"{clean(top[4:])} {fmt_ms(row[top])}" if top and row[top] else "-"]
+        t.add_row(*cells)
+    console.print(t)
+
+
+def render_tax(a: TraceAnalysis, console: Console) -> None:
+    tax = a.overlap_tax()
+    if tax.height == 0:
+        return
+    t = Table(title=f"{clean(a.trace.name)}: overlap tax (same kernel and shapes, alone vs beside communication)",
+              title_justify="left", header_style="bold")
+    for col in ("gpu", "category", "kernels", "with comm ms", "alone estimate ms", "tax ms", "slowdown"):
+        t.add_column(col, justify="left" if col == "category" else "right")
+    for r in tax.iter_rows(named=True):
+        t.add_row(str(r["device"]), clean(r["category"]), str(r["kernels_with_comm"]), fmt_ms(r["time_with_comm_us"]),
+                  fmt_ms(r["alone_estimate_us"]), fmt_ms(r["tax_us"]), fmt_pct(r["slowdown"]))
+    console.print(t)
+
+
+def render_skew(skew, offsets: dict, console: Console) -> None:
+    if skew is None or skew.height == 0:
+        return
+    t = Table(title="Collective skew between ranks (waiting for a peer, not moving data)", title_justify="left",
+              header_style="bold")
+    wait_cols = [c for c in skew.columns if c.startswith("wait_share_")]
+    for col in ["category", "collectives", "mean skew ms", "max skew ms"] + [f"rank {c[11:]} waiting" for c in wait_cols]:
+        t.add_column(col, justify="left" if col == "category" else "right")
+    for r in skew.iter_rows(named=True):
+        t.add_row(clean(r["category"]), str(r["collectives"]), fmt_ms(r["mean_skew_us"]), fmt_ms(r["max_skew_us"]),
+                  *[fmt_pct(r[c]) for c in wait_cols])
+    console.print(t)
+    if any(abs(v) > 1000 for v in offsets.values()):
+        console.print(Text("clock offsets removed (µs): " + ", ".join(f"rank {k}: {v:.0f}" for k, v in offsets.items()),
+                           style="yellow"))

@@ -125,3 +125,61 @@ def coverage(starts, ends, labels, n_labels: int):
     np.add.at(delta, (np.searchsorted(bounds, e), labels), -1)
     counts = np.cumsum(delta, axis=0)[:-1]
     return bounds[:-1], bounds[1:], counts
+
+
+def split_by_owner(starts, ends, owners, n_owners: int, cover: Intervals) -> tuple[np.ndarray, np.ndarray]:
+    """Split communication time between owners, and into covered / uncovered parts.
+
+    ``starts/ends/owners``: intervals, each belonging to an owner (e.g. a micro-batch).
+    ``cover``: the compute busy set.  Each instant covered by k owners' intervals counts
+    1/k for each of them (an owner's own overlapping intervals count once), so that the
+    per-owner sums add up exactly to the device totals |C ∩ cover| and |C \\ cover|.
+    Returns ``(covered, uncovered)`` arrays of length ``n_owners``.
+    """
+    s, e = _arrays(starts, ends)
+    owners = np.asarray(owners, dtype=np.int64)
+    covered = np.zeros(n_owners)
+    uncovered = np.zeros(n_owners)
+    if s.size == 0:
+        return covered, uncovered
+    # union per owner, so an owner never counts twice
+    us, ue, uo = [], [], []
+    order = np.argsort(owners, kind="stable")
+    s, e, owners = s[order], e[order], owners[order]
+    cuts = np.flatnonzero(np.diff(owners)) + 1
+    for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [owners.size]])):
+        ps, pe = union(s[a:b], e[a:b])
+        us.append(ps)
+        ue.append(pe)
+        uo.append(np.full(ps.size, owners[a]))
+    s, e, owners = np.concatenate(us), np.concatenate(ue), np.concatenate(uo)
+    if s.size == 0:
+        return covered, uncovered
+    ks, ke = union(*cover)
+    bounds = np.unique(np.concatenate([s, e, ks, ke]))
+    delta = np.zeros(bounds.size, dtype=np.int64)
+    np.add.at(delta, np.searchsorted(bounds, s), 1)
+    np.add.at(delta, np.searchsorted(bounds, e), -1)
+    n = np.cumsum(delta)[:-1]
+    length = np.diff(bounds)
+    mid = (bounds[:-1] + bounds[1:]) / 2
+    j = np.searchsorted(ks, mid, side="right") - 1
+    in_k = (j >= 0) & (mid < ke[np.maximum(j, 0)]) if ks.size else np.zeros(mid.size, dtype=bool)
+    share = np.where(n > 0, length / np.maximum(n, 1), 0.0)
+    w_cov = np.concatenate([[0.0], np.cumsum(share * in_k)])
+    w_unc = np.concatenate([[0.0], np.cumsum(share * ~in_k)])
+    i0, i1 = np.searchsorted(bounds, s), np.searchsorted(bounds, e)
+    np.add.at(covered, owners, w_cov[i1] - w_cov[i0])
+    np.add.at(uncovered, owners, w_unc[i1] - w_unc[i0])
+    return covered, uncovered
+
+
+def intersection_with_sorted(a: Intervals, sorted_union: Intervals) -> float:
+    """|A ∩ U| where U is already a disjoint sorted union: only the part of U near A is read."""
+    sa, ea = union(*a)
+    us, ue = sorted_union
+    if sa.size == 0 or us.size == 0:
+        return 0.0
+    lo = np.searchsorted(ue, sa[0], side="right")
+    hi = np.searchsorted(us, ea[-1], side="left")
+    return intersection_measure((sa, ea), (us[lo:hi], ue[lo:hi]))

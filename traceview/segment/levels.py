@@ -1,0 +1,72 @@
+"""Naming patterns that turn annotation names into segment levels (configurable).
+
+A record_function / NVTX range name is matched against each level's patterns in order:
+``ProfilerStep#3`` is an iteration, ``mb1`` a micro-batch, ``layer.7`` a layer,
+``prefill`` / ``decode_step`` a stage; any other user range (``attn``, ``dispatch``,
+DeepSeek's ``attn(F)``) is a phase, unless it is one of the library ranges that frameworks
+add on their own (``nccl:all_to_all``, ``c10d::...``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..classify.rules import tomllib
+from ..errors import UsageError
+
+LEVELS = ("iteration", "stage", "microbatch", "layer", "phase")
+
+
+@dataclass
+class LevelPatterns:
+    iteration: list[str] = field(default_factory=lambda: [r"^ProfilerStep#(\d+)$", r"(?i)^(?:iter|iteration|step)[._#-]?(\d+)$"])
+    stage: list[str] = field(default_factory=lambda: [r"(?i)^(prefill|extend|decode)(?:_step|_graph|[._#-]?\d+)?$",
+                                                       r"(?i)^forward_(extend|decode)$"])
+    microbatch: list[str] = field(default_factory=lambda: [r"(?i)^(?:mb|micro_?batch|ubatch|ub|tbo|dbo)[._#-]?(\d+)$"])
+    layer: list[str] = field(default_factory=lambda: [r"(?i)^(?:layer|layers|decoder_layer|block)[._#-]?(\d+)$",
+                                                       r"(?i)(?:^|\.)layers\.(\d+)$"])
+    #: ranges that are never phases: added by libraries, not by the user
+    not_phase: list[str] = field(default_factory=lambda: [r"^nccl:", r"^c10d", r"^aten::", r"^cuda", r"^record_param",
+                                                           r"^PyTorch Profiler", r"^##", r"^Optimizer"])
+
+    def compiled(self) -> dict[str, list[re.Pattern]]:
+        try:
+            return {lvl: [re.compile(p) for p in getattr(self, lvl)]
+                    for lvl in ("iteration", "stage", "microbatch", "layer", "not_phase")}
+        except re.error as e:
+            raise UsageError(f"bad segment pattern: {e}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "LevelPatterns":
+        """``[segments]`` table of a TOML file: lists of regexes per level replace the defaults."""
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise UsageError(f"{path}: cannot read segment patterns ({e})") from None
+        table = data.get("tool", {}).get("traceview", {}).get("segments", data.get("segments", {}))
+        lp = cls()
+        for key, val in table.items():
+            if not hasattr(lp, key) or not isinstance(val, list):
+                raise UsageError(f"{path}: unknown segment level {key!r} (use {', '.join(LEVELS[:-1])}, not_phase)")
+            setattr(lp, key, [str(v) for v in val])
+        return lp
+
+
+def level_of(name: str, pats: dict[str, list[re.Pattern]]) -> tuple[str, str] | None:
+    """(level, label) for an annotation name; None for library ranges."""
+    for lvl in ("iteration", "microbatch", "layer", "stage"):
+        for p in pats[lvl]:
+            m = p.search(name)
+            if m:
+                label = m.group(1) if m.groups() else name
+                if lvl == "microbatch":
+                    label = f"mb{int(label)}" if label.isdigit() else label
+                elif lvl == "stage":
+                    label = label.lower()
+                return lvl, label
+    for p in pats["not_phase"]:
+        if p.search(name):
+            return None
+    return "phase", name

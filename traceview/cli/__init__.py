@@ -17,9 +17,18 @@ def main() -> None:
 
 main.add_command(analyze_cmd)
 
-try:  # commands whose modules may be added independently
-    from .budget import budget
+def _register(module: str, attr: str) -> None:
+    """Commands live one per module (cli/<command>.py); register those that exist."""
+    import importlib
 
-    main.add_command(budget)
-except ImportError:  # pragma: no cover
-    pass
+    try:
+        mod = importlib.import_module(f"{__name__}.{module}")
+    except ModuleNotFoundError as e:  # pragma: no cover - a command not written yet
+        if e.name != f"{__name__}.{module}":
+            raise
+        return
+    main.add_command(getattr(mod, attr))
+
+
+for _module, _attr in (("budget", "budget"), ("report", "report_cmd"), ("gate", "gate_cmd"), ("diff", "diff_cmd")):
+    _register(_module, _attr)

@@ -45,7 +45,8 @@ def segment_table(kernels: pl.DataFrame, seg: Segmentation, by: str) -> pl.DataF
     frames = []
     for (device,), d in df.partition_by("device", as_dict=True, maintain_order=True).items():
         frames.append(_device_groups(d, int(device), keys))
-    out = pl.concat(frames) if frames else pl.DataFrame()
+    out = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    out = out.with_columns(pl.col(category_columns(out)).fill_null(0.0)) if frames else out
     return _sort(out, keys)
 
 

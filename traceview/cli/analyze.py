@@ -11,7 +11,7 @@ from rich.console import Console
 from ..analysis import TraceAnalysis, analyze_many, expand_paths, rank_skew
 from ..segment import LevelPatterns
 from ..classify import load_rules
-from ..errors import TraceError
+from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
 from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option
 
@@ -30,17 +30,35 @@ from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_byte
 @click.option("--tax/--no-tax", default=None, help="Show the overlap tax table (default: with --by).")
 @click.option("--segments", "segments_file", type=click.Path(dir_okay=False),
               help="TOML with [segments] naming patterns (iteration, stage, microbatch, layer, not_phase).")
+@click.option("--model", help="Reconcile against the budget model: a model name (deepseek-v3, ...) or a config.json.")
+@click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...).")
+@click.option("--gpu-file", type=click.Path(dir_okay=False), help="TOML file of extra/overriding GPU specs.")
+@click.option("--phase", type=click.Choice(["prefill", "decode"]), help="Budget phase (default: from the trace's shapes).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp8"]), default="auto", show_default=True,
+              help="GEMM precision for the model (auto: fp8 when the kernels are fp8).")
+@click.option("--tokens", type=int, help="Tokens per micro-batch, where the trace has no shapes (or to override).")
+@click.option("--kv-len", type=int, help="KV length for the attention model (override).")
+@click.option("--batch", "n_seqs", type=int, help="Sequences per micro-batch for the attention model (override).")
 @rules_option
 @jobs_option
 @max_bytes_option
 @handle_errors
-def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, rules_file, jobs, max_bytes):
+def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, model, gpu_name, gpu_file, phase,
+                precision, tokens, kv_len, n_seqs, rules_file, jobs, max_bytes):
     """Where the GPU time goes: busy compute/comm/memory, overlap, exposed communication,
     idle, per stream and per kernel category, for each rank and GPU.
 
     PATHS are trace files (.json, .json.gz) or directories of per-rank traces.
     """
     load_rules(rules_file)  # validate the rules file once, before any work
+    budget = None
+    if model or gpu_name:
+        if not (model and gpu_name):
+            raise UsageError("--model and --gpu go together")
+        from ..budget import get_gpu, load_model
+
+        budget = dict(model=load_model(model), gpu=get_gpu(gpu_name, gpu_file), phase=phase, precision=precision,
+                      tokens=tokens, kv_len=kv_len, batch=n_seqs)
     patterns = LevelPatterns.from_file(segments_file) if segments_file else None
     files = expand_paths(paths)
     results = analyze_many(files, rules_file, jobs, max_bytes, patterns)
@@ -53,16 +71,24 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
     for e in failed:
         error_line(str(e))
     if good:
-        _emit(good, results, fmt, table_name, output, by, bool(by) if tax is None else tax)
+        _emit(good, results, fmt, table_name, output, by, bool(by) if tax is None else tax, budget)
     sys.exit(EXIT_INPUT if failed else 0)
 
 
-def _emit(good, results, fmt, table_name, output, by=(), tax=False) -> None:
+def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None) -> None:
+    recs = {}
+    if budget:
+        from ..budget.reconcile import reconcile
+
+        recs = {id(a): reconcile(a, **budget) for a in good}
     out = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
         if fmt == "json":
-            out.write(orjson.dumps(json_report.analysis_document(results),
-                                   option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+            doc = json_report.analysis_document(results)
+            for t, a in zip(doc["traces"], good):
+                if id(a) in recs:
+                    t["reconciliation"] = recs[id(a)].to_dict()
+            out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
         elif fmt == "csv":
             if by:
                 import polars as pl
@@ -83,6 +109,9 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False) -> None:
                     terminal.render_tax(a, console)
             if by or tax:
                 terminal.render_skew(*rank_skew(good), console)
+            for a in good:
+                if id(a) in recs:
+                    terminal.render_reconciliation(a, recs[id(a)], console)
     finally:
         if output:
             out.close()

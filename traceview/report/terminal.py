@@ -186,3 +186,40 @@ def render_skew(skew, offsets: dict, console: Console) -> None:
     if any(abs(v) > 1000 for v in offsets.values()):
         console.print(Text("clock offsets removed (µs): " + ", ".join(f"rank {k}: {v:.0f}" for k, v in offsets.items()),
                            style="yellow"))
+
+
+def render_reconciliation(a: TraceAnalysis, rec, console: Console) -> None:
+    """Measured vs modeled per budget class (per iteration), then the per-layer slack."""
+    from ..budget.reconcile import CLASSES
+
+    t = Table(title=f"{clean(a.trace.name)}: measured vs modeled ({clean(rec.model.name)} on {clean(rec.gpu.name)}, "
+                    f"{rec.phase}; ms per iteration)", title_justify="left", header_style="bold")
+    for col in ("gpu", "class", "kernels", "measured", "model (seed)", "roofline", "efficiency", "model/measured"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for r in rec.summary.iter_rows(named=True):
+        label = r["class"] if r["class"] in CLASSES else ("unmodeled compute" if r["class"] == "unmodeled"
+                                                          else "unmodeled memory/comm")
+        t.add_row(str(r["device"]), label, str(r["kernels"]), fmt_ms(r["measured_ms"] * 1000),
+                  fmt_ms(r["model_ms"] * 1000 if r["model_ms"] is not None else None),
+                  fmt_ms(r["peak_ms"] * 1000 if r["peak_ms"] is not None else None),
+                  fmt_pct(r["efficiency"]), fmt_pct(r["vs_model"]),
+                  style="dim" if r["class"].startswith("unmodeled") else None)
+    console.print(t)
+    sh = rec.shapes.filter(pl_col_not_none("layer"))
+    if sh.height:
+        tok = sorted({v for v in sh["tokens"].to_list() if v})
+        kv = sorted({v for v in sh["kv_len"].to_list() if v})
+        rows = sorted({v for v in sh["rows"].to_list() if v}) if "rows" in sh.columns else []
+        console.print(Text(f"  shapes from the trace: tokens per micro-batch {tok or '?'}, kv_len {kv or '?'}, "
+                           f"routed rows {rows[:3] + (['…'] if len(rows) > 3 else []) or '-'}"))
+    if rec.slack.height:
+        s = rec.slack
+        console.print(Text(f"  communication slack per layer (MLA + shared - dispatch - combine): model "
+                           f"{s['model_slack_ms'].mean():.3f} ms, measured {s['measured_slack_ms'].mean():.3f} ms "
+                           f"(min {s['measured_slack_ms'].min():.3f}); positive = the all-to-all can hide"))
+
+
+def pl_col_not_none(col: str):
+    import polars as pl
+
+    return pl.col(col) != "(none)"

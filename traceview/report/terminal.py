@@ -139,11 +139,13 @@ def render_segments(a: TraceAnalysis, by: str, console: Console) -> None:
         t.add_column("gpu", justify="right")
     for k in keys:
         t.add_column(k)
-    for col in ("events", "compute", "comm", "overlapped", "exposed", "exposed %", "cover by other mb", "largest category"):
-        t.add_column(col, justify="left" if col == "largest category" else "right")
+    for col in ("events", "compute", "comm", "overlapped", "exposed", "exposed %", "cover by other mb", "top categories (share)"):
+        t.add_column(col, justify="left" if col.startswith("top") else "right")
     cats = category_columns(df)
     for row in df.iter_rows(named=True):
-        top = max(cats, key=lambda c: row[c] or 0.0) if cats else None
+        total = sum(row[c] or 0.0 for c in cats)
+        tops = sorted(cats, key=lambda c: -(row[c] or 0.0))[:3]
+        top_text = ", ".join(f"{clean(c[4:])} {100 * row[c] / total:.0f}%" for c in tops if total and row[c])
         cover = row["cover_other_mb_us"]
         cells = [str(row["device"])] if multi_gpu else []
         cells += [clean(row[k], 40) for k in keys]
@@ -152,7 +154,7 @@ def render_segments(a: TraceAnalysis, by: str, console: Console) -> None:
                   fmt_ms(row["overlapped_comm_us"]),
                   Text(fmt_ms(row["exposed_comm_us"]), style="red" if (exposed_pct or 0) > 0.5 else ""),
                   fmt_pct(exposed_pct), "-" if cover is None or cover != cover else fmt_ms(cover),
-                  f"{clean(top[4:])} {fmt_ms(row[top])}" if top and row[top] else "-"]
+                  top_text or "-"]
         t.add_row(*cells)
     console.print(t)
 

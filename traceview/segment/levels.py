@@ -22,7 +22,7 @@ LEVELS = ("iteration", "stage", "microbatch", "layer", "phase")
 @dataclass
 class LevelPatterns:
     iteration: list[str] = field(default_factory=lambda: [r"^ProfilerStep#(\d+)$", r"(?i)^(?:iter|iteration|step)[._#-]?(\d+)$"])
-    stage: list[str] = field(default_factory=lambda: [r"(?i)^(prefill|extend|decode)(?:_step|_graph|[._#-]?\d+)?$",
+    stage: list[str] = field(default_factory=lambda: [r"(?i)^(prefill|extend|decode)(?:_step|_graph|[._#-]?\d+)*$",
                                                        r"(?i)^forward_(extend|decode)$"])
     microbatch: list[str] = field(default_factory=lambda: [r"(?i)^(?:mb|micro_?batch|ubatch|ub|tbo|dbo)[._#-]?(\d+)$"])
     layer: list[str] = field(default_factory=lambda: [r"(?i)^(?:layer|layers|decoder_layer|block)[._#-]?(\d+)$",

@@ -18,11 +18,12 @@ from traceview.cli import main  # noqa: E402
 
 def cli_reference() -> str:
     out = ["# CLI reference", "", "Generated from `--help` by `scripts/gen_docs.py`; do not edit by hand.", ""]
-    ctx = click.Context(main, info_name="traceview", terminal_width=100, max_content_width=100)
+    settings = dict(main.context_settings, terminal_width=100, max_content_width=100)
+    ctx = click.Context(main, info_name="traceview", **settings)
     out += ["```", main.get_help(ctx), "```", ""]
     for name in sorted(main.commands):
         cmd = main.commands[name]
-        sub = click.Context(cmd, info_name=f"traceview {name}", parent=ctx, terminal_width=100, max_content_width=100)
+        sub = click.Context(cmd, info_name=f"traceview {name}", parent=ctx, **settings)
         out += [f"## traceview {name}", "", "```", cmd.get_help(sub), "```", ""]
     return "\n".join(out)
 

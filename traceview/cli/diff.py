@@ -1,0 +1,66 @@
+"""``traceview diff``: what changed between two runs, biggest first."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import orjson
+from rich.console import Console
+
+from ..errors import TraceError
+from ..gate.diff import diff_paths
+from ..gate.render import render_diff
+from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option
+from .gate import write_file
+
+
+@click.command("diff")
+@click.argument("base", type=click.Path())
+@click.argument("new", type=click.Path())
+@click.option("--kernels", is_flag=True, help="Add kernel-level detail: kernels matched by name + launch grid.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(0, None),
+              help="Rows per table (0: all).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table: findings and tables; json: the traceview.diff/1 document.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write to this file.")
+@rules_option
+@jobs_option
+@max_bytes_option
+@handle_errors
+def diff_cmd(base, new, kernels, top, fmt, output, rules_file, jobs, max_bytes):
+    """Compare two runs per GPU: iteration time, exposed communication, kernel categories, micro-batches,
+    layers and phases, per iteration, sorted by impact, with the findings that explain the change.
+
+    BASE and NEW are trace files, directories of per-rank traces, or 'analyze --format json' documents.
+    GPUs pair up by rank and device, else by position (so rank 0 of one run compares with rank 1).
+    """
+    result, errors = diff_paths([base], [new], rules_file=rules_file, jobs=jobs, max_bytes=max_bytes)
+    for e in errors:
+        error_line(str(e))
+    if not result.pairs:
+        if not errors:
+            error_line(f"{base}: no GPU to compare with {new}")
+        sys.exit(EXIT_INPUT)
+    if fmt == "json":
+        doc = result.to_dict()  # every row: --top shortens the terminal tables only
+        if not kernels:
+            for p in doc["pairs"]:
+                p["kernels"] = None
+        text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
+        if output:
+            write_file(output, text)
+        else:
+            click.echo(text, nl=False)
+    else:
+        try:
+            out = open(output, "w", encoding="utf-8") if output else sys.stdout
+        except OSError as e:
+            raise TraceError(output, f"cannot write: {e.strerror or e}") from None
+        try:
+            console = Console(file=out, width=None if out.isatty() else 160)
+            render_diff(result, console, top=top, kernels=kernels)
+        finally:
+            if output:
+                out.close()
+    sys.exit(EXIT_INPUT if errors else 0)

@@ -1,0 +1,387 @@
+"""The CI gate: thresholds, one check per (metric, GPU or segment), and the verdict.
+
+Checks (each gives one ``CheckResult``; values are the numbers ``traceview analyze`` reports):
+
+  exposed_comm_pct   exposed communication as a share of communication time (per GPU, or per
+                     segment with ``per``): fails above ``max_exposed_comm_pct``
+  exposed_comm_ms    exposed communication time: fails above ``max_exposed_comm_us``
+  regression.*       against a baseline, per iteration: exposed communication, span (iteration
+                     time) and each kernel category's time; fails when the increase is more than
+                     ``max_regression_pct`` of the baseline value AND more than ``min_regression_us``
+                     (a noise floor, so that a 20 µs category does not fail on 2 µs)
+
+Per-segment checks use ``TraceAnalysis.segments(per)``: a micro-batch row sums its iterations
+(the rows add up to the GPU total), a layer row is one layer of one micro-batch in one iteration.
+Segments without communication have nothing to expose and get no check.
+
+Exit codes: 0 every check passed, 1 a check failed, 2 some input could not be analyzed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+from ..errors import TraceError, UsageError
+from .summary import GpuSummary, SegmentRow, load_document, load_inputs
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+PER_CHOICES = ("gpu", "microbatch", "layer", "iteration")
+DEFAULT_MIN_REGRESSION_US = 50.0
+GATE_SCHEMA = "traceview.gate/1"
+
+
+# --- thresholds ------------------------------------------------------------------------------
+
+_PCT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%?)\s*$")
+_TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|us|µs|s)?\s*$")
+
+
+def parse_percent(value: Any, option: str) -> float:
+    """'10%', '10' or 10 -> 10.0 (percent).  A bare number is a percentage, not a fraction."""
+    if isinstance(value, bool):
+        raise UsageError(f"{option}: {value!r} is not a percentage (e.g. 10%)")
+    if isinstance(value, (int, float)):
+        v = float(value)
+    else:
+        m = _PCT.match(str(value))
+        if not m:
+            raise UsageError(f"{option}: {str(value)[:40]!r} is not a percentage (e.g. 10%)")
+        v = float(m.group(1))
+    if not math.isfinite(v) or v < 0:
+        raise UsageError(f"{option}: {str(value)[:40]!r} must be a percentage >= 0")
+    return v
+
+
+def parse_duration_us(value: Any, option: str) -> float:
+    """'2.5', '2.5ms', '2500us', '0.0025s' or 2.5 -> microseconds.  A bare number is milliseconds."""
+    if isinstance(value, bool):
+        raise UsageError(f"{option}: {value!r} is not a time (e.g. 2.5 or 2.5ms)")
+    if isinstance(value, (int, float)):
+        v, unit = float(value), "ms"
+    else:
+        m = _TIME.match(str(value))
+        if not m:
+            raise UsageError(f"{option}: {str(value)[:40]!r} is not a time (e.g. 2.5 or 2.5ms)")
+        v, unit = float(m.group(1)), (m.group(2) or "ms")
+    if not math.isfinite(v) or v < 0:
+        raise UsageError(f"{option}: {str(value)[:40]!r} must be a time >= 0")
+    return v * {"ms": 1e3, "us": 1.0, "µs": 1.0, "s": 1e6}[unit]
+
+
+@dataclass
+class Thresholds:
+    """What the gate checks.  ``None`` turns a check off."""
+
+    max_exposed_comm_pct: float | None = None
+    max_exposed_comm_us: float | None = None
+    per: str = "gpu"
+    baseline: str | None = None
+    max_regression_pct: float | None = None
+    min_regression_us: float = DEFAULT_MIN_REGRESSION_US
+
+    def validate(self) -> "Thresholds":
+        if self.per not in PER_CHOICES:
+            raise UsageError(f"per: {self.per!r} is not one of {', '.join(PER_CHOICES)}")
+        if self.max_regression_pct is not None and not self.baseline:
+            raise UsageError("max_regression needs a baseline (--baseline FILE)")
+        if self.baseline and self.max_regression_pct is None:
+            self.max_regression_pct = 5.0
+        if not self.any():
+            raise UsageError("no thresholds: give --max-exposed-comm, --max-exposed-comm-ms or --baseline "
+                             "(or a [tool.traceview.gate] table in pyproject.toml / traceview.toml)")
+        return self
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.max_exposed_comm_pct, self.max_exposed_comm_us, self.baseline))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- results ---------------------------------------------------------------------------------
+
+@dataclass
+class CheckResult:
+    """One check on one GPU or segment: what was measured, against what, and where."""
+
+    check: str                   # exposed_comm_pct | exposed_comm_ms | regression.exposed_comm | ...
+    status: str                  # pass | fail | skip
+    value: float | None          # measured (percent, or microseconds)
+    threshold: float             # the limit (percent, or microseconds)
+    unit: str                    # "%" or "us"
+    file: str
+    rank: int | None
+    device: int
+    segment: dict[str, str] | None = None
+    category: str | None = None
+    baseline: float | None = None          # regression checks: the baseline value (per iteration)
+    baseline_where: str | None = None      # regression checks: which baseline GPU, how matched
+    detail: str = ""                       # extra words for the line (comm time, why skipped)
+
+    @property
+    def where(self) -> str:
+        w = f"rank {self.rank} GPU {self.device}" if self.rank is not None else f"GPU {self.device}"
+        if self.segment:
+            w += " " + SegmentRow(self.segment, 0, 0, 0, {}).where()
+        return w
+
+    @property
+    def title(self) -> str:
+        return {
+            "exposed_comm_pct": "exposed comm",
+            "exposed_comm_ms": "exposed comm",
+            "regression.exposed_comm": "regression: exposed comm",
+            "regression.span": "regression: iteration time (span)",
+            "regression.category": f"regression: {self.category} time",
+        }.get(self.check, self.check)
+
+    def value_text(self) -> str:
+        if self.value is None:
+            return "-"
+        if self.check == "exposed_comm_pct":
+            return f"{self.value:.1f}% of comm"
+        if self.check.startswith("regression."):
+            return f"{_ms(self.value)} ms/iter vs baseline {_ms(self.baseline)} ms/iter ({_signed_pct(self.value, self.baseline)})"
+        return f"{_ms(self.value)} ms"
+
+    def threshold_text(self) -> str:
+        if self.check == "exposed_comm_pct":
+            return f"max {self.threshold:g}%"
+        if self.check == "exposed_comm_ms":
+            return f"max {_ms(self.threshold)} ms"
+        return f"max +{self.threshold:g}%"
+
+    def line(self) -> str:
+        """``PASS|FAIL|SKIP  what: value (detail)  threshold  where  [file]`` on one line."""
+        from ..report.text import clean
+
+        detail = f" ({self.detail})" if self.detail else ""
+        base = f"  vs {self.baseline_where}" if self.baseline_where else ""
+        return clean(f"{self.status.upper():4}  {self.title}: {self.value_text()}{detail}  {self.threshold_text()}  "
+                     f"{self.where}{base}  [{_basename(self.file)}]")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["where"] = self.where
+        d["message"] = self.line()
+        return d
+
+
+@dataclass
+class GateResult:
+    thresholds: Thresholds
+    checks: list[CheckResult] = field(default_factory=list)
+    errors: list[TraceError] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    @property
+    def exit_code(self) -> int:
+        if self.errors:
+            return EXIT_INPUT
+        return EXIT_FAIL if self.failed else EXIT_OK
+
+    def verdict(self) -> str:
+        n, f = len(self.checks), len(self.failed)
+        s = sum(c.status == SKIP for c in self.checks)
+        skipped = f", {s} skipped" if s else ""
+        if self.errors:
+            return f"gate: ERROR ({len(self.errors)} input(s) could not be analyzed; {n} checks, {f} failed{skipped})"
+        if f:
+            return f"gate: FAIL ({f} of {n} checks failed{skipped})"
+        return f"gate: PASS ({n} checks{skipped})"
+
+    def lines(self) -> list[str]:
+        return [c.line() for c in self.checks] + [self.verdict()]
+
+    def to_dict(self) -> dict:
+        from .. import __version__
+
+        return {
+            "schema": GATE_SCHEMA,
+            "traceview_version": __version__,
+            "passed": self.exit_code == EXIT_OK,
+            "exit_code": self.exit_code,
+            "verdict": self.verdict(),
+            "thresholds": self.thresholds.to_dict(),
+            "inputs": self.inputs,
+            "checks": [c.to_dict() for c in self.checks],
+            "errors": [{"file": e.path, "error": e.reason} for e in self.errors],
+        }
+
+
+def _ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.3f}"
+
+
+def _signed_pct(new: float | None, base: float | None) -> str:
+    if new is None or base is None:
+        return "-"
+    if base <= 0:
+        return "new" if new > 0 else "+0.0%"
+    return f"{100 * (new - base) / base:+.1f}%"
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+def _absolute_checks(g: GpuSummary, t: Thresholds) -> list[CheckResult]:
+    """Exposed communication (share and time) of one GPU, or of each of its segments."""
+    out: list[CheckResult] = []
+    common = dict(file=g.file, rank=g.rank, device=g.device)
+    if t.per == "gpu":
+        units = [(None, g.totals["comm_us"], g.totals["exposed_comm_us"])]
+    else:
+        units = [(r.keys, r.comm_us, r.exposed_comm_us) for r in g.segment_rows(t.per) if r.comm_us > 0]
+    for seg, comm, exposed in units:
+        if comm <= 0:
+            for check, thr, unit in (("exposed_comm_pct", t.max_exposed_comm_pct, "%"),
+                                     ("exposed_comm_ms", t.max_exposed_comm_us, "us")):
+                if thr is not None:
+                    out.append(CheckResult(check, SKIP, None, thr, unit, segment=seg,
+                                           detail="no communication on this GPU", **common))
+            continue
+        if t.max_exposed_comm_pct is not None:
+            pct = 100.0 * exposed / comm
+            out.append(CheckResult("exposed_comm_pct", PASS if pct <= t.max_exposed_comm_pct + 1e-9 else FAIL, pct,
+                                   t.max_exposed_comm_pct, "%", segment=seg,
+                                   detail=f"{_ms(exposed)} of {_ms(comm)} ms", **common))
+        if t.max_exposed_comm_us is not None:
+            out.append(CheckResult("exposed_comm_ms", PASS if exposed <= t.max_exposed_comm_us + 1e-9 else FAIL,
+                                   exposed, t.max_exposed_comm_us, "us", segment=seg,
+                                   detail=f"{100 * exposed / comm:.1f}% of {_ms(comm)} ms comm", **common))
+    return out
+
+
+def match_gpus(new: list[GpuSummary], base: list[GpuSummary]) -> list[tuple[GpuSummary, GpuSummary | None, str]]:
+    """Pair each new GPU with a baseline GPU: same (rank, device), else the same position.
+
+    Position is the fallback that lets a baseline captured on one rank gate another rank
+    (or a trace without a rank in its metadata).
+    """
+    by_id = {(b.rank, b.device): b for b in base}
+    out = []
+    for i, g in enumerate(new):
+        b = by_id.get((g.rank, g.device))
+        if b is not None:
+            out.append((g, b, "same rank and GPU"))
+        elif i < len(base):
+            out.append((g, base[i], "by position"))
+        elif len(base) == 1:
+            out.append((g, base[0], "by position"))
+        else:
+            out.append((g, None, "no baseline GPU"))
+    return out
+
+
+def _regression(check: str, g: GpuSummary, new_pi: float, base_pi: float, t: Thresholds, where_base: str,
+                segment: dict | None = None, category: str | None = None) -> CheckResult:
+    assert t.max_regression_pct is not None
+    allowed = max(base_pi * t.max_regression_pct / 100.0, t.min_regression_us)
+    status = PASS if new_pi - base_pi <= allowed + 1e-9 else FAIL
+    detail = ""
+    if status == PASS and new_pi - base_pi > base_pi * t.max_regression_pct / 100.0 + 1e-9:
+        detail = f"+{_ms(new_pi - base_pi)} ms is within the {_ms(t.min_regression_us)} ms noise floor"
+    return CheckResult(check, status, new_pi, t.max_regression_pct, "%", file=g.file, rank=g.rank, device=g.device,
+                       segment=segment, category=category, baseline=base_pi, baseline_where=where_base, detail=detail)
+
+
+def _regression_checks(g: GpuSummary, b: GpuSummary | None, how: str, t: Thresholds) -> list[CheckResult]:
+    if b is None:
+        return [CheckResult("regression.exposed_comm", SKIP, None, t.max_regression_pct or 0.0, "%", file=g.file,
+                            rank=g.rank, device=g.device, detail="no GPU in the baseline to compare with")]
+    where_base = f"baseline {b.label}" + ("" if how == "same rank and GPU" else f" ({how})")
+    if g.iterations != b.iterations:
+        where_base += f", per iteration: {g.per} vs {b.per}"
+    out = [
+        _regression("regression.exposed_comm", g, g.totals["exposed_comm_us"] / g.per,
+                    b.totals["exposed_comm_us"] / b.per, t, where_base),
+        _regression("regression.span", g, g.totals["span_us"] / g.per, b.totals["span_us"] / b.per, t, where_base),
+    ]
+    cats = sorted(set(g.categories) | set(b.categories),
+                  key=lambda c: -max(g.categories[c].time_us / g.per if c in g.categories else 0.0,
+                                     b.categories[c].time_us / b.per if c in b.categories else 0.0))
+    for c in cats:
+        new_pi = g.categories[c].time_us / g.per if c in g.categories else 0.0
+        base_pi = b.categories[c].time_us / b.per if c in b.categories else 0.0
+        out.append(_regression("regression.category", g, new_pi, base_pi, t, where_base, category=c))
+    if t.per in ("microbatch", "layer") and t.per in b.segments and t.per in g.segments:
+        new_rows, base_rows = g.segments_per_iteration(t.per), b.segments_per_iteration(t.per)
+        for k in sorted(set(new_rows) | set(base_rows)):
+            n, o = new_rows.get(k), base_rows.get(k)
+            if not ((n and n.comm_us > 0) or (o and o.comm_us > 0)):
+                continue
+            seg = (n or o).keys  # type: ignore[union-attr]
+            out.append(_regression("regression.exposed_comm", g, n.exposed_comm_us if n else 0.0,
+                                   o.exposed_comm_us if o else 0.0, t, where_base, segment=seg))
+    return out
+
+
+def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] | None = None) -> list[CheckResult]:
+    """Every check the thresholds ask for, GPU by GPU, in a stable order."""
+    out: list[CheckResult] = []
+    pairs = match_gpus(gpus, baseline) if baseline is not None else [(g, None, "") for g in gpus]
+    for g, b, how in pairs:
+        if t.max_exposed_comm_pct is not None or t.max_exposed_comm_us is not None:
+            out.extend(_absolute_checks(g, t))
+        if baseline is not None:
+            out.extend(_regression_checks(g, b, how, t))
+    return out
+
+
+def run_gate(paths: Iterable[str], thresholds: Thresholds, rules_file: str | None = None, jobs: int = 1,
+             max_bytes: int | None = None) -> GateResult:
+    """Analyze the inputs (traces, rank directories, or saved analyze documents) and check them.
+
+    A baseline that cannot be read raises ``TraceError`` (nothing to gate against); inputs that
+    cannot be analyzed are listed in ``GateResult.errors`` (exit code 2) beside the checks of
+    the inputs that could.
+    """
+    t = thresholds.validate()
+    views = [t.per] if t.per != "gpu" else []
+    baseline = load_baseline(t.baseline, views, rules_file, max_bytes) if t.baseline else None
+    gpus, errors = load_inputs(list(paths), views=views, kernels=False, rules_file=rules_file, jobs=jobs,
+                               max_bytes=max_bytes)
+    return GateResult(thresholds=t, checks=evaluate(gpus, t, baseline), errors=errors,
+                      inputs=list(dict.fromkeys(g.file for g in gpus)))
+
+
+def load_baseline(path: str, views: list[str] | None = None, rules_file: str | None = None,
+                  max_bytes: int | None = None) -> list[GpuSummary]:
+    """A baseline: an ``analyze --format json`` document (small, kept in the repo) or a trace."""
+    from ..errors import NotATraceError
+    from .summary import is_document
+
+    if is_document(path) or str(path).lower().endswith(".json") and _looks_like_object_without_events(path):
+        return load_document(path)
+    gpus, errors = load_inputs([path], views=views or [], kernels=False, rules_file=rules_file,
+                               max_bytes=max_bytes)
+    if errors:
+        e = errors[0]
+        if isinstance(e, NotATraceError):
+            raise TraceError(e.path, "baseline is neither a traceview analyze --format json document nor a trace")
+        raise TraceError(e.path, f"baseline: {e.reason}")
+    return gpus
+
+
+def _looks_like_object_without_events(path: str) -> bool:
+    """A small JSON file that is not a trace: read it as a document, for a precise error."""
+    import os
+
+    try:
+        if os.path.getsize(path) > 64 << 20:
+            return False
+        with open(path, "rb") as f:
+            return b"traceEvents" not in f.read()
+    except OSError:
+        return False

@@ -1,0 +1,95 @@
+"""Terminal view of a diff (rich tables; every trace-supplied string goes through ``clean``)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..report.text import clean, short_kernel_name
+from .diff import TOTAL_LABELS, DiffResult, GpuDiff
+
+
+def _ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.3f}"
+
+
+def _d(us: float) -> Text:
+    s = f"{us / 1000:+.3f}"
+    return Text(s, style="red" if us > 0 else "green" if us < 0 else "")
+
+
+def _pct(new: float | None, base: float | None) -> str:
+    if new is None or base is None:
+        return "-"
+    if base == 0:
+        return "new" if new else "-"
+    return f"{100 * (new - base) / base:+.1f}%"
+
+
+def _count(x: float) -> str:
+    return f"{x:.1f}".rstrip("0").rstrip(".") if x else "0"
+
+
+def render_diff(result: DiffResult, console: Console, top: int = 10, kernels: bool = False) -> None:
+    if not result.pairs:
+        console.print(Text("no GPUs to compare"))
+    for d in result.pairs:
+        _pair(d, console, top, kernels)
+    for u in result.unmatched:
+        console.print(Text(f"not compared: {clean(u)}", style="yellow"))
+
+
+def _pair(d: GpuDiff, console: Console, top: int, kernels: bool) -> None:
+    b, n = d.base, d.new
+    how = "" if d.matched_by == "same rank and GPU" else f" (matched {d.matched_by})"
+    console.print(Text(f"traceview diff · {clean(b.file_name)} {b.label} -> {clean(n.file_name)} {n.label}{how} · "
+                       f"per iteration ({b.iterations} vs {n.iterations} iterations), ms", style="bold"))
+    for f in d.findings:
+        console.print(Text(f"  * {clean(f.text)}"))
+    for note in d.notes:
+        console.print(Text(f"  note: {clean(note)}", style="yellow"))
+
+    t = Table(title="totals per iteration (ms)", title_justify="left", header_style="bold")
+    for c in ("metric", "base", "new", "delta", "change"):
+        t.add_column(c, justify="left" if c == "metric" else "right")
+    for x in d.totals:
+        t.add_row(TOTAL_LABELS.get(x.metric, x.metric), _ms(x.base), _ms(x.new), _d(x.delta), _pct(x.new, x.base))
+    br, nr = b.exposed_ratio(), n.exposed_ratio()
+    t.add_row("exposed share of comm", "-" if br is None else f"{100 * br:.1f}%", "-" if nr is None else f"{100 * nr:.1f}%",
+              "", "")
+    console.print(t)
+
+    t = Table(title="categories, by impact (time per iteration in ms; mean kernel in µs)", title_justify="left",
+              header_style="bold")
+    for c in ("category", "role", "base", "new", "delta", "change", "launches", "mean base", "mean new", "mean change"):
+        t.add_column(c, justify="left" if c in ("category", "role") else "right")
+    for c in d.categories[: top or None]:
+        t.add_row(clean(c.category), c.role, _ms(c.base_time), _ms(c.new_time), _d(c.delta), _pct(c.new_time, c.base_time),
+                  f"{_count(c.base_count)} -> {_count(c.new_count)}",
+                  "-" if c.base_mean is None else f"{c.base_mean:.1f}", "-" if c.new_mean is None else f"{c.new_mean:.1f}",
+                  _pct(c.new_mean, c.base_mean))
+    console.print(t)
+
+    for view, rows in d.segments.items():
+        if not rows:
+            continue
+        t = Table(title=f"by {view}, by impact (ms per iteration)", title_justify="left", header_style="bold")
+        for c in (view, "time base", "time new", "time delta", "exposed base", "exposed new", "exposed delta"):
+            t.add_column(c, justify="left" if c == view else "right")
+        for s in rows[: top or None]:
+            t.add_row(clean(s.label), _ms(s.base_time), _ms(s.new_time), _d(s.new_time - s.base_time),
+                      _ms(s.base_exposed), _ms(s.new_exposed), _d(s.new_exposed - s.base_exposed))
+        console.print(t)
+
+    if kernels and d.kernels is not None:
+        t = Table(title="kernels (name + launch grid), by impact (time per iteration in ms; mean in µs)",
+                  title_justify="left", header_style="bold")
+        for c in ("kernel", "grid", "category", "launches", "base", "new", "delta", "mean base", "mean new"):
+            t.add_column(c, justify="left" if c in ("kernel", "grid", "category") else "right")
+        for k in d.kernels[: top or None]:
+            t.add_row(short_kernel_name(k.name, 60), clean(k.grid), clean(k.category),
+                      f"{_count(k.base_count)} -> {_count(k.new_count)}", _ms(k.base_time), _ms(k.new_time),
+                      _d(k.delta), "-" if k.base_mean is None else f"{k.base_mean:.1f}",
+                      "-" if k.new_mean is None else f"{k.new_mean:.1f}")
+        console.print(t)

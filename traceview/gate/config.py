@@ -91,7 +91,7 @@ def load(path: str | Path, required: bool = True) -> dict[str, Any]:
         if not isinstance(out["baseline"], str):
             raise UsageError(f"{p}: [tool.traceview.gate]: baseline must be a path string")
         b = Path(out["baseline"])
-        out["baseline"] = str(b if b.is_absolute() else p.parent / b)
+        out["baseline"] = str(b if b.is_absolute() else p.resolve().parent / b)
     out["_source"] = str(p)
     return out
 

@@ -9,7 +9,7 @@ For each GPU pair:
   categories  kernel time, launches and mean kernel time per category
   segments    per micro-batch, layer (summed over micro-batches) and phase: kernel time and
               exposed communication
-  kernels     kernels matched by name + launch grid: count, time, mean (traces only)
+  kernels     kernels matched by name + launch grid (+ category): count, time, mean (traces only)
   findings    sentences that explain the change in iteration time from the identity
               span = compute + exposed comm + exposed memory + idle
 """
@@ -252,14 +252,15 @@ def _grouped(g: GpuSummary, view: str, key_view: str) -> dict[tuple, tuple[dict,
 def _kernels(b: GpuSummary, n: GpuSummary) -> list[KernelChange] | None:
     if b.kernels is None or n.kernels is None:
         return None
-    keys = ["name", "grid"]
-    j = (b.kernels.rename({"count": "bc", "time_us": "bt", "category": "bcat", "role": "brole"})
+    # the category is part of the identity: one NCCL kernel serves both dispatch and combine
+    keys = ["name", "grid", "category"]
+    j = (b.kernels.rename({"count": "bc", "time_us": "bt", "role": "brole"})
          .join(n.kernels.rename({"count": "nc", "time_us": "nt"}), on=keys, how="full", coalesce=True))
     out = []
     for r in j.iter_rows(named=True):
         bc, nc = float(r["bc"] or 0), float(r["nc"] or 0)
         bt, nt = float(r["bt"] or 0.0), float(r["nt"] or 0.0)
-        out.append(KernelChange(r["name"], r["grid"], r["category"] or r["bcat"], r["role"] or r["brole"],
+        out.append(KernelChange(r["name"], r["grid"], r["category"], r["role"] or r["brole"],
                                 bc / b.per, nc / n.per, bt / b.per, nt / n.per,
                                 bt / bc if bc else None, nt / nc if nc else None))
     return sorted(out, key=lambda k: (-abs(k.delta), k.name, k.grid))

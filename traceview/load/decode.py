@@ -97,12 +97,10 @@ class ColumnBuffer:
         """pid/tid as an int; strings (Chrome allows them) get stable negative ids."""
         if isinstance(value, bool):
             return None
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and math.isfinite(value) and value == int(value):
-            return int(value)
+        if isinstance(value, (int, float)):
+            return _int(value)  # None outside int64 (the column type)
         if isinstance(value, str):
-            if value.lstrip("-").isdigit():
+            if _int(value) is not None:
                 return int(value)
             key = self.thread_ids.get(value)
             if key is None:
@@ -117,7 +115,10 @@ def _num(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an integer literal with hundreds of digits
+            return None
         return v if math.isfinite(v) else None
     if isinstance(value, str):
         try:
@@ -134,8 +135,8 @@ def _int(value: Any) -> int | None:
     if isinstance(value, int):
         return value if -(1 << 63) <= value < (1 << 63) else None
     if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        return int(value)
-    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return _int(int(value))
+    if isinstance(value, str) and len(value) < 24 and value.lstrip("-").isdecimal():
         return _int(int(value))
     return None
 
@@ -146,17 +147,25 @@ MAX_ABS_TIME_US = 1e17  # ~3,000 years in microseconds: anything larger is corru
 def add_event(buf: ColumnBuffer, ph: Any, cat: Any, name: Any, pid: Any, tid: Any,
               ts: Any, dur: Any, args: Any) -> None:
     """Append one event to the column lists, or count why it was skipped."""
-    if ph not in KEPT_PHASES:
+    if not isinstance(ph, str) or ph not in KEPT_PHASES:
+        return
+    t = _num(ts)
+    if ph == "E":  # Chrome: an 'E' closes its thread's innermost open 'B'; name and cat are optional
+        if t is None or abs(t) > MAX_ABS_TIME_US:
+            buf.skip("'E' events without a valid timestamp")
+        else:
+            buf.ends.append((buf.thread_key(pid), buf.thread_key(tid), t, len(buf.begins) + len(buf.ends)))
         return
     kind = CATEGORY_ALIASES.get(cat.lower() if isinstance(cat, str) else None)
-    if kind is None:
+    if kind is None or name is None:
+        if name is None and kind is not None:
+            buf.skip("events without a name")
+        if ph == "B" and t is not None and abs(t) <= MAX_ABS_TIME_US:  # placeholder: its 'E' must close it
+            buf.begins.append((buf.thread_key(pid), buf.thread_key(tid), t, None) + (None,) * 7
+                              + (len(buf.begins) + len(buf.ends),))
         return
     if not isinstance(name, str):
-        if name is None:
-            buf.skip("events without a name")
-            return
         name = str(name)
-    t = _num(ts)
     if t is None or abs(t) > MAX_ABS_TIME_US:
         buf.skip("events without a valid timestamp")
         return
@@ -177,10 +186,8 @@ def add_event(buf: ColumnBuffer, ph: Any, cat: Any, name: Any, pid: Any, tid: An
     else:
         corr = ext = dev = stream = nbytes = dims = grid = None
     if ph == "B":
-        buf.begins.append((p, th, t, kind, name, corr, ext, dev, stream, dims, grid))
-        return
-    if ph == "E":
-        buf.ends.append((p, th, t))
+        buf.begins.append((p, th, t, kind, name, corr, ext, dev, stream, dims, grid,
+                           len(buf.begins) + len(buf.ends)))
         return
     d = _num(dur)
     if d is None:
@@ -213,12 +220,13 @@ def match_begin_end(buf: ColumnBuffer) -> None:
     """Turn ``B``/``E`` pairs into complete events (per pid/tid, innermost first)."""
     if not buf.begins and not buf.ends:
         return
-    # Merge both lists in time order; on equal times an E closes before a B opens.
-    timeline = [(b[2], 1, i) for i, b in enumerate(buf.begins)]
-    timeline += [(e[2], 0, i) for i, e in enumerate(buf.ends)]
+    # Merge both lists in time order; on equal times, in file order (the last item of each
+    # tuple), so both "E then B" (adjacent ranges) and "B then E" (an empty range) pair up.
+    timeline = [(b[2], b[-1], 1, i) for i, b in enumerate(buf.begins)]
+    timeline += [(e[2], e[-1], 0, i) for i, e in enumerate(buf.ends)]
     timeline.sort()
     stacks: dict[tuple, list[int]] = {}
-    for _t, is_begin, i in timeline:
+    for _t, _seq, is_begin, i in timeline:
         if is_begin:
             b = buf.begins[i]
             stacks.setdefault((b[0], b[1]), []).append(i)
@@ -228,9 +236,10 @@ def match_begin_end(buf: ColumnBuffer) -> None:
         if not stack:
             buf.skip("'E' events without a matching 'B'")
             continue
-        p, th, t, kind, name, corr, ext, dev, stream, dims, grid = buf.begins[stack.pop()]
-        _append(buf, kind, name, p, th, t, e[2] - t, corr, ext, dev, stream, dims, None, grid)
-    unmatched = sum(len(s) for s in stacks.values())
+        p, th, t, kind, name, corr, ext, dev, stream, dims, grid, _seq = buf.begins[stack.pop()]
+        if kind is not None:  # None: a range of a category we do not keep
+            _append(buf, kind, name, p, th, t, e[2] - t, corr, ext, dev, stream, dims, None, grid)
+    unmatched = sum(buf.begins[i][3] is not None for s in stacks.values() for i in s)
     if unmatched:
         buf.skip("'B' events without a matching 'E'", unmatched)
     buf.begins.clear()
@@ -241,6 +250,7 @@ def match_begin_end(buf: ColumnBuffer) -> None:
 
 _TRACE_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+_LAST_EVENT = re.compile(rb"\}\s*\]")  # the last event, then the array's end
 
 
 @dataclass
@@ -269,7 +279,7 @@ def locate_events(raw: bytes) -> EventArray | None:
     if m is None:
         return None
     start = m.end()
-    prefix = raw[: start]
+    prefix = bytes(raw[: start]).lstrip().removeprefix(b"\xef\xbb\xbf")
     # Try the last few ']' in the file as the array's end: the right one makes
     # prefix + ']' + rest a valid object (Kineto writes only small keys after the events).
     idx = len(raw)
@@ -277,6 +287,9 @@ def locate_events(raw: bytes) -> EventArray | None:
         idx = raw.rfind(b"]", start - 1, idx)
         if idx < 0:
             break
+        before = raw[max(start - 1, idx - 256): idx].rstrip()
+        if before and not before.endswith((b"}", b"[")):  # a list inside an event, not the array
+            continue
         header = _try_header(prefix + raw[idx:])
         if header is not None:
             return EventArray(start, idx, True, header)
@@ -322,14 +335,37 @@ def last_whole_events(piece: bytes) -> bytes | None:
     stripped = piece.rstrip()
     if stripped.endswith(b"}"):
         cuts.append(len(stripped))
-    for cut in reversed(cuts[-64:]):
+    cuts += [m.start() + 1 for m in _LAST_EVENT.finditer(piece, window)]  # cut inside the tail
+    for cut in sorted(set(cuts))[::-1][:64]:
         candidate = piece[:cut]
         try:
             msgspec.json.decode(b"[" + candidate + b"]")
             return candidate
         except msgspec.DecodeError:
-            continue
+            if (b"NaN" in candidate or b"Infinity" in candidate) and _is_json(b"[" + candidate + b"]"):
+                return candidate
+        except UnicodeDecodeError:  # not UTF-8 inside a string: repair as decode_chunk does
+            return last_whole_events(bytes(piece).decode("utf-8", "replace").encode())
     return None
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        return False
+
+
+def cut_short(piece: bytes) -> bool:
+    """Whether ``piece`` ends inside an event (a file cut short), rather than being damaged inside."""
+    try:
+        msgspec.json.decode(b"[" + piece.strip().rstrip(b",") + b"]")
+    except msgspec.DecodeError as e:
+        return "truncated" in str(e)
+    except ValueError:
+        return False
+    return False
 
 
 def decode_chunk(buf: ColumnBuffer, piece: bytes) -> bool:
@@ -341,6 +377,8 @@ def decode_chunk(buf: ColumnBuffer, piece: bytes) -> bool:
         return _decode_tolerant(buf, data)
     except msgspec.DecodeError:
         return _decode_tolerant(buf, data) if b"NaN" in data or b"Infinity" in data else False
+    except UnicodeDecodeError:  # strings that are not UTF-8 (names from odd exporters): U+FFFD them
+        return decode_chunk(buf, bytes(piece).decode("utf-8", "replace").encode())
     for e in events:
         add_event(buf, e.ph, e.cat, e.name, e.pid, e.tid, e.ts, e.dur, e.args)
     return True
@@ -350,7 +388,7 @@ def _decode_tolerant(buf: ColumnBuffer, data: bytes) -> bool:
     """Slow path: generic JSON (NaN allowed), then event-by-event conversion."""
     try:
         events = json.loads(data)
-    except (ValueError, RecursionError):
+    except ValueError:  # RecursionError (absurd nesting) propagates: load() reports it
         return False
     for e in events:
         if not isinstance(e, dict):

@@ -67,7 +67,21 @@ def _gunzip(path: Path, f, max_bytes: int) -> bytearray:
                     block = d.unused_data
                     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     except zlib.error as e:
-        if out:
+        # zlib drops the output of the call that failed: decompress again in small steps
+        # so that everything before the damage (e.g. zeros after a crash) is kept.
+        f.seek(0)
+        out = bytearray()
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            while len(out) <= max_bytes and (block := f.read(4096)):
+                while block:  # 4 KiB of deflate data expands to at most ~4 MiB
+                    out += d.decompress(block)
+                    block = b""
+                    if d.eof:  # concatenated members
+                        block, d = d.unused_data, zlib.decompressobj(16 + zlib.MAX_WBITS)
+        except zlib.error:
+            pass
+        if out.strip():
             raise _TruncatedGzip(out) from None
         raise TraceError(path, f"corrupt gzip data ({e})") from None
     if member_open:
@@ -93,7 +107,13 @@ def rank_from_filename(path: Path) -> int | None:
 
 def load(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> Trace:
     """Load one trace file (``.json``, ``.json.gz``, Kineto object or bare Chrome array)."""
-    path = Path(path)
+    try:
+        return _load(Path(path), max_bytes)
+    except RecursionError:  # the JSON decoders recurse once per nesting level
+        raise TraceError(path, "JSON nested too deeply (limit: a few hundred levels)") from None
+
+
+def _load(path: Path, max_bytes: int) -> Trace:
     notes: list[str] = []
     try:
         raw = read_bytes(path, max_bytes)
@@ -107,19 +127,29 @@ def load(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> Trace:
         raise NotATraceError(path, "not a trace: no 'traceEvents' array and not a JSON array of events")
     buf = decode.ColumnBuffer()
     salvaged = False
+    complete = arr.complete
+    carry, carries = None, 0  # start of a piece whose cut fell inside a string: retried with the next
     for piece, offset in decode.iter_event_chunks(raw, arr.start, arr.end):
+        if carry is not None:
+            piece, offset = raw[carry: offset + len(piece)], carry
         if decode.decode_chunk(buf, piece):
+            carry = None
+            continue
+        last_piece = offset + len(piece) >= arr.end
+        if not last_piece and carries < 8 and decode.cut_short(piece):
+            carry, carries = offset, carries + 1
             continue
         whole = decode.last_whole_events(piece)
-        last_piece = offset + len(piece) >= arr.end
-        if not arr.complete and last_piece:
+        if last_piece and complete and decode.cut_short(piece):
+            complete = False  # the ']' taken for the array's end was inside the last, cut-off event
+        if not complete and last_piece:
             if whole is not None:
                 decode.decode_chunk(buf, whole)
             salvaged = True
             break
         raise TraceError(path, f"invalid JSON in traceEvents near byte {offset + (len(whole) if whole else 0)}")
     del raw
-    if not arr.complete:
+    if not complete:
         if not salvaged and not buf.cols["ts"]:
             raise TraceError(path, "file is truncated before its first complete event")
         notes.append("file is truncated (the writer stopped mid-file): analyzed every complete "

@@ -209,3 +209,39 @@ def test_decode_serial_vs_tbo_on_shared_traces():
     kinds = {f.kind: f for f in d.findings}
     assert d.base.iterations == d.new.iterations == 3
     assert "comm_hidden" in kinds and kinds["comm_hidden"].new < 0.2 * kinds["comm_hidden"].base
+
+
+def _gpu(rank, device, span=1000.0, exposed=100.0, iterations=1, cats=None):
+    from traceview.gate.summary import CategoryStat, GpuSummary
+
+    totals = dict(span_us=span, busy_us=span, compute_us=span - exposed, comm_us=2 * exposed, memory_us=0.0,
+                  overlap_us=exposed, exposed_comm_us=exposed, exposed_memory_us=0.0, idle_us=0.0)
+    cats = cats or {"gemm.dense": (span - exposed, 10), "moe.dispatch": (2 * exposed, 2)}
+    return GpuSummary(f"r{rank}.json", rank, device, iterations, totals,
+                      {c: CategoryStat(t, n) for c, (t, n) in cats.items()},
+                      {"gemm.dense": "compute", "moe.dispatch": "comm"})
+
+
+def test_pairing_and_unmatched_gpus():
+    base = [_gpu(0, 0), _gpu(1, 1)]
+    new = [_gpu(1, 1, exposed=300.0), _gpu(2, 2), _gpu(3, 3)]
+    result = diff_summaries(base, new, views=[])
+    pairs = [(d.base.rank, d.new.rank, d.matched_by) for d in result.pairs]
+    # rank 1 finds rank 1; rank 2 takes the baseline GPU at its position (rank 1); rank 3 has none
+    assert pairs == [(1, 1, "same rank and GPU"), (1, 2, "by position")]
+    assert result.unmatched == ["base rank 0 GPU 0 (r0.json)", "new rank 3 GPU 3 (r3.json)"]
+    d = result.pairs[0]
+    assert d.total("exposed_comm_us").delta == 200.0
+    assert any(f.kind == "comm_exposed" for f in d.findings)
+    assert d.kernels is None and d.segments == {}
+
+
+def test_per_iteration_normalisation_by_hand():
+    base = [_gpu(0, 0, span=3000.0, exposed=300.0, iterations=3,
+                 cats={"gemm.dense": (2700.0, 30), "moe.dispatch": (600.0, 6)})]
+    new = [_gpu(0, 0, span=2000.0, exposed=200.0, iterations=2,
+                cats={"gemm.dense": (1800.0, 20), "moe.dispatch": (400.0, 4)})]
+    (d,) = diff_summaries(base, new, views=[]).pairs
+    assert all(t.delta == 0 for t in d.totals)
+    assert all(c.delta == 0 and c.base_count == c.new_count and c.base_mean == c.new_mean for c in d.categories)
+    assert d.notes[0].startswith("iterations differ (base 3, new 2)")

@@ -472,3 +472,27 @@ def test_bad_input_beside_good_ones_still_reports_checks(tmp_path):
 def test_unwritable_report_is_one_line(tmp_path):
     code, out, err = run("gate", TBO0, "--max-exposed-comm", "50%", "--junit", tmp_path / "no" / "dir" / "r.xml")
     assert "cannot write" in _one_line_error(code, out, err)
+
+
+def test_two_gpus_in_one_trace():
+    """The copy-engine capture drives both GPUs from one process: one check per GPU, no rank."""
+    code, out, _ = run("gate", PROJECT_FIXTURES / "gpu-extra" / "prefill_tbo_copyengine.json.gz",
+                       "--max-exposed-comm", "12%")
+    assert code == 1
+    gpu0, gpu1, _ = out.strip().splitlines()
+    assert gpu0.startswith("PASS") and "  GPU 0  [" in gpu0 and "9.5% of comm" in gpu0
+    assert gpu1.startswith("FAIL") and "  GPU 1  [" in gpu1 and "14.6% of comm" in gpu1
+
+
+def test_docs_examples_match_the_output():
+    """docs/ci.md shows real output: fail when it drifts from what the commands print."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ci.md").read_text()
+    _, out, _ = run("gate", TBO0, SERIAL0, "--max-exposed-comm", "50%")
+    for line in out.strip().splitlines():
+        assert line in doc, line
+    _, out, _ = run("diff", SERIAL0, TBO0, "--format", "json")
+    findings = [f["text"] for f in json.loads(out)["pairs"][0]["findings"]]
+    shown = [l[4:] for l in doc.splitlines() if l.startswith("  * ")]
+    assert len(shown) >= 6
+    for line in shown:
+        assert line in findings, line

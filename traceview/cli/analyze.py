@@ -13,6 +13,7 @@ from ..segment import LevelPatterns
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
+from ..report.text import clean_frame
 from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option
 
 
@@ -95,11 +96,12 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None)
 
                 frames = [a.segments(by[0]).with_columns(pl.lit(a.trace.name).alias("file"),
                                                          pl.lit(a.rank, dtype=pl.Int64).alias("rank")) for a in good]
-                out.write(pl.concat(frames, how="diagonal_relaxed").write_csv())
+                out.write(clean_frame(pl.concat(frames, how="diagonal_relaxed")).write_csv())
             else:
-                out.write(tables.TABLES[table_name](good).write_csv())
+                out.write(clean_frame(tables.TABLES[table_name](good)).write_csv())
         else:
-            console = Console(file=out, width=None if out.isatty() else 160)
+            # markup/emoji off: a kernel named "[link=...]" or ":skull:" is printed, not interpreted
+            console = Console(file=out, width=None if out.isatty() else 160, markup=False, emoji=False)
             terminal.render_analysis(good, console)
             for view in by:
                 for a in good:

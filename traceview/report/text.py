@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import re
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|\x1b[@-_]")
+#: C0/C1 controls (ESC included), zero-width and bidi marks/overrides/isolates, word joiners and
+#: other invisible format characters, the BOM, interlinear annotations, unpaired surrogates.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+                      r"\ufeff\ufff9-\ufffb\ud800-\udfff]")
+#: CSI (colours, cursor moves), OSC (titles, clipboard ``ESC ] 52``, hyperlinks ``ESC ] 8``) with
+#: its payload, DCS/SOS/PM/APC strings with theirs, and the remaining two-byte escapes.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?"
+                   r"|\x1b[PX^_][^\x1b]*(\x1b\\)?|\x1b[@-_]|\x9b[0-?]*[ -/]*[@-~]|\x9d[^\x07\x9c]*[\x07\x9c]?")
+_BLANKS = re.compile(r"[\t\n]")
 
 
 def clean(text: object, limit: int | None = None) -> str:
-    """Strip ANSI escapes and control/bidi characters; optionally shorten with an ellipsis."""
-    s = _CONTROL.sub("", _ANSI.sub("", str(text)))
+    """Strip ANSI escapes and control/bidi characters; optionally shorten with an ellipsis.
+
+    Tabs and newlines become spaces, so that one trace string stays on one output line
+    (a name cannot forge a ``warning:`` line of its own).
+    """
+    s = _CONTROL.sub("", _BLANKS.sub(" ", _ANSI.sub("", str(text))))
     if limit is not None and len(s) > limit:
         s = s[: limit - 1] + "…"
     return s
@@ -40,3 +51,15 @@ def fmt_ms(us: float | None) -> str:
 
 def fmt_pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def clean_frame(df: "pl.DataFrame") -> "pl.DataFrame":
+    """``clean()`` every text column: CSV is data, but it is often printed straight to a terminal.
+
+    Real kernel names never hold control characters, so nothing a profiler wrote is lost;
+    a hostile name cannot move the cursor, set the window title or fill the clipboard.
+    """
+    import polars as pl
+
+    text = [c for c, t in df.schema.items() if t in (pl.Utf8, pl.Categorical)]
+    return df.with_columns(pl.col(c).cast(pl.Utf8).map_elements(clean, return_dtype=pl.Utf8) for c in text) if text else df

@@ -18,10 +18,9 @@ _BLANKS = re.compile(r"[\t\n]")
 def clean(text: object, limit: int | None = None) -> str:
     """Strip ANSI escapes and control/bidi characters; optionally shorten with an ellipsis.
 
-    Tabs and newlines become spaces, so that one trace string stays on one output line
-    (a name cannot forge a ``warning:`` line of its own).
+    Tabs and newlines are kept (callers that need one line use ``one_line``).
     """
-    s = _CONTROL.sub("", _BLANKS.sub(" ", _ANSI.sub("", str(text))))
+    s = _CONTROL.sub("", _ANSI.sub("", str(text)))
     if limit is not None and len(s) > limit:
         s = s[: limit - 1] + "…"
     return s
@@ -62,4 +61,9 @@ def clean_frame(df: "pl.DataFrame") -> "pl.DataFrame":
     import polars as pl
 
     text = [c for c, t in df.schema.items() if t in (pl.Utf8, pl.Categorical)]
-    return df.with_columns(pl.col(c).cast(pl.Utf8).map_elements(clean, return_dtype=pl.Utf8) for c in text) if text else df
+    return df.with_columns(pl.col(c).cast(pl.Utf8).map_elements(one_line, return_dtype=pl.Utf8) for c in text) if text else df
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """``clean()``, with tabs and newlines made spaces: a trace string cannot forge an output line."""
+    return clean(_BLANKS.sub(" ", str(text)), limit)

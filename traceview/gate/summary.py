@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import orjson
 import polars as pl
 
 from ..errors import TraceError
+
+if TYPE_CHECKING:
+    from ..analysis import TraceAnalysis
 
 ANALYZE_SCHEMA = "traceview.analyze/1"
 TOTALS = ("span_us", "busy_us", "compute_us", "comm_us", "memory_us", "overlap_us", "exposed_comm_us",
@@ -150,7 +153,7 @@ def kernel_table(kernels: pl.DataFrame) -> pl.DataFrame:
             .agg(pl.len().alias("count"), pl.col("dur").sum().alias("time_us")))
 
 
-def from_analysis(a, views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True, tax: bool = True) -> list[GpuSummary]:
+def from_analysis(a: "TraceAnalysis", views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True, tax: bool = True) -> list[GpuSummary]:
     """Summaries of every GPU of one ``TraceAnalysis``."""
     views = list(dict.fromkeys(views))
     iterations = int(a.segmentation.summary()["iterations"])

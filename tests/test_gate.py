@@ -64,13 +64,13 @@ def test_threshold_between_passes_tbo_fails_serial():
     (line, verdict) = out.strip().splitlines()
     assert line.startswith("PASS") and "11.3% of comm" in line and "1.461 of 12.937 ms" in line
     assert "max 50%" in line and "rank 0 GPU 0" in line and "prefill_tbo_rank0.json.gz" in line
-    assert verdict == "gate: PASS (1 checks)"
+    assert verdict == "gate: PASS (1 check)"
 
     code, out, err = run("gate", SERIAL0, "--max-exposed-comm", "50%")
     assert code == 1 and err == ""
     (line, verdict) = out.strip().splitlines()
     assert line.startswith("FAIL") and "100.0% of comm" in line and "max 50%" in line and "rank 0 GPU 0" in line
-    assert verdict == "gate: FAIL (1 of 1 checks failed)"
+    assert verdict == "gate: FAIL (1 of 1 check failed)"
 
 
 def test_threshold_in_ms_and_several_inputs():
@@ -498,3 +498,9 @@ def test_docs_examples_match_the_output():
     assert len(shown) >= 6
     for line in shown:
         assert line in findings, line
+
+
+def test_per_microbatch_on_a_gpu_without_communication():
+    r = run_gate([str(NO_COMM)], Thresholds(max_exposed_comm_us=1000.0, per="microbatch"))
+    (c,) = r.checks
+    assert c.status == SKIP and r.exit_code == 0 and r.verdict() == "gate: PASS (1 check, 1 skipped)"

@@ -192,11 +192,12 @@ class GateResult:
         n, f = len(self.checks), len(self.failed)
         s = sum(c.status == SKIP for c in self.checks)
         skipped = f", {s} skipped" if s else ""
+        checks = f"{n} check" + ("" if n == 1 else "s")
         if self.errors:
-            return f"gate: ERROR ({len(self.errors)} input(s) could not be analyzed; {n} checks, {f} failed{skipped})"
+            return f"gate: ERROR ({len(self.errors)} input(s) could not be analyzed; {checks}, {f} failed{skipped})"
         if f:
-            return f"gate: FAIL ({f} of {n} checks failed{skipped})"
-        return f"gate: PASS ({n} checks{skipped})"
+            return f"gate: FAIL ({f} of {checks} failed{skipped})"
+        return f"gate: PASS ({checks}{skipped})"
 
     def lines(self) -> list[str]:
         return [c.line() for c in self.checks] + [self.verdict()]
@@ -243,6 +244,8 @@ def _absolute_checks(g: GpuSummary, t: Thresholds) -> list[CheckResult]:
         units = [(None, g.totals["comm_us"], g.totals["exposed_comm_us"])]
     else:
         units = [(r.keys, r.comm_us, r.exposed_comm_us) for r in g.segment_rows(t.per) if r.comm_us > 0]
+        if not units:  # no segment communicates: say so once instead of printing nothing
+            units = [(None, 0.0, 0.0)]
     for seg, comm, exposed in units:
         if comm <= 0:
             for check, thr, unit in (("exposed_comm_pct", t.max_exposed_comm_pct, "%"),

@@ -296,18 +296,23 @@ def test_junit_validates_and_counts(tmp_path):
     (case,) = serial.findall("testcase")
     (failure,) = case.findall("failure")
     assert failure.get("type") == "exposed_comm_pct" and "100.0% of comm" in failure.get("message")
-    assert case.get("name") == "exposed comm [rank 0 GPU 0]" and case.get("classname") == "traceview.gate.prefill_serial_rank0"
+    assert case.get("name") == "exposed_comm_pct [rank 0 GPU 0]" and case.get("classname") == "traceview.gate.prefill_serial_rank0"
     assert suites["traceview gate: dense_decode_cudagraph.json.gz"].get("skipped") == "1"
     assert suites["traceview gate: broken.json"].find("testcase/error") is not None
 
 
 def test_junit_of_a_passing_baseline_run(baseline_rank0, tmp_path):
     xml_path = tmp_path / "r.xml"
-    code, _, _ = run("gate", TBO0, "--baseline", baseline_rank0, "--junit", xml_path)
+    code, _, _ = run("gate", TBO0, "--baseline", baseline_rank0, "--junit", xml_path, "--max-exposed-comm", "20%",
+                     "--max-exposed-comm-ms", "2", "--per", "microbatch")
     assert code == 0
     xml = xml_path.read_text()
     validate_jenkins_junit(xml)
-    assert ET.fromstring(xml).get("failures") == "0"
+    root = ET.fromstring(xml)
+    assert root.get("failures") == "0"
+    names = [c.get("name") for c in root.iter("testcase")]
+    assert len(names) == len(set(names)) > 10  # CI reporters merge test cases that share a name
+    assert "regression.category gemm.grouped [rank 0 GPU 0]" in names and "exposed_comm_ms [rank 0 GPU 0 mb1]" in names
 
 
 def test_junit_escapes_untrusted_strings():

@@ -19,7 +19,8 @@ SUITE = "traceview gate"
 
 
 def _case_name(c: CheckResult) -> str:
-    return f"{c.title} [{c.where}]"
+    """Unique within a suite (reporters merge test cases of the same name)."""
+    return f"{c.check}{' ' + c.category if c.category else ''} [{c.where}]"
 
 
 def _classname(file: str) -> str:

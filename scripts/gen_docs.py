@@ -23,6 +23,8 @@ def cli_reference() -> str:
     out += ["```", main.get_help(ctx), "```", ""]
     for name in sorted(main.commands):
         cmd = main.commands[name]
+        if hasattr(cmd, "_help_option"):  # click caches the help option of a command invoked on its own
+            cmd._help_option = None
         sub = click.Context(cmd, info_name=f"traceview {name}", parent=ctx, **settings)
         out += [f"## traceview {name}", "", "```", cmd.get_help(sub), "```", ""]
     return "\n".join(out)

@@ -1,0 +1,319 @@
+"""The per-GPU timeline of the HTML report: one lane per stream, kernels colored by
+category, exposed communication in red, micro-batch / layer / phase bands on top.
+
+Every box is a horizontal plotly bar (``base`` = start, ``x`` = duration, in ms since the
+GPU's first event): plain SVG, so it renders the same in any browser, headless included.
+
+Large traces are reduced before drawing, so a report stays small and opens quickly:
+when a GPU has more kernels than its box budget, kernels shorter than a resolution ``r``
+are merged into one box per (stream, time bin of width ``r``), colored by the category
+that took most of the bin's time; kernels at least ``r`` long are still drawn one by one.
+Kernels on one stream do not overlap, so a lane holds at most ``span / r`` long kernels and
+``span / r`` bins, and ``r`` doubles until the boxes fit.  The exposed-communication pieces
+and the bands are reduced the same way (pieces closer than ``r`` are joined).  The page
+says when this happened and at what resolution.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from ..metrics.segments import labelled
+from ..segment import NONE
+from ..timeline import intervals as iv
+from .html_style import EXPOSED, ROLE_ORDER, category_color, esc, rgba
+from .text import short_kernel_name
+
+KERNEL_WIDTH = 0.8
+BAND_WIDTH = 0.8
+
+
+@dataclass
+class Timeline:
+    """One GPU's timeline figure and what was reduced to draw it."""
+
+    figure: dict
+    kernels: int
+    boxes: int
+    merged_kernels: int = 0          # kernels drawn inside merged boxes
+    resolution_us: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Lane:
+    label: str
+    hover: str
+
+
+def _fmt_dur(col: str) -> pl.Expr:
+    """'12.3 µs' below a millisecond, '1.234 ms' above."""
+    c = pl.col(col)
+    return (pl.when(c < 1000).then(pl.format("{} µs", c.round(1)))
+            .otherwise(pl.format("{} ms", (c / 1000).round(3))))
+
+
+def _names(names: pl.Series) -> dict[str, str]:
+    """Unique kernel names -> a short, escaped label for hover text."""
+    return {n: esc(short_kernel_name(n, 100)) for n in names.unique().to_list()}
+
+
+def _merge_close(s: np.ndarray, e: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Join sorted disjoint intervals closer than ``gap``: (start, end, pieces, covered length)."""
+    if s.size == 0:
+        return s, e, np.zeros(0, int), np.zeros(0)
+    new = np.ones(s.size, dtype=bool)
+    new[1:] = (s[1:] - e[:-1]) >= gap
+    idx = np.flatnonzero(new)
+    ends = np.maximum.reduceat(e, idx)
+    pieces = np.diff(np.append(idx, s.size))
+    covered = np.add.reduceat(e - s, idx)
+    return s[idx], ends, pieces, covered
+
+
+def _reduce_intervals(s: np.ndarray, e: np.ndarray, cap: int, r: float):
+    """Disjoint sorted intervals, joined at resolution ``r`` (doubled) until at most ``cap``."""
+    gap = 0.0 if s.size <= cap else r
+    while True:
+        out = _merge_close(s, e, gap)
+        if out[0].size <= cap:
+            return out
+        gap = max(gap * 2, 1e-3)
+
+
+def _kernel_boxes(d: pl.DataFrame, t0: float, span: float, budget: int, n_lanes: int) -> tuple[pl.DataFrame, int, float | None]:
+    """Boxes to draw (ts, end, stream, category, role, hover): the kernels themselves when they
+    fit the budget, else long kernels plus merged bins of short ones."""
+    names = _names(d["name"])
+    single = d.with_columns(
+        pl.format("<b>{}</b><br>{} · {}<br>stream {} · starts at {} ms",
+                  pl.col("name").replace_strict(names, return_dtype=pl.Utf8),
+                  pl.col("category"), _fmt_dur("dur"), pl.col("stream"),
+                  ((pl.col("ts") - t0) / 1000).round(3)).alias("hover"),
+        pl.lit(1, dtype=pl.UInt32).alias("n"))
+    cols = ["ts", "end", "stream", "category", "role", "hover", "n"]
+    if d.height <= budget:
+        return single.select(cols), 0, None
+    bins = max(20, budget // (2 * max(1, n_lanes)))
+    r = max(span / bins, 1e-3)
+    while True:
+        long = single.filter(pl.col("dur") >= r).select(cols)
+        binned = single.filter(pl.col("dur") < r).with_columns(
+            ((pl.col("ts") - t0) // r).cast(pl.Int64).alias("bin"),
+            pl.len().over("stream", ((pl.col("ts") - t0) // r).cast(pl.Int64)).alias("_in_bin"))
+        solo = binned.filter(pl.col("_in_bin") == 1).select(cols)  # alone in its bin: drawn as itself
+        short = binned.filter(pl.col("_in_bin") > 1)
+        per_cat = (short.group_by("stream", "bin", "category", "role")
+                   .agg(pl.col("dur").sum().alias("t")))
+        merged = (short.group_by("stream", "bin").agg(
+            pl.col("ts").min(), pl.col("end").max(), pl.len().alias("n"), pl.col("dur").sum().alias("busy"))
+            .join(per_cat.sort("t", descending=True).group_by("stream", "bin", maintain_order=True).agg(
+                pl.col("category").first(), pl.col("role").first(),
+                pl.format("{} {}", pl.col("category"), _fmt_dur("t")).head(4).str.join(", ").alias("mix")),
+                on=["stream", "bin"]))
+        merged = merged.with_columns(
+            pl.format("<b>{} short kernels merged</b><br>busy {} in a {} bin<br>{}<br>stream {} · from {} ms",
+                      pl.col("n"), _fmt_dur("busy"), pl.lit(_fmt_us(r)), pl.col("mix"), pl.col("stream"),
+                      ((pl.col("ts") - t0) / 1000).round(3)).alias("hover")).select(cols)
+        if long.height + solo.height + merged.height <= budget:
+            return pl.concat([long, solo, merged]), int(short.height), r
+        r *= 2
+
+
+def _fmt_us(us: float) -> str:
+    return f"{us:.1f} µs" if us < 1000 else f"{us / 1000:.3f} ms"
+
+
+def _bands(a, d: pl.DataFrame, t0: float, cap: int) -> list[tuple[str, str, pl.DataFrame]]:
+    """(lane label, level, runs) for each micro-batch and level with labels: a run is a stretch
+    of one micro-batch's kernels (in time order) sharing one (iteration, layer) or phase."""
+    seg = a.segmentation
+    lab = labelled(d.select("row", "ts", "end"), seg)
+    mbs = [m for m in lab["microbatch"].unique().to_list() if m != NONE]
+    mbs.sort(key=_natural)
+    single_mb = seg.sources.get("microbatch") == "single" or len(mbs) <= 1
+    out = []
+    for level in ("layer", "phase"):
+        if level not in lab.columns or (lab[level] == NONE).all():
+            continue
+        for mb in mbs:
+            m = lab.filter(pl.col("microbatch") == mb).sort("ts")
+            key = (pl.col("iteration") + "/" + pl.col("layer")) if level == "layer" else pl.col("phase")
+            m = m.with_columns(key.alias("key")).with_columns(
+                (pl.col("key") != pl.col("key").shift(1)).fill_null(True).cum_sum().alias("run"))
+            runs = (m.group_by("run", maintain_order=True).agg(
+                pl.col("key").first(), pl.col("iteration").first(), pl.col("layer").first(), pl.col("phase").first(),
+                pl.col("ts").min(), pl.col("end").max(), pl.len().alias("n"))
+                .filter(~pl.col("key").str.contains(re.escape(NONE))))
+            if runs.height == 0:
+                continue
+            if runs.height > cap:  # keep the longest stretches
+                runs = runs.with_columns((pl.col("end") - pl.col("ts")).alias("_len")).sort("_len", descending=True) \
+                    .head(cap).sort("ts").drop("_len")
+            label = level if single_mb else f"{mb} · {level}"
+            out.append((label, level, runs.with_columns(pl.lit(mb).alias("microbatch"))))
+    return out
+
+
+def _natural(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+_PHASE_FILL = [
+    (re.compile(r"(?i)dispatch|combine|a2a|all.?to.?all|all.?reduce|comm"), "#fbe0c4"),
+    (re.compile(r"(?i)attn|attention|mla"), "#d3e2f5"),
+    (re.compile(r"(?i)expert|mlp|moe|ffn|shared"), "#cfeae6"),
+    (re.compile(r"(?i)gate|rout"), "#e6dcf3"),
+]
+
+
+def _phase_fill(name: str) -> str:
+    for pat, color in _PHASE_FILL:
+        if pat.search(name):
+            return color
+    return "#e8e8e8"
+
+
+def _density_colors(color: str, s: np.ndarray, e: np.ndarray, covered: np.ndarray) -> list[str]:
+    """One color per box, as opaque as the share of the box that is really covered (a joined
+    box of scattered pieces is paler than a solid one)."""
+    ext = np.maximum(e - s, 1e-9)
+    return [rgba(color, max(0.35, f)) for f in np.minimum(covered / ext, 1.0)]
+
+
+def _bar(name: str, y: float, base: np.ndarray, width_ms: np.ndarray, hover: list[str], color, **extra) -> dict:
+    return {
+        "type": "bar", "orientation": "h", "name": name,
+        "y": np.full(base.size, y) if np.isscalar(y) else y,
+        "base": np.round(base, 4), "x": np.round(np.maximum(width_ms, 0.0), 4),
+        "width": extra.pop("width", KERNEL_WIDTH),
+        "marker": {"color": color, "line": {"width": 0}},
+        "hovertext": hover, "hovertemplate": "%{hovertext}<extra></extra>",
+        **extra,
+    }
+
+
+def gpu_timeline(a, g, budget: int = 10_000, label: str = "") -> Timeline:
+    """The timeline figure of GPU ``g`` of analysis ``a`` with at most about ``budget`` kernel boxes."""
+    rules = a.rules
+    d = (a.kernels.filter(pl.col("device") == g.device)
+         .select("row", "ts", "end", "dur", "stream", pl.col("name").cast(pl.Utf8),
+                 pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8))
+         .with_columns(pl.col("stream").fill_null(-1))
+         .sort("stream", "ts"))
+    t0, span = g.start_us, max(g.span_us, 1e-3)
+    streams = sorted(d["stream"].unique().to_list())
+    stream_role = {s: r for s, r in d.group_by("stream", "role").agg(pl.col("dur").sum())
+                   .sort("dur", descending=True).unique("stream", keep="first").select("stream", "role").iter_rows()}
+
+    bands = _bands(a, d, t0, cap=max(50, budget // 8))
+    lanes: list[_Lane] = [_Lane(esc(lbl), "") for lbl, _lvl, _runs in bands]
+    band_y = list(range(len(bands)))
+    has_comm = bool((d["role"] == "comm").any())
+    exposed_y = len(lanes) if has_comm else None
+    if has_comm:
+        lanes.append(_Lane("<b>exposed comm</b>", ""))
+    stream_y = {s: len(lanes) + i for i, s in enumerate(streams)}
+    for s in streams:
+        lanes.append(_Lane(f"stream {s} · {esc(stream_role.get(s, ''))}", ""))
+
+    boxes, merged_kernels, r = _kernel_boxes(d, t0, span, budget, len(streams))
+    traces: list[dict] = []
+    # bands first (drawn below everything else)
+    for (lbl, level, runs), y in zip(bands, band_y):
+        mid = runs["microbatch"].to_list()
+        if level == "layer":
+            text = [f"L{esc(x)}" for x in runs["layer"].to_list()]
+            colors = ["#c9d8ee" if i % 2 == 0 else "#e3ebf6" for i in range(runs.height)]
+            hover = [f"<b>{esc(m)} · iteration {esc(it)} · layer {esc(ly)}</b><br>{_fmt_us(e - s)}, {n} kernels"
+                     for m, it, ly, s, e, n in zip(mid, runs["iteration"], runs["layer"], runs["ts"], runs["end"],
+                                                    runs["n"])]
+        else:
+            text = [esc(x) for x in runs["phase"].to_list()]
+            colors = [_phase_fill(x) for x in runs["phase"].to_list()]
+            hover = [f"<b>{esc(m)} · {esc(ph)}</b> (iteration {esc(it)}, layer {esc(ly)})<br>{_fmt_us(e - s)}, {n} kernels"
+                     for m, ph, it, ly, s, e, n in zip(mid, runs["phase"], runs["iteration"], runs["layer"],
+                                                        runs["ts"], runs["end"], runs["n"])]
+        ts, end = runs["ts"].to_numpy(), runs["end"].to_numpy()
+        traces.append(_bar(lbl, float(y), (ts - t0) / 1000, (end - ts) / 1000, hover,
+                           colors, width=BAND_WIDTH, text=text, textposition="inside", insidetextanchor="middle", textangle=0,
+                           textfont={"size": 10, "color": "#333"}, showlegend=False,
+                           marker={"color": colors, "line": {"width": 1, "color": "#ffffff"}}))
+
+    # kernels, one trace per category (legend entries, grouped by role)
+    cats = boxes.group_by("category", "role").agg(pl.col("n").sum()).to_dicts()
+    time_by_cat = {c: ct.time_us for c, ct in g.categories.items()}
+    cats.sort(key=lambda c: (ROLE_ORDER.get(c["role"], 3), -time_by_cat.get(c["category"], 0.0)))
+    for c in cats:
+        sel = boxes.filter(pl.col("category") == c["category"])
+        ts, end = sel["ts"].to_numpy(), sel["end"].to_numpy()
+        y = np.array([stream_y[s] for s in sel["stream"].to_list()], dtype=float)
+        role = c["role"]
+        traces.append(_bar(esc(c["category"]), y, (ts - t0) / 1000, (end - ts) / 1000, sel["hover"].to_list(),
+                           category_color(c["category"], role), legendgroup=role,
+                           legendgrouptitle={"text": f"{role}"}))
+
+    # exposed communication: comm not covered by any compute, on its own lane and on each comm stream
+    exposed_pieces = 0
+    if has_comm:
+        comp = d.filter(pl.col("role") == "compute")
+        comp_iv = (comp["ts"].to_numpy(), comp["end"].to_numpy())
+        comm = d.filter(pl.col("role") == "comm")
+        cap = max(100, budget // 4)
+        es, ee = iv.subtract((comm["ts"].to_numpy(), comm["end"].to_numpy()), comp_iv)
+        exposed_pieces = es.size
+        s2, e2, pieces, cov = _reduce_intervals(es, ee, cap, r or span / 2000)
+        hover = [f"<b>exposed communication</b><br>{_fmt_us(c)}" + (f" in {p} pieces" if p > 1 else "")
+                 + f"<br>from {(s - t0) / 1000:.3f} ms" for s, c, p in zip(s2, cov, pieces)]
+        traces.append(_bar("exposed communication", float(exposed_y), (s2 - t0) / 1000, (e2 - s2) / 1000, hover,
+                           _density_colors(EXPOSED, s2, e2, cov), legendgroup="exposed", legendgrouptitle={"text": "not hidden by compute"}))
+        ys, bs, xs, hs, cs_ = [], [], [], [], []
+        for s in streams:
+            cs = comm.filter(pl.col("stream") == s)
+            if cs.height == 0:
+                continue
+            a_s, a_e = iv.subtract((cs["ts"].to_numpy(), cs["end"].to_numpy()), comp_iv)
+            a_s, a_e, pieces, cov = _reduce_intervals(a_s, a_e, cap, r or span / 2000)
+            ys.append(np.full(a_s.size, float(stream_y[s])))
+            bs.append((a_s - t0) / 1000)
+            xs.append((a_e - a_s) / 1000)
+            hs += [f"<b>exposed</b> (stream {s})<br>{_fmt_us(c)}" for c in cov]
+            cs_ += _density_colors(EXPOSED, a_s, a_e, cov)
+        if ys:
+            traces.append(_bar("exposed (on its stream)", np.concatenate(ys), np.concatenate(bs), np.concatenate(xs),
+                               hs, cs_, width=KERNEL_WIDTH / 2, offset=0.0, legendgroup="exposed",
+                               showlegend=False))
+
+    n_lanes = len(lanes)
+    legend_px = 21 * (len(cats) + (1 if has_comm else 0)) + 34 * (len({c["role"] for c in cats}) + (1 if has_comm else 0))
+    plot_px = max(34 * n_lanes, legend_px)
+    layout = {
+        "title": {"text": f"<b>{label}</b> timeline", "x": 0.0, "xanchor": "left", "font": {"size": 15}},
+        "barmode": "overlay",
+        "height": 100 + plot_px,
+        "margin": {"l": 150, "r": 20, "t": 50, "b": 50},
+        "xaxis": {"title": {"text": "ms since this GPU's first event"}, "zeroline": False,
+                  "showgrid": True, "gridcolor": "#eeeeee", "range": [0, span / 1000]},
+        "yaxis": {"tickvals": list(range(n_lanes)), "ticktext": [ln.label for ln in lanes],
+                  "autorange": "reversed", "fixedrange": True, "showgrid": False, "zeroline": False,
+                  "range": [n_lanes - 0.5, -0.5]},
+        "hovermode": "closest",
+        "hoverlabel": {"align": "left", "font": {"size": 12}},
+        "legend": {"groupclick": "toggleitem", "tracegroupgap": 8, "font": {"size": 11}},
+        "uniformtext": {"minsize": 9, "mode": "hide"},
+        "plot_bgcolor": "#ffffff",
+        "paper_bgcolor": "#ffffff",
+    }
+    layout["yaxis"].pop("autorange")
+    notes = []
+    if merged_kernels:
+        kept = d.height - merged_kernels
+        notes.append(f"{merged_kernels:,} of {d.height:,} kernels are shorter than {_fmt_us(r)} and drawn merged, "
+                     f"one box per stream and {_fmt_us(r)} of time (hover shows the mix of categories)"
+                     + (f"; the {kept:,} longer ones are drawn one by one" if kept else ""))
+    return Timeline(figure={"data": traces, "layout": layout}, kernels=d.height, boxes=boxes.height,
+                    merged_kernels=merged_kernels, resolution_us=r, notes=notes)

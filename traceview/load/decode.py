@@ -1,11 +1,11 @@
-"""Bytes -> event columns.
+"""Bytes -> event columns: locating the event array, cutting it into pieces, and the
+reference (per-event) decoding path.
 
-Decoding is the hot path on multi-GB traces, so it never builds a list of dicts: msgspec
-decodes only the fields the analysis uses into small typed structs, one chunk of the
-``traceEvents`` array at a time, and each chunk is turned into column lists at once, so
-peak memory is one chunk of structs plus the columns.  Input that the typed decoder
-refuses (strings where numbers belong, NaN, odd exporters) falls back to a tolerant
-path that converts event by event and counts what it had to skip.
+Pieces of the ``traceEvents`` array are decoded one at a time, so peak memory is one piece
+plus the columns.  ``fast.decode_piece`` decodes a clean Kineto piece in bulk; anything it
+cannot prove it handles identically (NaN, strings where numbers belong, ``B``/``E`` pairs,
+odd exporters) comes here: generic JSON, then ``add_event`` on each event, which converts
+what it can and counts what it had to skip.
 """
 
 from __future__ import annotations
@@ -39,39 +39,16 @@ KEPT_PHASES = {"X", "B", "E"}
 CHUNK_BYTES = 32 << 20
 
 
-class Args(msgspec.Struct, frozen=True):
-    correlation: Any = None
-    stream: Any = None
-    device: Any = None
-    external_id: Any = msgspec.field(default=None, name="External id")
-    input_dims: msgspec.Raw | None = msgspec.field(default=None, name="Input Dims")
-    bytes: Any = None
-    grid: msgspec.Raw | None = None
-    block: msgspec.Raw | None = None
-
-
-class Event(msgspec.Struct, frozen=True):
-    ph: Any = None
-    cat: Any = None
-    name: Any = None
-    pid: Any = None
-    tid: Any = None
-    ts: Any = None
-    dur: Any = None
-    args: Args | None = None
-
-
 class TraceHeader(msgspec.Struct):
     """Everything of a Kineto trace except its events (decoded separately, in chunks)."""
 
-    distributedInfo: dict | None = None
-    deviceProperties: list | None = None
+    distributedInfo: Any = None   # Any, not dict/list: a header key of an odd type must not make
+    deviceProperties: Any = None  # the object fail to decode (it would look like a cut file)
     baseTimeNanoseconds: Any = None
     schemaVersion: Any = None
     displayTimeUnit: Any = None
 
 
-_event_list_decoder = msgspec.json.Decoder(list[Event])
 _header_decoder = msgspec.json.Decoder(TraceHeader)
 
 COLUMNS = (
@@ -170,13 +147,7 @@ def add_event(buf: ColumnBuffer, ph: Any, cat: Any, name: Any, pid: Any, tid: An
         buf.skip("events without a valid timestamp")
         return
     p, th = buf.thread_key(pid), buf.thread_key(tid)
-    if isinstance(args, Args):
-        corr, ext, dev, stream = args.correlation, args.external_id, args.device, args.stream
-        dims = bytes(args.input_dims).decode() if args.input_dims is not None else None
-        nbytes = args.bytes
-        grid = (bytes(args.grid).decode() + "/" + (bytes(args.block).decode() if args.block is not None else "")
-                if args.grid is not None else None)
-    elif isinstance(args, dict):
+    if isinstance(args, dict):
         corr, ext = args.get("correlation"), args.get("External id")
         dev, stream, nbytes = args.get("device"), args.get("stream"), args.get("bytes")
         d = args.get("Input Dims")
@@ -250,7 +221,9 @@ def match_begin_end(buf: ColumnBuffer) -> None:
 
 _TRACE_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+_LINE_BOUNDARY = re.compile(rb"\}[ \t\r]*(?:\n\s*,|,[ \t\r]*\n)\s*\{")
 _LAST_EVENT = re.compile(rb"\}\s*\]")  # the last event, then the array's end
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # an escaped UTF-16 surrogate
 
 
 @dataclass
@@ -269,10 +242,10 @@ def locate_events(raw: bytes) -> EventArray | None:
     if head.startswith(b"\xef\xbb\xbf"):
         head = head[3:].lstrip()
     if head.startswith(b"["):
-        start = raw.index(b"[") + 1
-        stripped = raw.rstrip()
-        complete = stripped.endswith(b"]")
-        return EventArray(start, len(stripped) - 1 if complete else len(raw), complete, {})
+        start = raw.find(b"[") + 1
+        last = _last_non_space(raw)  # (raw may be a memory map: no copies of the whole file)
+        complete = last >= start and raw[last: last + 1] == b"]"
+        return EventArray(start, last if complete else len(raw), complete, {})
     if not head.startswith(b"{"):
         return None
     m = _TRACE_EVENTS_KEY.search(raw)
@@ -282,7 +255,9 @@ def locate_events(raw: bytes) -> EventArray | None:
     prefix = bytes(raw[: start]).lstrip().removeprefix(b"\xef\xbb\xbf")
     # Try the last few ']' in the file as the array's end: the right one makes
     # prefix + ']' + rest a valid object (Kineto writes only small keys after the events).
-    idx = len(raw)
+    # The earliest of them that works wins: keys after the events may hold lists of objects
+    # (``deviceProperties``), whose ']' would also make a valid object.
+    idx, found = len(raw), None
     for _ in range(16):
         idx = raw.rfind(b"]", start - 1, idx)
         if idx < 0:
@@ -292,7 +267,9 @@ def locate_events(raw: bytes) -> EventArray | None:
             continue
         header = _try_header(prefix + raw[idx:])
         if header is not None:
-            return EventArray(start, idx, True, header)
+            found = EventArray(start, idx, True, header)
+    if found is not None:
+        return found
     header = _try_header(prefix + b"]}") or {}
     return EventArray(start, len(raw), False, header)
 
@@ -302,27 +279,54 @@ def _try_header(data: bytes) -> dict | None:
         h = _header_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return {f: getattr(h, f) for f in h.__struct_fields__ if getattr(h, f) is not None}
+    out = {f: getattr(h, f) for f in h.__struct_fields__ if getattr(h, f) is not None}
+    if not isinstance(out.get("distributedInfo", {}), dict):
+        del out["distributedInfo"]
+    if not isinstance(out.get("deviceProperties", []), list):
+        del out["deviceProperties"]
+    return out
 
 
-def iter_event_chunks(raw: bytes, start: int, end: int, chunk_bytes: int = CHUNK_BYTES
-                      ) -> Iterator[tuple[bytes, int]]:
-    """Yield ``(piece, piece_start)`` for successive runs of whole events.
+def _last_non_space(raw) -> int:
+    """Index of the last non-whitespace byte (-1 if none), reading only the file's tail."""
+    end = len(raw)
+    while end > 0:
+        begin = max(0, end - 4096)
+        tail = raw[begin:end].rstrip()
+        if tail:
+            return begin + len(tail) - 1
+        end = begin
+    return -1
 
-    Chunks are cut at ``}, {`` boundaries; the caller validates each by decoding it, so
-    a cut that falls inside a nested object or a string (the piece would not be balanced)
-    is detected and retried with a bigger piece (see ``decode_events``).
+
+def iter_event_cuts(raw, start: int, end: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int]]:
+    """Yield ``(offset, length)`` of successive runs of whole events, about ``chunk_bytes`` each.
+
+    Runs are cut at ``}, {`` boundaries, preferring one with a line break in it (a string
+    cannot hold a raw line break, so such a cut is never inside a name); the caller
+    validates each run by decoding it, so a cut that falls inside a nested object or a string
+    (the piece would not be balanced) is detected and retried with the next piece.
+    Only the bytes around each cut are read (``raw`` may be a memory map).
     """
     pos = start
     while pos < end:
         target = pos + chunk_bytes
-        m = _BOUNDARY.search(raw, target, end) if target < end else None
+        m = None
+        if target < end:
+            window = min(end, target + (1 << 20))
+            m = _LINE_BOUNDARY.search(raw, target, window) or _BOUNDARY.search(raw, target, end)
         if m is None:
-            yield raw[pos:end], pos
+            yield pos, end - pos
             return
         cut = m.start() + 1  # just after the '}'
-        yield raw[pos:cut], pos
+        yield pos, cut - pos
         pos = m.end() - 1     # the next event's '{'
+
+
+def iter_event_chunks(raw, start: int, end: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, int]]:
+    """Yield ``(piece, piece_start)`` for successive runs of whole events (see ``iter_event_cuts``)."""
+    for offset, length in iter_event_cuts(raw, start, end, chunk_bytes):
+        yield raw[offset: offset + length], offset
 
 
 def last_whole_events(piece: bytes) -> bytes | None:
@@ -369,27 +373,25 @@ def cut_short(piece: bytes) -> bool:
 
 
 def decode_chunk(buf: ColumnBuffer, piece: bytes) -> bool:
-    """Decode one run of events into ``buf``. False if the bytes are not whole events."""
+    """Decode one run of events into ``buf``, event by event. False if the bytes are not whole events.
+
+    The reference path: generic JSON (NaN and Infinity allowed), then ``add_event`` on each
+    event.  ``fast.decode_piece`` gives the same result in bulk and leaves to this path
+    only the pieces it cannot prove it handles identically.
+    """
     data = b"[" + piece.strip().rstrip(b",") + b"]"
     try:
-        events = _event_list_decoder.decode(data)
-    except msgspec.ValidationError:
-        return _decode_tolerant(buf, data)
-    except msgspec.DecodeError:
-        return _decode_tolerant(buf, data) if b"NaN" in data or b"Infinity" in data else False
-    except UnicodeDecodeError:  # strings that are not UTF-8 (names from odd exporters): U+FFFD them
-        return decode_chunk(buf, bytes(piece).decode("utf-8", "replace").encode())
-    for e in events:
-        add_event(buf, e.ph, e.cat, e.name, e.pid, e.tid, e.ts, e.dur, e.args)
-    return True
-
-
-def _decode_tolerant(buf: ColumnBuffer, data: bytes) -> bool:
-    """Slow path: generic JSON (NaN allowed), then event-by-event conversion."""
-    try:
         events = json.loads(data)
+    except UnicodeDecodeError:  # strings that are not UTF-8 (names from odd exporters): U+FFFD them
+        return decode_chunk(buf, repair_utf8(piece))
     except ValueError:  # RecursionError (absurd nesting) propagates: load() reports it
         return False
+    if not isinstance(events, list):
+        return False
+    if _SURROGATE.search(data):  # "\ud800" alone is valid JSON but not UTF-8: U+FFFD it in names
+        for e in events:
+            if isinstance(e, dict) and isinstance(e.get("name"), str):
+                e["name"] = e["name"].encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     for e in events:
         if not isinstance(e, dict):
             buf.skip("entries in traceEvents that are not objects")
@@ -397,3 +399,7 @@ def _decode_tolerant(buf: ColumnBuffer, data: bytes) -> bool:
         add_event(buf, e.get("ph"), e.get("cat"), e.get("name"), e.get("pid"), e.get("tid"),
                   e.get("ts"), e.get("dur"), e.get("args"))
     return True
+
+
+def repair_utf8(piece: bytes) -> bytes:
+    return bytes(piece).decode("utf-8", "replace").encode()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
+import tempfile
 import zlib
 from pathlib import Path
+from typing import Callable, Iterator
 
 import polars as pl
 
 from ..errors import NotATraceError, TraceError
-from . import decode
+from . import decode, fast
 from .trace import GPU_KINDS, KIND_DTYPE, Trace
 
 #: Default cap on the bytes one file may decompress to (a gzip bomb stops here).
@@ -24,7 +27,59 @@ _RANK_PATTERNS = (
 
 
 def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes | bytearray:
-    """The file's JSON bytes, gunzipped when it starts with the gzip magic."""
+    """The file's JSON bytes, gunzipped when it starts with the gzip magic (all in memory)."""
+    with open_source(path, max_bytes, spill_bytes=None) as src:
+        return bytes(src.raw)
+
+
+class Source:
+    """A trace file's JSON bytes, without holding them in memory.
+
+    A plain file is memory-mapped (pages are read on demand and stay in the page cache, not
+    in this process); a gzip file is decompressed into memory, or into an unlinked temporary
+    file once it grows past ``spill_bytes``.  ``raw`` supports slicing, ``find``/``rfind``
+    and ``re`` searches; ``read`` returns one piece as bytes; ``file`` names what worker
+    processes can open to read pieces themselves (None when the bytes live only here).
+    """
+
+    def __init__(self, raw, file: Path | None = None, cleanup: Callable[[], None] | None = None) -> None:
+        self.raw = raw
+        self.file = file
+        self._cleanup = cleanup
+        self.truncated_gzip = False
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.raw[offset: offset + length])
+
+    def blank(self) -> bool:
+        return _NON_SPACE.search(self.raw) is None
+
+    def close(self) -> None:
+        if isinstance(self.raw, mmap.mmap):
+            self.raw.close()
+        self.raw = b""
+        if self._cleanup is not None:
+            self._cleanup()
+            self._cleanup = None
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_NON_SPACE = re.compile(rb"\S")
+
+#: gzip traces that decompress to more than this go to a temporary file, not memory.
+SPILL_BYTES = 256 << 20
+
+
+def open_source(path: Path, max_bytes: int = DEFAULT_MAX_BYTES, spill_bytes: int | None = SPILL_BYTES) -> Source:
+    """Open a trace file for decoding (see ``Source``); errors are ``TraceError`` lines."""
     try:
         with open(path, "rb") as f:
             magic = f.read(2)
@@ -34,8 +89,21 @@ def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes | bytear
                 if size > max_bytes:
                     raise TraceError(path, f"file is {size} bytes, over the {max_bytes}-byte limit "
                                            "(raise it with --max-bytes)")
-                return f.read()
-            return _gunzip(path, f, max_bytes)
+                if size == 0:
+                    return Source(b"")
+                try:
+                    return Source(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), Path(path))
+                except (OSError, ValueError):  # a pipe or a special file: read it
+                    return Source(f.read())
+            sink = _Sink(spill_bytes)
+            try:
+                truncated = _gunzip(path, f, max_bytes, sink)
+            except BaseException:
+                sink.discard()
+                raise
+            src = sink.source()
+            src.truncated_gzip = truncated
+            return src
     except IsADirectoryError:
         raise TraceError(path, "is a directory") from None
     except FileNotFoundError:
@@ -46,8 +114,70 @@ def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes | bytear
         raise TraceError(path, f"cannot read: {e.strerror or e}") from None
 
 
-def _gunzip(path: Path, f, max_bytes: int) -> bytearray:
-    out = bytearray()
+class _Sink:
+    """Where decompressed bytes go: memory, then a temporary file past ``spill_bytes``."""
+
+    def __init__(self, spill_bytes: int | None) -> None:
+        self.spill_bytes = spill_bytes
+        self.mem = bytearray()
+        self.file = None
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iadd__(self, data: bytes) -> "_Sink":
+        self.size += len(data)
+        if self.file is not None:
+            self.file.write(data)
+            return self
+        self.mem += data
+        if self.spill_bytes is not None and len(self.mem) > self.spill_bytes:
+            try:
+                self.file = tempfile.NamedTemporaryFile(prefix="traceview-", suffix=".json", delete=False)
+                self.file.write(self.mem)
+                self.mem = bytearray()
+            except OSError:  # no room on disk: stay in memory
+                self.spill_bytes, self.file = None, None
+        return self
+
+    def reset(self) -> None:
+        self.discard()
+        self.mem, self.size = bytearray(), 0
+
+    def blank(self) -> bool:
+        if self.file is None:
+            return _NON_SPACE.search(self.mem) is None
+        return self.size == 0  # a spilled sink holds > spill_bytes: checked after mapping
+
+    def discard(self) -> None:
+        if self.file is not None:
+            name = self.file.name
+            self.file.close()
+            os.unlink(name)
+            self.file = None
+
+    def source(self) -> Source:
+        if self.file is None:
+            return Source(self.mem)
+        self.file.flush()
+        name = self.file.name
+        raw = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
+        self.file.close()
+        self.file = None
+
+        def cleanup() -> None:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+
+        return Source(raw, Path(name), cleanup)
+
+
+def _gunzip(path: Path, f, max_bytes: int, out: _Sink) -> bool | str:
+    """Decompress into ``out``; True when the stream was cut short, a warning when it is corrupt
+    (what decompressed before the damage is kept), False when it is whole."""
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     member_open = False  # inside a gzip member whose end we have not seen yet
     try:
@@ -70,31 +200,43 @@ def _gunzip(path: Path, f, max_bytes: int) -> bytearray:
         # zlib drops the output of the call that failed: decompress again in small steps
         # so that everything before the damage (e.g. zeros after a crash) is kept.
         f.seek(0)
-        out = bytearray()
+        out.reset()
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        at, verified = 0, -1  # compressed bytes fed so far; output of members whose CRC matched
         try:
             while len(out) <= max_bytes and (block := f.read(4096)):
                 while block:  # 4 KiB of deflate data expands to at most ~4 MiB
-                    out += d.decompress(block)
+                    saved = d.copy()
+                    try:
+                        out += d.decompress(block)
+                    except zlib.error:  # again byte by byte, to keep all output before the damage
+                        d = saved
+                        for i in range(len(block)):
+                            out += d.decompress(block[i: i + 1])
+                            at += 1
+                        raise
+                    at += len(block)
                     block = b""
                     if d.eof:  # concatenated members
                         block, d = d.unused_data, zlib.decompressobj(16 + zlib.MAX_WBITS)
+                        at -= len(block)
+                        verified = len(out)
         except zlib.error:
             pass
-        if out.strip():
-            raise _TruncatedGzip(out) from None
+        if len(out) == verified:  # whole members, then bytes that are not gzip (appended junk)
+            return f"the bytes after compressed byte {at} are not gzip ({e}): ignored them"
+        if not out.blank():
+            check = "data check" in str(e) or "length check" in str(e)  # CRC32 / ISIZE of the trailer
+            return (f"gzip data is corrupt ({e}) at compressed byte {at}: analyzed the {len(out)} bytes "
+                    + ("that decompressed, which fail the gzip checksum" if check else
+                       "before the damage; the last values before it may be damaged"))
         raise TraceError(path, f"corrupt gzip data ({e})") from None
     if member_open:
         # Stream cut short (a job killed mid-write): keep what decompressed.
-        if not out:
+        if not len(out):
             raise TraceError(path, "gzip stream is truncated before any data")
-        raise _TruncatedGzip(out)
-    return out
-
-
-class _TruncatedGzip(Exception):
-    def __init__(self, data: bytearray) -> None:
-        self.data = data
+        return True
+    return False
 
 
 def rank_from_filename(path: Path) -> int | None:
@@ -105,59 +247,77 @@ def rank_from_filename(path: Path) -> int | None:
     return None
 
 
-def load(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> Trace:
-    """Load one trace file (``.json``, ``.json.gz``, Kineto object or bare Chrome array)."""
+#: Files (decompressed) at least this big are decoded by worker processes when cores allow.
+PARALLEL_MIN_BYTES = 96 << 20
+
+Progress = Callable[[int, int], None]
+
+
+def load(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, workers: int | None = None,
+         progress: Progress | None = None, chunk_bytes: int = decode.CHUNK_BYTES) -> Trace:
+    """Load one trace file (``.json``, ``.json.gz``, Kineto object or bare Chrome array).
+
+    ``workers``: processes decoding pieces of the file in parallel (None: one per core for
+    files over ``PARALLEL_MIN_BYTES``, else in this process).  ``progress(done, total)`` is
+    called with bytes decoded as the load goes.
+    """
     try:
-        return _load(Path(path), max_bytes)
+        return _load(Path(path), max_bytes, workers, progress, chunk_bytes)
     except RecursionError:  # the JSON decoders recurse once per nesting level
         raise TraceError(path, "JSON nested too deeply (limit: a few hundred levels)") from None
 
 
-def _load(path: Path, max_bytes: int) -> Trace:
+def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | None,
+          chunk_bytes: int) -> Trace:
     notes: list[str] = []
-    try:
-        raw = read_bytes(path, max_bytes)
-    except _TruncatedGzip as t:
-        raw = t.data
-        notes.append("gzip stream is cut short or corrupt at the end: analyzed what decompressed")
-    if not raw.strip():
-        raise TraceError(path, "file is empty")
-    arr = decode.locate_events(raw)
-    if arr is None:
-        raise NotATraceError(path, "not a trace: no 'traceEvents' array and not a JSON array of events")
-    buf = decode.ColumnBuffer()
-    salvaged = False
-    complete = arr.complete
-    carry, carries = None, 0  # start of a piece whose cut fell inside a string: retried with the next
-    for piece, offset in decode.iter_event_chunks(raw, arr.start, arr.end):
-        if carry is not None:
-            piece, offset = raw[carry: offset + len(piece)], carry
-        if decode.decode_chunk(buf, piece):
-            carry = None
-            continue
-        last_piece = offset + len(piece) >= arr.end
-        if not last_piece and carries < 8 and decode.cut_short(piece):
-            carry, carries = offset, carries + 1
-            continue
-        whole = decode.last_whole_events(piece)
-        if last_piece and complete and decode.cut_short(piece):
-            complete = False  # the ']' taken for the array's end was inside the last, cut-off event
-        if not complete and last_piece:
-            if whole is not None:
-                decode.decode_chunk(buf, whole)
-            salvaged = True
-            break
-        raise TraceError(path, f"invalid JSON in traceEvents near byte {offset + (len(whole) if whole else 0)}")
+    with open_source(path, max_bytes) as src:
+        if src.truncated_gzip:
+            notes.append(src.truncated_gzip if isinstance(src.truncated_gzip, str) else
+                         "gzip stream is cut short: analyzed what decompressed")
+        if src.blank():
+            raise TraceError(path, "file is empty")
+        raw = src.raw
+        arr = decode.locate_events(raw)
+        if arr is None:
+            raise NotATraceError(path, "not a trace: no 'traceEvents' array and not a JSON array of events")
+        table = _Table()
+        salvaged = False
+        complete = arr.complete
+        carry, carries = None, 0  # start of a piece whose cut fell inside a string: retried with the next
+        total = max(1, arr.end - arr.start)
+        with _Pieces(src, arr, chunk_bytes, _workers(workers, len(src))) as pieces:
+            for offset, length, result in pieces:
+                if carry is not None:
+                    length, offset, result = offset + length - carry, carry, _NOT_RUN
+                if table.add(src, offset, length, result):
+                    carry = None
+                    if progress is not None:
+                        progress(offset + length - arr.start, total)
+                    continue
+                piece = src.read(offset, length)
+                last_piece = offset + len(piece) >= arr.end
+                if not last_piece and carries < 8 and decode.cut_short(piece):
+                    carry, carries = offset, carries + 1
+                    continue
+                whole = decode.last_whole_events(piece)
+                if last_piece and complete and decode.cut_short(piece):
+                    complete = False  # the ']' taken for the array's end was inside the last, cut-off event
+                if not complete and last_piece:
+                    if whole is not None:
+                        table.add_bytes(whole)
+                    salvaged = True
+                    break
+                raise TraceError(path, f"invalid JSON in traceEvents near byte {offset + (len(whole) if whole else 0)}")
     del raw
     if not complete:
-        if not salvaged and not buf.cols["ts"]:
+        if not table.rows:  # (salvaged or not: nothing whole came before the cut)
             raise TraceError(path, "file is truncated before its first complete event")
         notes.append("file is truncated (the writer stopped mid-file): analyzed every complete "
-                     f"event up to the cut ({len(buf.cols['ts'])} events)")
-    decode.match_begin_end(buf)
-    for reason, n in sorted(buf.skipped.items()):
+                     f"event up to the cut ({table.rows} events)")
+    decode.match_begin_end(table.buf)
+    for reason, n in sorted(table.skipped().items()):
         notes.append(f"{n} {reason} skipped")
-    events = _to_frame(buf)
+    events = table.frame()
     if events.filter(pl.col("kind").is_in(GPU_KINDS)).height == 0:
         raise TraceError(path, "no GPU events (kernels, memcpys, memsets) in this trace")
     header = arr.header
@@ -177,11 +337,130 @@ def _load(path: Path, max_bytes: int) -> Trace:
     )
 
 
+def _workers(workers: int | None, size: int) -> int:
+    if workers is not None:
+        return max(1, workers)
+    return max(1, min(os.cpu_count() or 1, 8)) if size >= PARALLEL_MIN_BYTES else 1
+
+
+_NOT_RUN = object()  # the fast path has not been tried on this piece yet
+
+
+class _Pieces:
+    """``(offset, length, fast result)`` for each run of events, in file order.
+
+    With one worker the fast path runs here, lazily; with more, worker processes run it a
+    few pieces ahead, reading the pieces from the file themselves when there is one.
+    """
+
+    def __init__(self, src: Source, arr: decode.EventArray, chunk_bytes: int, workers: int) -> None:
+        self.src, self.arr, self.chunk_bytes, self.workers = src, arr, chunk_bytes, workers
+        self.pool = None
+
+    def __enter__(self) -> "_Pieces":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __iter__(self) -> Iterator[tuple[int, int, object]]:
+        cuts = decode.iter_event_cuts(self.src.raw, self.arr.start, self.arr.end, self.chunk_bytes)
+        if self.workers <= 1:
+            for offset, length in cuts:
+                yield offset, length, _NOT_RUN
+            return
+        import multiprocessing
+        from collections import deque
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: forking a process that runs polars thread pools can deadlock
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        ahead: deque = deque()
+        for offset, length in cuts:
+            if self.src.file is not None:
+                fut = self.pool.submit(fast.decode_file_piece, str(self.src.file), offset, length)
+            else:
+                fut = self.pool.submit(fast.decode_piece, _trim(self.src.read(offset, length)))
+            ahead.append((offset, length, fut))
+            if len(ahead) > self.workers + 1:
+                offset, length, fut = ahead.popleft()
+                yield offset, length, fut.result()
+        while ahead:
+            offset, length, fut = ahead.popleft()
+            yield offset, length, fut.result()
+
+
+def _trim(piece: bytes) -> bytes:
+    return piece.strip().rstrip(b",")
+
+
+class _Table:
+    """The event table as it grows: frames from the fast path, rows from the per-event path."""
+
+    def __init__(self) -> None:
+        self.frames: list[pl.DataFrame] = []
+        self.buf = decode.ColumnBuffer()
+        self.fast_skipped: dict[str, int] = {}
+
+    @property
+    def rows(self) -> int:
+        return sum(f.height for f in self.frames) + len(self.buf.cols["ts"])
+
+    def add(self, src: Source, offset: int, length: int, result: object) -> bool:
+        """Decode one piece (or take the worker's result); False if it is not whole events."""
+        piece = None
+        if result is _NOT_RUN:
+            piece = src.read(offset, length)
+            result = fast.decode_piece(_trim(piece))
+        if result is not None:
+            self._take(result)
+            return True
+        return decode.decode_chunk(self.buf, piece if piece is not None else src.read(offset, length))
+
+    def add_bytes(self, piece: bytes) -> bool:
+        result = fast.decode_piece(_trim(piece))
+        if result is None:
+            return decode.decode_chunk(self.buf, piece)
+        self._take(result)
+        return True
+
+    def _take(self, result: fast.Piece) -> None:
+        self._flush()
+        self.frames.append(result.frame)
+        for reason, n in result.skipped.items():
+            self.fast_skipped[reason] = self.fast_skipped.get(reason, 0) + n
+
+    def skipped(self) -> dict[str, int]:
+        out = dict(self.buf.skipped)
+        for reason, n in self.fast_skipped.items():
+            out[reason] = out.get(reason, 0) + n
+        return out
+
+    def _flush(self) -> None:
+        """Rows the per-event path added become a frame, so that file order is kept."""
+        if self.buf.cols["ts"]:
+            self.frames.append(_lists_frame(self.buf))
+
+    def frame(self) -> pl.DataFrame:
+        self._flush()
+        frames = [f for f in self.frames if f.height] or [pl.DataFrame(schema=fast.SCHEMA)]
+        df = pl.concat(frames, how="vertical", rechunk=False) if len(frames) > 1 else frames[0]
+        self.frames = []
+        gpu = pl.col("kind").is_in(GPU_KINDS)
+        return df.with_columns(
+            device=pl.when(gpu).then(pl.coalesce("device", "pid")).otherwise(pl.col("device")),
+            stream=pl.when(gpu).then(pl.coalesce("stream", "tid")).otherwise(pl.col("stream")),
+            end=pl.col("ts") + pl.col("dur"),
+        )
+
+
 def _as_int(v) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-def _to_frame(buf: decode.ColumnBuffer) -> pl.DataFrame:
+def _lists_frame(buf: decode.ColumnBuffer) -> pl.DataFrame:
+    """The per-event path's column lists as a frame (the lists are emptied)."""
     c = buf.cols
     df = pl.DataFrame(
         {
@@ -200,12 +479,9 @@ def _to_frame(buf: decode.ColumnBuffer) -> pl.DataFrame:
             "grid": pl.Series(c["grid"], dtype=pl.Utf8).cast(pl.Categorical),
         }
     )
-    gpu = pl.col("kind").is_in(GPU_KINDS)
-    return df.with_columns(
-        device=pl.when(gpu).then(pl.coalesce("device", "pid")).otherwise(pl.col("device")),
-        stream=pl.when(gpu).then(pl.coalesce("stream", "tid")).otherwise(pl.col("stream")),
-        end=pl.col("ts") + pl.col("dur"),
-    )
+    for col in c.values():
+        col.clear()
+    return df
 
 
 def find_trace_files(directory: Path) -> list[Path]:

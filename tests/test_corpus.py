@@ -1,0 +1,360 @@
+"""The fuzz corpus (``tests/corpus/``, made by ``scripts/make_corpus.py``): every broken or odd input
+has an asserted outcome, either a correct analysis with the expected warnings or exit 2 with a
+one-line reason, and never a traceback, a hang or unbounded memory.
+
+Most cases run in-process (``traceview.analyze`` for the numbers, click's CliRunner for the exit
+code and the error line); the few that could hang or eat memory run in a subprocess with a
+timeout and a measured peak RSS.  Large inputs are generated here, at test time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+import traceview
+from conftest import PROJECT_FIXTURES, ROOT
+from traceview.cli import main
+from traceview.cli.common import parse_size
+from traceview.errors import TraceError
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+CASES = json.loads((CORPUS / "cases.json").read_text())["cases"]
+BY_FILE = {c["file"]: c for c in CASES}
+CASE_SECONDS = 20  # a watchdog, not a timing assertion: a case that runs this long is hung
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return r.exit_code, r.stdout, r.stderr
+
+
+@contextlib.contextmanager
+def watchdog(seconds: int = CASE_SECONDS):
+    """Fail (instead of blocking the suite) if the body runs longer than ``seconds``."""
+    def _hung(_sig, _frame):
+        raise AssertionError(f"hung: still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@functools.lru_cache(maxsize=None)
+def _analysis(file: str, max_bytes: int | None):
+    path = CORPUS / file
+    with watchdog():
+        try:
+            return traceview.analyze(path) if max_bytes is None else traceview.analyze(path, max_bytes=max_bytes)
+        except TraceError as e:
+            return e
+
+
+def _max_bytes(exp: dict) -> int | None:
+    return parse_size(exp["max_bytes"]) if "max_bytes" in exp else None
+
+
+def _events_key(events: pl.DataFrame) -> list[tuple]:
+    return events.select(pl.col("kind").cast(pl.Utf8), pl.col("name").cast(pl.Utf8), "ts", "dur").rows()
+
+
+def _check_warnings(warnings: list[str], expected: list[dict]) -> None:
+    assert len(warnings) == len(expected), f"warnings {warnings} != expected {expected}"
+    left = list(warnings)
+    for w in expected:
+        hit = next((x for x in left if all(word in x for word in w["words"])), None)
+        assert hit is not None, f"no warning with {w['words']} among {warnings}"
+        left.remove(hit)
+
+
+def _check_ok(case: dict, a, exp: dict) -> None:
+    assert not isinstance(a, TraceError), f"{case['what']}: expected an analysis, got error {a.reason!r}"
+    if "events" in exp:
+        assert a.trace.events.height == exp["events"]
+    if "gpu_events" in exp:
+        assert a.kernels.height == exp["gpu_events"]
+    if "max_gpu_events" in exp:
+        assert a.kernels.height <= exp["max_gpu_events"]
+    if "busy_us" in exp:
+        busy = sum(g.busy_us for g in a.gpus)
+        assert busy == pytest.approx(exp["busy_us"], rel=1e-9, abs=exp.get("tolerance_us", 1e-6))
+    if "warnings" in exp:
+        _check_warnings(a.trace.warnings, exp["warnings"])
+    for word in exp.get("warnings_any", []):
+        assert any(word in w for w in a.trace.warnings), f"no warning mentions {word!r}: {a.trace.warnings}"
+    if "prefix_of" in exp:
+        full = _analysis(exp["prefix_of"], None)
+        got, whole = _events_key(a.trace.events), _events_key(full.trace.events)
+        assert got == whole[: len(got)], "the events kept are not the first ones of the uncut trace"
+    if "name" in exp:
+        assert exp["name"] in set(a.kernels["name"].cast(pl.Utf8)), "the kernel name did not survive intact"
+    if "name_len" in exp:
+        names = [n for n in a.kernels["name"].cast(pl.Utf8).unique() if n.startswith(exp["name_start"])]
+        assert [len(n) for n in names] == [exp["name_len"]]
+
+
+def _check_error_line(path: Path, err: str, out: str, words: list[str], any_word: bool = False) -> None:
+    assert "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one error line, got {err!r}"
+    line = lines[0]
+    assert line.startswith(f"traceview: error: {path}: "), line
+    if any_word:
+        assert any(w in line for w in words), f"{line!r} has none of {words}"
+    else:
+        for w in words:
+            assert w in line, f"{w!r} not in {line!r}"
+
+
+def _cli_args(case: dict) -> list[str]:
+    exp = case["expect"]
+    args = ["analyze", str(CORPUS / case["file"])]
+    if "max_bytes" in exp:
+        args += ["--max-bytes", exp["max_bytes"]]
+    return args
+
+
+def test_corpus_is_big_small_and_current():
+    """At least 200 cases, all on disk, the folder small, each case naming what it breaks."""
+    assert len(CASES) >= 200
+    files = {p.name for p in CORPUS.iterdir()} - {"cases.json"}
+    assert files == set(BY_FILE), "tests/corpus/ and cases.json disagree: run scripts/make_corpus.py"
+    assert sum(p.stat().st_size for p in CORPUS.iterdir()) < 3_000_000
+    assert all(c["what"] and c["expect"]["exit"] in (0, 2, "either") for c in CASES)
+    ok = sum(c["expect"]["exit"] == 0 for c in CASES)
+    assert ok >= 80 and len(CASES) - ok >= 60  # both outcomes well represented
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["file"] for c in CASES])
+def test_case(case):
+    exp = case["expect"]
+    a = _analysis(case["file"], _max_bytes(exp))
+    if exp["exit"] == 0:
+        _check_ok(case, a, exp)
+    elif exp["exit"] == 2:
+        assert isinstance(a, TraceError), f"{case['what']}: expected exit 2, got an analysis ({a.trace.warnings})"
+        for w in exp["words"]:
+            assert w in a.reason, f"{w!r} not in {a.reason!r}"
+    else:  # two outcomes allowed by design (damage whose effect depends on the bytes): each is checked
+        if isinstance(a, TraceError):
+            assert any(w in a.reason for w in exp["words_any"]), f"{a.reason!r} has none of {exp['words_any']}"
+        else:
+            _check_ok(case, a, exp["ok"])
+
+
+ERROR_CASES = [c for c in CASES if c["expect"]["exit"] == 2]
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=[c["file"] for c in ERROR_CASES])
+def test_cli_error_is_one_line_exit_2(case):
+    """What a user sees: ``traceview: error: <file>: <reason>``, exit 2, nothing else."""
+    with watchdog():
+        code, out, err = run_cli(*_cli_args(case))
+    assert code == 2
+    _check_error_line(CORPUS / case["file"], err, out, case["expect"]["words"])
+
+
+def test_cli_on_every_analyzable_case_exits_0_or_2_without_traceback():
+    """The table view of every case that analyzes (hostile names included) renders; --strict fails
+    exactly the cases with warnings."""
+    checked = 0
+    for case in CASES:
+        a = _analysis(case["file"], _max_bytes(case["expect"]))
+        if isinstance(a, TraceError):
+            continue
+        with watchdog():
+            code, out, err = run_cli(*_cli_args(case), "--strict", "--format", "csv")
+        assert "Traceback" not in out + err
+        if a.trace.warnings:
+            assert code == 2, case["file"]
+            assert err.count("--strict") == len(a.trace.warnings), err
+            for line in err.strip().splitlines():
+                assert line.startswith(f"traceview: error: {CORPUS / case['file']}: --strict: "), line
+        else:
+            assert code == 0 and err == "", (case["file"], err)
+        checked += 1
+    assert checked >= 80
+
+
+# --- terminal safety: trace strings are shown, never interpreted ---------------------------------------
+
+ESCAPE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u200b-\u200f]")
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv"])
+@pytest.mark.parametrize("file", [c["file"] for c in CASES if c["file"].split("-", 1)[1].startswith("name-")
+                                  and c["expect"]["exit"] == 0])
+def test_hostile_names_print_without_control_sequences(file, fmt):
+    """ANSI colours, OSC 52 (clipboard), OSC 8 (links), titles, bidi overrides, zero-width and control
+    characters never reach the terminal, in the table or in CSV (see docs/limits.md); rich markup
+    in a name is printed literally."""
+    extra = ["--format", "csv", "--table", "kernels"] if fmt == "csv" else []
+    code, out, err = run_cli("analyze", str(CORPUS / file), *extra)
+    assert code == 0, err
+    assert not ESCAPE.search(out.replace("\n", "")), repr(ESCAPE.search(out.replace("\n", "")))
+    assert "\x1b" not in out + err and "52;c;" not in out and "pwned" not in out
+    if "rich-markup" in file:
+        assert "[bold red]boom[/]" in out and ":skull:" in out
+    if "osc52" in file:
+        assert "gemmtail" in out.replace("\n", "")
+    if "newlines" in file and fmt == "csv":
+        assert "\nwarning: forged line" not in out
+
+
+def test_hostile_names_stay_exact_in_json():
+    """JSON is escaped by construction: the exact name (escapes included) round-trips."""
+    case = next(c for c in CASES if c["file"].endswith("name-osc8-link.json.gz"))
+    code, out, err = run_cli("analyze", str(CORPUS / case["file"]), "--format", "json")
+    assert code == 0, err
+    assert "\x1b" not in out  # escaped as \u001b
+    names = {u["name"] for u in json.loads(out)["traces"][0]["unclassified"]}
+    assert case["expect"]["name"] in names
+
+
+# --- strict mode, end to end -----------------------------------------------------------------------------
+
+def test_strict_turns_each_warning_into_a_failure_but_keeps_the_report(tmp_path):
+    case = next(c for c in CASES if c["file"].endswith("-no-dur.json.gz"))
+    code, out, err = run_cli("analyze", str(CORPUS / case["file"]))
+    assert code == 0 and "12 events without a valid duration skipped" in out
+    code, out, err = run_cli("analyze", str(CORPUS / case["file"]), "--strict")
+    assert code == 2
+    assert err.strip() == (f"traceview: error: {CORPUS / case['file']}: --strict: "
+                           "12 events without a valid duration skipped")
+    assert "GPU time" in out  # the analysis is still printed: CI logs show what was measured
+    code, _out, err = run_cli("analyze", str(PROJECT_FIXTURES / "prefill_serial_rank0.json.gz"), "--strict")
+    assert code == 0 and err == ""
+
+
+def test_strict_fails_a_directory_when_one_rank_has_warnings(tmp_path):
+    good = PROJECT_FIXTURES / "prefill_tbo_rank0.json.gz"
+    (tmp_path / "rank0.json.gz").write_bytes(good.read_bytes())
+    raw = gzip.decompress(good.read_bytes())
+    (tmp_path / "rank1.json").write_bytes(raw[: len(raw) * 2 // 3])  # killed mid-write
+    code, out, err = run_cli("analyze", str(tmp_path), "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert [len(t["warnings"]) for t in doc["traces"]] == [0, 1]
+    code, _out, err = run_cli("analyze", str(tmp_path), "--strict", "--format", "json")
+    assert code == 2 and "rank1.json: --strict: file is truncated" in err
+
+
+# --- the loader's limits, generated at test time ---------------------------------------------------------
+
+def _tiny_trace(n: int) -> bytes:
+    """n kernels of 1 us every 2 us on one stream, plus every 100th on a second stream overlapping."""
+    body = b",".join(b'{"ph":"X","cat":"kernel","name":"k","pid":0,"tid":7,"ts":%d.5,"dur":1}' % (2 * i)
+                     for i in range(n))
+    return b'{"traceEvents":[' + body + b"]}"
+
+
+def test_a_million_tiny_events(tmp_path):
+    """1,000,000 events load through the chunked decoder; every one is counted, busy time exact."""
+    p = tmp_path / "million.json"
+    p.write_bytes(_tiny_trace(1_000_000))
+    with watchdog(120):
+        a = traceview.analyze(p)
+    assert a.kernels.height == 1_000_000 and a.trace.warnings == []
+    assert a.gpus[0].busy_us == pytest.approx(1_000_000.0)
+    assert a.gpus[0].span_us == pytest.approx(2 * 999_999 + 1)
+
+
+def test_chunk_cuts_inside_strings_are_retried(tmp_path, monkeypatch):
+    """Names holding ``}, {`` put the decoder's chunk boundaries inside strings: the chunk is
+    retried with the next one, nothing is rejected or lost."""
+    from traceview.load import decode
+
+    events = [{"ph": "X", "cat": "kernel", "name": "k}, {" * (i % 5 + 1), "pid": 0, "tid": 7,
+               "ts": 10.0 * i, "dur": 4.0} for i in range(3000)]
+    p = tmp_path / "braces.json"
+    p.write_text(json.dumps({"traceEvents": events}))
+    with watchdog():
+        a = traceview.analyze(traceview.load(p, chunk_bytes=1000, workers=1))
+    assert a.kernels.height == 3000 and a.trace.warnings == []
+    assert a.gpus[0].busy_us == pytest.approx(12000.0)
+
+
+def _run_limited(args: list[str], timeout: int = 60) -> tuple[subprocess.CompletedProcess, float]:
+    """Run the CLI in a child; return it and the child's peak RSS in MiB."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = subprocess.run([sys.executable, "-m", "traceview", *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return r, max(peak, before) / 1024
+
+
+def test_gzip_bomb_stops_at_the_cap_with_bounded_memory(tmp_path):
+    """A 1 MB file that inflates to 1 GiB: refused at --max-bytes, in a few seconds, without
+    ever holding more than the cap.  (1024 concatenated gzip members of 1 MiB of spaces each:
+    valid gzip, and quick to make.)"""
+    p = tmp_path / "bomb.json.gz"
+    spaces = gzip.compress(b" " * (1 << 20), 9, mtime=0)
+    p.write_bytes(gzip.compress(b'{"traceEvents": [', mtime=0) + spaces * 1024)
+    assert p.stat().st_size < 2_000_000
+    r, peak_mib = _run_limited(["analyze", str(p), "--max-bytes", "64M"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "decompresses to more than 67108864 bytes" in r.stderr and "--max-bytes" in r.stderr
+    assert peak_mib < 1024, f"peak RSS {peak_mib:.0f} MiB for a 64 MiB cap"
+
+
+def test_max_bytes_from_the_environment(tmp_path):
+    """TRACEVIEW_MAX_BYTES sets the default cap (read at import: a fresh process)."""
+    case = next(c for c in CASES if c["file"].endswith("gz-bomb-10M.json.gz"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRACEVIEW_MAX_BYTES": str(1 << 20)}
+    r = subprocess.run([sys.executable, "-m", "traceview", "analyze", str(CORPUS / case["file"])],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert r.returncode == 2 and "decompresses to more than 1048576 bytes" in r.stderr
+    code, _out, err = run_cli("analyze", str(CORPUS / case["file"]))  # default cap: analyzed
+    assert code == 0, err
+
+
+def test_deep_nesting_in_a_child_process():
+    """100,000 levels of nesting: one line and exit 2 from the real entry point (no RecursionError,
+    no stack overflow in C)."""
+    case = next(c for c in CASES if c["file"].endswith("nested-args-100000.json.gz"))
+    r, _peak = _run_limited(["analyze", str(CORPUS / case["file"])])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nested too deeply" in r.stderr
+
+
+def test_truncation_at_every_offset_of_a_small_trace(tmp_path):
+    """Cut at every byte of one small real event run: each cut gives the events wholly before it
+    (and a warning), or a one-line error when no GPU event is whole yet."""
+    whole = BY_FILE[next(f for f in BY_FILE if f.endswith("small-whole.json"))]
+    data = (CORPUS / whole["file"]).read_bytes()
+    full = _events_key(_analysis(whole["file"], None).trace.events)
+    start = data.index(b'"traceEvents"')
+    first_end = data.index(b"\n  }", data.index(b'"cat": "kernel"', start))  # the first kernel's end
+    lo = first_end - 100
+    p = tmp_path / "cut.json"
+    seen_ok = 0
+    with watchdog(120):
+        for cut in range(lo, lo + 1500):
+            p.write_bytes(data[:cut])
+            try:
+                t = traceview.load(p)
+            except TraceError as e:
+                assert ("truncated" in e.reason or "no GPU events" in e.reason), e.reason
+                continue
+            got = _events_key(t.events)
+            assert got == full[: len(got)]
+            assert any("truncated" in w for w in t.warnings)
+            seen_ok += 1
+    assert seen_ok > 1000

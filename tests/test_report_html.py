@@ -205,7 +205,7 @@ def test_big_trace_is_reduced_and_small(tmp_path):
     rep = render_html([a], max_events=20_000)
     assert len(rep.html.encode()) < 25e6
     assert rep.reduced and rep.boxes <= 20_000 and rep.kernels == big.height
-    assert "Reduced timeline." in rep.html and "drawn merged" in rep.html
+    assert "Reduced timeline." in rep.html and "kernel by kernel" in rep.html and "merged into one box" in rep.html
     tl = timeline_of(figures(rep.html))
     drawn = sum(len(t["x"]) for t in tl["data"])
     assert drawn < 30_000  # kernels, exposed pieces and bands together

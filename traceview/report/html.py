@@ -70,6 +70,7 @@ def json_for_script(obj: Any) -> str:
 
 
 _BOOT = """(function () {
+  var t0 = performance.now();
   var figs = JSON.parse(document.getElementById('tv-figures').textContent);
   var config = {displaylogo: false, responsive: true, modeBarButtonsToRemove: ['select2d', 'lasso2d'],
                 toImageButtonOptions: {format: 'png', scale: 2}};
@@ -77,6 +78,7 @@ _BOOT = """(function () {
     var el = document.getElementById(id);
     if (el) { Plotly.newPlot(el, figs[id].data, figs[id].layout, config); }
   });
+  document.body.setAttribute('data-render-ms', String(Math.round(performance.now() - t0)));
   document.body.setAttribute('data-plots-ready', String(Object.keys(figs).length));
 })();"""
 

@@ -4,14 +4,21 @@ category, exposed communication in red, micro-batch / layer / phase bands on top
 Every box is a horizontal plotly bar (``base`` = start, ``x`` = duration, in ms since the
 GPU's first event): plain SVG, so it renders the same in any browser, headless included.
 
-Large traces are reduced before drawing, so a report stays small and opens quickly:
-when a GPU has more kernels than its box budget, kernels shorter than a resolution ``r``
-are merged into one box per (stream, time bin of width ``r``), colored by the category
-that took most of the bin's time; kernels at least ``r`` long are still drawn one by one.
-Kernels on one stream do not overlap, so a lane holds at most ``span / r`` long kernels and
-``span / r`` bins, and ``r`` doubles until the boxes fit.  The exposed-communication pieces
-and the bands are reduced the same way (pieces closer than ``r`` are joined).  The page
-says when this happened and at what resolution.
+Large traces are reduced before drawing, so a report stays small and opens quickly.  When
+a GPU has more kernels than its box budget:
+  - the first half of the budget is spent on a *detail window* at the start of the trace,
+    drawn kernel by kernel (shaded on the plot), so one can zoom into real kernels;
+  - after it, kernels shorter than a resolution ``r`` are merged into one box per (stream,
+    time bin of width ``r``), colored by the category that took most of the bin's time and
+    as opaque as the bin was busy; kernels at least ``r`` long are still drawn one by one.
+    Kernels on one stream do not overlap, so a lane holds at most ``span / r`` long kernels
+    and ``span / r`` bins, and ``r`` doubles until the boxes fit.
+Exposed-communication pieces and the bands are reduced the same way (after the detail
+window, pieces closer than ``r`` are joined).  The page says when this happened.
+
+Plotly widens an opaque bar narrower than a pixel to one or two pixels; a box whose color is
+not fully opaque is drawn at its exact width.  So exposed pieces and merged boxes carry an
+alpha below one: a scatter of microsecond pieces looks faint, not like a wall of red.
 """
 
 from __future__ import annotations
@@ -44,12 +51,6 @@ class Timeline:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Lane:
-    label: str
-    hover: str
-
-
 def _fmt_dur(col: str) -> pl.Expr:
     """'12.3 µs' below a millisecond, '1.234 ms' above."""
     c = pl.col(col)
@@ -75,36 +76,53 @@ def _merge_close(s: np.ndarray, e: np.ndarray, gap: float) -> tuple[np.ndarray, 
     return s[idx], ends, pieces, covered
 
 
-def _reduce_intervals(s: np.ndarray, e: np.ndarray, cap: int, r: float):
-    """Disjoint sorted intervals, joined at resolution ``r`` (doubled) until at most ``cap``."""
-    gap = 0.0 if s.size <= cap else r
-    while True:
-        out = _merge_close(s, e, gap)
-        if out[0].size <= cap:
-            return out
-        gap = max(gap * 2, 1e-3)
+def _reduce_intervals(s: np.ndarray, e: np.ndarray, cap: int, r: float, detail_end: float | None = None):
+    """Disjoint sorted intervals; those after ``detail_end`` joined at resolution ``r``
+    (doubled) until at most ``cap`` remain there.  (start, end, pieces, covered length)."""
+    if detail_end is None or s.size <= cap:
+        cut = s.size if s.size <= cap else 0
+    else:
+        cut = int(np.searchsorted(s, detail_end))
+    head = (s[:cut], e[:cut], np.ones(cut, dtype=int), e[:cut] - s[:cut])
+    ts, te = s[cut:], e[cut:]
+    gap = r
+    while ts.size:
+        tail = _merge_close(ts, te, gap)
+        if tail[0].size <= cap:
+            break
+        gap *= 2
+    else:
+        tail = _merge_close(ts, te, 0.0)
+    return tuple(np.concatenate([h, t]) for h, t in zip(head, tail))
 
 
-def _kernel_boxes(d: pl.DataFrame, t0: float, span: float, budget: int, n_lanes: int) -> tuple[pl.DataFrame, int, float | None]:
-    """Boxes to draw (ts, end, stream, category, role, hover): the kernels themselves when they
-    fit the budget, else long kernels plus merged bins of short ones."""
+def _kernel_boxes(d: pl.DataFrame, t0: float, span: float, budget: int,
+                  n_lanes: int) -> tuple[pl.DataFrame, int, float | None, float | None]:
+    """Boxes to draw (ts, end, stream, category, role, hover, n, alpha) and (kernels merged,
+    resolution, end of the detail window): the kernels themselves when they fit the budget,
+    else a detail window plus long kernels and merged bins of short ones."""
     names = _names(d["name"])
     single = d.with_columns(
         pl.format("<b>{}</b><br>{} · {}<br>stream {} · starts at {} ms",
                   pl.col("name").replace_strict(names, return_dtype=pl.Utf8),
                   pl.col("category"), _fmt_dur("dur"), pl.col("stream"),
                   ((pl.col("ts") - t0) / 1000).round(3)).alias("hover"),
-        pl.lit(1, dtype=pl.UInt32).alias("n"))
-    cols = ["ts", "end", "stream", "category", "role", "hover", "n"]
+        pl.lit(1, dtype=pl.UInt32).alias("n"), pl.lit(1.0).alias("alpha"))
+    cols = ["ts", "end", "stream", "category", "role", "hover", "n", "alpha"]
     if d.height <= budget:
-        return single.select(cols), 0, None
-    bins = max(20, budget // (2 * max(1, n_lanes)))
-    r = max(span / bins, 1e-3)
+        return single.select(cols), 0, None, None
+    detail_end = float(d["ts"].sort()[budget // 2])
+    detail = single.filter(pl.col("ts") < detail_end).select(cols)
+    rest = single.filter(pl.col("ts") >= detail_end)
+    room = budget - detail.height
+    t1 = detail_end
+    bins = max(20, room // (2 * max(1, n_lanes)))
+    r = max((t0 + span - t1) / bins, 1e-3)
     while True:
-        long = single.filter(pl.col("dur") >= r).select(cols)
-        binned = single.filter(pl.col("dur") < r).with_columns(
-            ((pl.col("ts") - t0) // r).cast(pl.Int64).alias("bin"),
-            pl.len().over("stream", ((pl.col("ts") - t0) // r).cast(pl.Int64)).alias("_in_bin"))
+        long = rest.filter(pl.col("dur") >= r).select(cols)
+        bin_of = ((pl.col("ts") - t1) // r).cast(pl.Int64)
+        binned = rest.filter(pl.col("dur") < r).with_columns(
+            bin_of.alias("bin"), pl.len().over("stream", bin_of).alias("_in_bin"))
         solo = binned.filter(pl.col("_in_bin") == 1).select(cols)  # alone in its bin: drawn as itself
         short = binned.filter(pl.col("_in_bin") > 1)
         per_cat = (short.group_by("stream", "bin", "category", "role")
@@ -116,11 +134,13 @@ def _kernel_boxes(d: pl.DataFrame, t0: float, span: float, budget: int, n_lanes:
                 pl.format("{} {}", pl.col("category"), _fmt_dur("t")).head(4).str.join(", ").alias("mix")),
                 on=["stream", "bin"]))
         merged = merged.with_columns(
-            pl.format("<b>{} short kernels merged</b><br>busy {} in a {} bin<br>{}<br>stream {} · from {} ms",
+            pl.format("<b>{} short kernels merged</b><br>busy {} of {}<br>{}<br>stream {} · from {} ms",
                       pl.col("n"), _fmt_dur("busy"), pl.lit(_fmt_us(r)), pl.col("mix"), pl.col("stream"),
-                      ((pl.col("ts") - t0) / 1000).round(3)).alias("hover")).select(cols)
-        if long.height + solo.height + merged.height <= budget:
-            return pl.concat([long, solo, merged]), int(short.height), r
+                      ((pl.col("ts") - t0) / 1000).round(3)).alias("hover"),
+            (pl.col("busy") / (pl.col("end") - pl.col("ts")).clip(lower_bound=1e-9)).clip(0.3, 0.999).alias("alpha"),
+        ).select(cols)
+        if detail.height + long.height + solo.height + merged.height <= budget:
+            return pl.concat([detail, long, solo, merged]), int(short.height), r, detail_end
         r *= 2
 
 
@@ -128,9 +148,11 @@ def _fmt_us(us: float) -> str:
     return f"{us:.1f} µs" if us < 1000 else f"{us / 1000:.3f} ms"
 
 
-def _bands(a, d: pl.DataFrame, t0: float, cap: int) -> list[tuple[str, str, pl.DataFrame]]:
+def _bands(a, d: pl.DataFrame, cap: int, detail_end: float | None) -> list[tuple[str, str, pl.DataFrame]]:
     """(lane label, level, runs) for each micro-batch and level with labels: a run is a stretch
-    of one micro-batch's kernels (in time order) sharing one (iteration, layer) or phase."""
+    of one micro-batch's kernels (in time order) sharing one (iteration, layer) or phase.
+    On a reduced timeline only the detail window has bands; beyond ``cap`` runs in a lane, the
+    longest are kept."""
     seg = a.segmentation
     lab = labelled(d.select("row", "ts", "end"), seg)
     mbs = [m for m in lab["microbatch"].unique().to_list() if m != NONE]
@@ -151,9 +173,10 @@ def _bands(a, d: pl.DataFrame, t0: float, cap: int) -> list[tuple[str, str, pl.D
                 .filter(~pl.col("key").str.contains(re.escape(NONE))))
             if runs.height == 0:
                 continue
+            if detail_end is not None:  # a reduced timeline: bands only where kernels are drawn one by one
+                runs = runs.filter(pl.col("ts") < detail_end)
             if runs.height > cap:  # keep the longest stretches
-                runs = runs.with_columns((pl.col("end") - pl.col("ts")).alias("_len")).sort("_len", descending=True) \
-                    .head(cap).sort("ts").drop("_len")
+                runs = runs.sort(pl.col("end") - pl.col("ts"), descending=True).head(cap).sort("ts")
             label = level if single_mb else f"{mb} · {level}"
             out.append((label, level, runs.with_columns(pl.lit(mb).alias("microbatch"))))
     return out
@@ -198,8 +221,7 @@ def _bar(name: str, y: float, base: np.ndarray, width_ms: np.ndarray, hover: lis
 
 
 def gpu_timeline(a, g, budget: int = 10_000, label: str = "") -> Timeline:
-    """The timeline figure of GPU ``g`` of analysis ``a`` with at most about ``budget`` kernel boxes."""
-    rules = a.rules
+    """The timeline figure of GPU ``g`` of analysis ``a`` with at most ``budget`` kernel boxes."""
     d = (a.kernels.filter(pl.col("device") == g.device)
          .select("row", "ts", "end", "dur", "stream", pl.col("name").cast(pl.Utf8),
                  pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8))
@@ -209,40 +231,19 @@ def gpu_timeline(a, g, budget: int = 10_000, label: str = "") -> Timeline:
     streams = sorted(d["stream"].unique().to_list())
     stream_role = {s: r for s, r in d.group_by("stream", "role").agg(pl.col("dur").sum())
                    .sort("dur", descending=True).unique("stream", keep="first").select("stream", "role").iter_rows()}
+    boxes, merged_kernels, r, detail_end = _kernel_boxes(d, t0, span, budget, len(streams))
+    bands = _bands(a, d, max(50, budget // 16), detail_end)
 
-    bands = _bands(a, d, t0, cap=max(50, budget // 8))
-    lanes: list[_Lane] = [_Lane(esc(lbl), "") for lbl, _lvl, _runs in bands]
-    band_y = list(range(len(bands)))
+    lanes: list[str] = [esc(lbl) for lbl, _lvl, _runs in bands]
     has_comm = bool((d["role"] == "comm").any())
-    exposed_y = len(lanes) if has_comm else None
+    exposed_y = len(lanes)
     if has_comm:
-        lanes.append(_Lane("<b>exposed comm</b>", ""))
+        lanes.append("<b>exposed comm</b>")
     stream_y = {s: len(lanes) + i for i, s in enumerate(streams)}
-    for s in streams:
-        lanes.append(_Lane(f"stream {s} · {esc(stream_role.get(s, ''))}", ""))
+    lanes += [f"stream {s} · {esc(stream_role.get(s, ''))}" for s in streams]
 
-    boxes, merged_kernels, r = _kernel_boxes(d, t0, span, budget, len(streams))
-    traces: list[dict] = []
-    # bands first (drawn below everything else)
-    for (lbl, level, runs), y in zip(bands, band_y):
-        mid = runs["microbatch"].to_list()
-        if level == "layer":
-            text = [f"L{esc(x)}" for x in runs["layer"].to_list()]
-            colors = ["#c9d8ee" if i % 2 == 0 else "#e3ebf6" for i in range(runs.height)]
-            hover = [f"<b>{esc(m)} · iteration {esc(it)} · layer {esc(ly)}</b><br>{_fmt_us(e - s)}, {n} kernels"
-                     for m, it, ly, s, e, n in zip(mid, runs["iteration"], runs["layer"], runs["ts"], runs["end"],
-                                                    runs["n"])]
-        else:
-            text = [esc(x) for x in runs["phase"].to_list()]
-            colors = [_phase_fill(x) for x in runs["phase"].to_list()]
-            hover = [f"<b>{esc(m)} · {esc(ph)}</b> (iteration {esc(it)}, layer {esc(ly)})<br>{_fmt_us(e - s)}, {n} kernels"
-                     for m, ph, it, ly, s, e, n in zip(mid, runs["phase"], runs["iteration"], runs["layer"],
-                                                        runs["ts"], runs["end"], runs["n"])]
-        ts, end = runs["ts"].to_numpy(), runs["end"].to_numpy()
-        traces.append(_bar(lbl, float(y), (ts - t0) / 1000, (end - ts) / 1000, hover,
-                           colors, width=BAND_WIDTH, text=text, textposition="inside", insidetextanchor="middle", textangle=0,
-                           textfont={"size": 10, "color": "#333"}, showlegend=False,
-                           marker={"color": colors, "line": {"width": 1, "color": "#ffffff"}}))
+    traces: list[dict] = [_band_trace(lbl, level, runs, float(y), t0, span, detail_end)
+                          for y, (lbl, level, runs) in enumerate(bands)]  # drawn first: below the rest
 
     # kernels, one trace per category (legend entries, grouped by role)
     cats = boxes.group_by("category", "role").agg(pl.col("n").sum()).to_dicts()
@@ -252,55 +253,54 @@ def gpu_timeline(a, g, budget: int = 10_000, label: str = "") -> Timeline:
         sel = boxes.filter(pl.col("category") == c["category"])
         ts, end = sel["ts"].to_numpy(), sel["end"].to_numpy()
         y = np.array([stream_y[s] for s in sel["stream"].to_list()], dtype=float)
-        role = c["role"]
+        color = category_color(c["category"], c["role"])
+        alpha = sel["alpha"].to_numpy()
+        colors = color if (alpha >= 1).all() else [color if x >= 1 else rgba(color, x) for x in alpha]
         traces.append(_bar(esc(c["category"]), y, (ts - t0) / 1000, (end - ts) / 1000, sel["hover"].to_list(),
-                           category_color(c["category"], role), legendgroup=role,
-                           legendgrouptitle={"text": f"{role}"}))
+                           colors, legendgroup=c["role"], legendgrouptitle={"text": c["role"]}))
 
     # exposed communication: comm not covered by any compute, on its own lane and on each comm stream
-    exposed_pieces = 0
     if has_comm:
         comp = d.filter(pl.col("role") == "compute")
         comp_iv = (comp["ts"].to_numpy(), comp["end"].to_numpy())
         comm = d.filter(pl.col("role") == "comm")
         cap = max(100, budget // 4)
-        es, ee = iv.subtract((comm["ts"].to_numpy(), comm["end"].to_numpy()), comp_iv)
-        exposed_pieces = es.size
-        s2, e2, pieces, cov = _reduce_intervals(es, ee, cap, r or span / 2000)
+        res = r or span / 2000
+        es, ee, pieces, cov = _reduce_intervals(*iv.subtract((comm["ts"].to_numpy(), comm["end"].to_numpy()),
+                                                             comp_iv), cap, res, detail_end)
         hover = [f"<b>exposed communication</b><br>{_fmt_us(c)}" + (f" in {p} pieces" if p > 1 else "")
-                 + f"<br>from {(s - t0) / 1000:.3f} ms" for s, c, p in zip(s2, cov, pieces)]
-        traces.append(_bar("exposed communication", float(exposed_y), (s2 - t0) / 1000, (e2 - s2) / 1000, hover,
-                           _density_colors(EXPOSED, s2, e2, cov), legendgroup="exposed", legendgrouptitle={"text": "not hidden by compute"}))
-        ys, bs, xs, hs, cs_ = [], [], [], [], []
+                 + f"<br>from {(s - t0) / 1000:.3f} ms" for s, c, p in zip(es, cov, pieces)]
+        traces.append(_bar("exposed communication", float(exposed_y), (es - t0) / 1000, (ee - es) / 1000, hover,
+                           _density_colors(EXPOSED, es, ee, cov), legendgroup="exposed",
+                           legendgrouptitle={"text": "not hidden by compute"}))
+        ys, bs, xs, hs, cs = [], [], [], [], []
         for s in streams:
-            cs = comm.filter(pl.col("stream") == s)
-            if cs.height == 0:
+            on_s = comm.filter(pl.col("stream") == s)
+            if on_s.height == 0:
                 continue
-            a_s, a_e = iv.subtract((cs["ts"].to_numpy(), cs["end"].to_numpy()), comp_iv)
-            a_s, a_e, pieces, cov = _reduce_intervals(a_s, a_e, cap, r or span / 2000)
+            a_s, a_e, pieces, cov = _reduce_intervals(*iv.subtract((on_s["ts"].to_numpy(), on_s["end"].to_numpy()),
+                                                                   comp_iv), cap, res, detail_end)
             ys.append(np.full(a_s.size, float(stream_y[s])))
             bs.append((a_s - t0) / 1000)
             xs.append((a_e - a_s) / 1000)
             hs += [f"<b>exposed</b> (stream {s})<br>{_fmt_us(c)}" for c in cov]
-            cs_ += _density_colors(EXPOSED, a_s, a_e, cov)
+            cs += _density_colors(EXPOSED, a_s, a_e, cov)
         if ys:
             traces.append(_bar("exposed (on its stream)", np.concatenate(ys), np.concatenate(bs), np.concatenate(xs),
-                               hs, cs_, width=KERNEL_WIDTH / 2, offset=0.0, legendgroup="exposed",
-                               showlegend=False))
+                               hs, cs, width=KERNEL_WIDTH / 2, offset=0.0, legendgroup="exposed", showlegend=False))
 
     n_lanes = len(lanes)
-    legend_px = 21 * (len(cats) + (1 if has_comm else 0)) + 34 * (len({c["role"] for c in cats}) + (1 if has_comm else 0))
-    plot_px = max(34 * n_lanes, legend_px)
+    n_legend = len(cats) + (1 if has_comm else 0)
+    legend_px = 21 * n_legend + 34 * (len({c["role"] for c in cats}) + (1 if has_comm else 0))
     layout = {
         "title": {"text": f"<b>{label}</b> timeline", "x": 0.0, "xanchor": "left", "font": {"size": 15}},
         "barmode": "overlay",
-        "height": 100 + plot_px,
+        "height": 100 + max(34 * n_lanes, legend_px),
         "margin": {"l": 150, "r": 20, "t": 50, "b": 50},
         "xaxis": {"title": {"text": "ms since this GPU's first event"}, "zeroline": False,
                   "showgrid": True, "gridcolor": "#eeeeee", "range": [0, span / 1000]},
-        "yaxis": {"tickvals": list(range(n_lanes)), "ticktext": [ln.label for ln in lanes],
-                  "autorange": "reversed", "fixedrange": True, "showgrid": False, "zeroline": False,
-                  "range": [n_lanes - 0.5, -0.5]},
+        "yaxis": {"tickvals": list(range(n_lanes)), "ticktext": lanes, "fixedrange": True, "showgrid": False,
+                  "zeroline": False, "range": [n_lanes - 0.5, -0.5]},
         "hovermode": "closest",
         "hoverlabel": {"align": "left", "font": {"size": 12}},
         "legend": {"groupclick": "toggleitem", "tracegroupgap": 8, "font": {"size": 11}},
@@ -308,12 +308,41 @@ def gpu_timeline(a, g, budget: int = 10_000, label: str = "") -> Timeline:
         "plot_bgcolor": "#ffffff",
         "paper_bgcolor": "#ffffff",
     }
-    layout["yaxis"].pop("autorange")
     notes = []
     if merged_kernels:
+        detail_ms = (detail_end - t0) / 1000
+        layout["shapes"] = [{"type": "rect", "xref": "x", "yref": "paper", "x0": 0, "x1": detail_ms, "y0": 0, "y1": 1,
+                             "fillcolor": "rgba(59,111,182,0.07)", "line": {"width": 0}, "layer": "below"}]
+        layout["annotations"] = [{"text": "kernel by kernel", "xref": "x", "yref": "paper", "x": detail_ms, "y": 1.0,
+                                  "xanchor": "right", "yanchor": "bottom", "showarrow": False,
+                                  "font": {"size": 11, "color": "#3b6fb6"}}]
         kept = d.height - merged_kernels
-        notes.append(f"{merged_kernels:,} of {d.height:,} kernels are shorter than {_fmt_us(r)} and drawn merged, "
-                     f"one box per stream and {_fmt_us(r)} of time (hover shows the mix of categories)"
-                     + (f"; the {kept:,} longer ones are drawn one by one" if kept else ""))
+        notes.append(f"the first {detail_ms:,.3f} ms are drawn kernel by kernel, with segment bands (shaded; zoom "
+                     f"in there); after that, "
+                     f"{merged_kernels:,} of {d.height:,} kernels shorter than {_fmt_us(r)} are merged into one box "
+                     f"per stream and {_fmt_us(r)} of time, colored by the category that took most of it, as opaque "
+                     f"as it was busy (hover shows the mix); {kept:,} kernels are drawn one by one")
     return Timeline(figure={"data": traces, "layout": layout}, kernels=d.height, boxes=boxes.height,
                     merged_kernels=merged_kernels, resolution_us=r, notes=notes)
+
+
+def _band_trace(lbl: str, level: str, runs: pl.DataFrame, y: float, t0: float, span: float,
+                detail_end: float | None) -> dict:
+    """One band lane: a bar per run, labelled where it is wide enough to read."""
+    mid, its, lys, phs = (runs[c].to_list() for c in ("microbatch", "iteration", "layer", "phase"))
+    ts, end, n = runs["ts"].to_numpy(), runs["end"].to_numpy(), runs["n"].to_list()
+    wide = ((end - ts) >= span / 250) | (ts < (detail_end if detail_end is not None else np.inf))
+    if level == "layer":
+        text = [f"L{esc(x)}" if w else "" for x, w in zip(lys, wide)]
+        colors = ["#c9d8ee" if i % 2 == 0 else "#e3ebf6" for i in range(runs.height)]
+        hover = [f"<b>{esc(m)} · iteration {esc(it)} · layer {esc(ly)}</b><br>{_fmt_us(e - s)}, {k} kernels"
+                 for m, it, ly, s, e, k in zip(mid, its, lys, ts, end, n)]
+    else:
+        text = [esc(x) if w else "" for x, w in zip(phs, wide)]
+        colors = [_phase_fill(x) for x in phs]
+        hover = [f"<b>{esc(m)} · {esc(ph)}</b> (iteration {esc(it)}, layer {esc(ly)})<br>{_fmt_us(e - s)}, {k} kernels"
+                 for m, ph, it, ly, s, e, k in zip(mid, phs, its, lys, ts, end, n)]
+    return _bar(lbl, y, (ts - t0) / 1000, (end - ts) / 1000, hover, colors, width=BAND_WIDTH, text=text,
+                textposition="inside", insidetextanchor="middle", textangle=0,
+                textfont={"size": 10, "color": "#333"}, showlegend=False,
+                marker={"color": colors, "line": {"width": 0}})

@@ -279,6 +279,8 @@ def _try_header(data: bytes) -> dict | None:
         h = _header_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+    except UnicodeDecodeError:  # a header string that is not UTF-8
+        return _try_header(bytes(data).decode("utf-8", "replace").encode())
     out = {f: getattr(h, f) for f in h.__struct_fields__ if getattr(h, f) is not None}
     if not isinstance(out.get("distributedInfo", {}), dict):
         del out["distributedInfo"]

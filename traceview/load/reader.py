@@ -296,7 +296,8 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
                     continue
                 piece = src.read(offset, length)
                 last_piece = offset + len(piece) >= arr.end
-                if not last_piece and carries < 8 and decode.cut_short(piece):
+                # (bounded by size, not by count: names full of "}, {" can fail many cuts in a row)
+                if not last_piece and length <= max(64 * chunk_bytes, 1 << 30) and decode.cut_short(piece):
                     carry, carries = offset, carries + 1
                     continue
                 whole = decode.last_whole_events(piece)

@@ -475,10 +475,11 @@ def field_damage(c: Corpus, src: Source) -> None:
         "no-dur": (drop("dur"), [warn(f"{n} ", "duration")], "12 kernels without dur"),
         "no-name": (drop("name"), [warn(f"{n} ", "name")], "12 kernels without name"),
         "name-null": (setv("name", None), [warn(f"{n} ", "name")], "12 kernels with name null"),
-        "no-ph": (drop("ph"), [], "12 kernels without ph: not complete events, ignored"),
-        "ph-lowercase": (setv("ph", "x"), [], "12 kernels with ph 'x' (phases are case-sensitive)"),
-        "ph-unknown": (setv("ph", "Q"), [], "12 kernels with an unknown phase"),
-        "ph-list": (setv("ph", ["X"]), [], "12 kernels with ph a list"),
+        "no-ph": (drop("ph"), [warn(f"{n} ", "phase")], "12 kernels without ph"),
+        "ph-lowercase": (setv("ph", "x"), [warn(f"{n} ", "phase")], "12 kernels with ph 'x' (phases are case-sensitive)"),
+        "ph-unknown": (setv("ph", "Q"), [warn(f"{n} ", "phase")], "12 kernels with an unknown phase"),
+        "ph-list": (setv("ph", ["X"]), [warn(f"{n} ", "phase")], "12 kernels with ph a list"),
+        "ph-instant": (setv("ph", "i"), [], "12 kernels as instant events ('i': a real phase, not a duration)"),
         "no-cat": (drop("cat"), [], "12 kernels without cat: not GPU events"),
         "cat-int": (setv("cat", 7), [], "12 kernels with cat a number"),
         "cat-uppercase": (setv("cat", "Kernel"), [], "cat 'Kernel' (categories are case-insensitive)"),
@@ -522,7 +523,12 @@ def field_damage(c: Corpus, src: Source) -> None:
         evs[i]["ph"] = "x"
     gpu_left = [e for e in evs if complete_event(e) and complete_event(e)[0] in GPU_CATS]
     c.add("ph-lowercase-all", dumps(trace_doc(header, evs)),
-          expect_error("no GPU events") if not gpu_left else expect_ok(evs), "every kernel with ph 'x'", gz=True)
+          expect_error("no GPU events", f"{len(kidx)} events with a missing or unknown phase") if not gpu_left
+          else expect_ok(evs, warnings=[warn(f"{len(kidx)} ", "phase")]), "every kernel with ph 'x'", gz=True)
+    only_kernels = [e for e in evs if e.get("cat") == "kernel"]
+    c.add("ph-lowercase-only", dumps(trace_doc(header, only_kernels)),
+          expect_error("no GPU events", f"{len(kidx)} events with a missing or unknown phase"),
+          "a trace of kernels only, every one with ph 'x'", gz=True)
     evs = copy.deepcopy(base)
     for i in kidx:
         evs[i]["dur"] = 0

@@ -46,7 +46,7 @@ def figures(html_text: str) -> dict:
 
 
 def timeline_of(figs: dict) -> dict:
-    return next(f for f in figs.values() if f["layout"]["title"]["text"].endswith("timeline"))
+    return next(f for f in figs.values() if "</b> timeline" in f["layout"]["title"]["text"])
 
 
 def make_injected(tmp: Path) -> Path:
@@ -236,7 +236,7 @@ def test_cli_directory_of_ranks(tmp_path):
     text = out.read_text()
     assert "r0/gpu0" in text and "r1/gpu1" in text and "0, 1 of world size 2" in text
     assert "Top kernels (all 2 traces together)" in text
-    assert len([f for f in figures(text).values() if f["layout"]["title"]["text"].endswith("timeline")]) == 2
+    assert len([f for f in figures(text).values() if "</b> timeline" in f["layout"]["title"]["text"]]) == 2
 
 
 def test_cli_reconciliation(tmp_path):

@@ -35,6 +35,13 @@ CATEGORY_ALIASES = {
     "gpu_user_annotation": "gpu_user_annotation",
 }
 KEPT_PHASES = {"X", "B", "E"}
+#: Every phase of the Chrome trace format (other phases of a kept category are skipped and counted).
+CHROME_PHASES = frozenset("BEXiICbnestfPNODMVvRcSTpF()")
+UNKNOWN_PHASE = "events with a missing or unknown phase ('ph')"
+
+
+def unknown_phase(ph: Any) -> bool:
+    return not isinstance(ph, str) or ph not in CHROME_PHASES
 
 CHUNK_BYTES = 32 << 20
 
@@ -125,6 +132,8 @@ def add_event(buf: ColumnBuffer, ph: Any, cat: Any, name: Any, pid: Any, tid: An
               ts: Any, dur: Any, args: Any) -> None:
     """Append one event to the column lists, or count why it was skipped."""
     if not isinstance(ph, str) or ph not in KEPT_PHASES:
+        if unknown_phase(ph) and isinstance(cat, str) and cat.lower() in CATEGORY_ALIASES:
+            buf.skip(UNKNOWN_PHASE)  # e.g. a kernel written with "ph": "x": not silently lost
         return
     t = _num(ts)
     if ph == "E":  # Chrome: an 'E' closes its thread's innermost open 'B'; name and cat are optional

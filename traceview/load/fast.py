@@ -24,7 +24,7 @@ from typing import Sequence
 import msgspec
 import polars as pl
 
-from .decode import CATEGORY_ALIASES, COLUMNS, MAX_ABS_TIME_US, _int, repair_utf8
+from .decode import CATEGORY_ALIASES, COLUMNS, MAX_ABS_TIME_US, UNKNOWN_PHASE, _int, repair_utf8, unknown_phase
 from .trace import KIND_DTYPE
 
 _NO_RAW = msgspec.Raw(b"")
@@ -103,10 +103,12 @@ def _decode(piece: bytes) -> Piece:
     kinds = {c: k for c in cats if c is not None and (k := CATEGORY_ALIASES.get(c.lower())) is not None}
     kept = [e for e in events if e.cat in kinds]
     del events
+    odd_phase = 0
     if {e.ph for e in kept} != {"X"}:
+        odd_phase = sum(unknown_phase(e.ph) for e in kept)  # counted, as the per-event path does
         kept = [e for e in kept if e.ph == "X"]
     if not kept:
-        return Piece(pl.DataFrame(schema=SCHEMA))
+        return Piece(pl.DataFrame(schema=SCHEMA), {UNKNOWN_PHASE: odd_phase} if odd_phase else {})
 
     kind = [kinds[e.cat] for e in kept]
     names = [e.name for e in kept]
@@ -118,7 +120,7 @@ def _decode(piece: bytes) -> Piece:
     del kept
     ts = pl.Series(ts, dtype=pl.Float64)
     dur = pl.Series(dur, dtype=pl.Float64)
-    skipped: dict[str, int] = {}
+    skipped: dict[str, int] = {UNKNOWN_PHASE: odd_phase} if odd_phase else {}
     no_name = pl.Series(names, dtype=pl.Utf8).is_null()
     bad_ts = ~no_name & (ts.is_null() | (ts.abs() > MAX_ABS_TIME_US))
     timed = ~no_name & ~bad_ts

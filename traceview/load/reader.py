@@ -47,17 +47,25 @@ class Source:
         self.file = file
         self._cleanup = cleanup
         self.truncated_gzip = False
+        # Pieces of a mapped file are read with pread: slicing the map would leave every page
+        # read resident in this process (RSS would grow to the file's size).
+        self._fd = os.open(file, os.O_RDONLY) if file is not None else None
 
     def __len__(self) -> int:
         return len(self.raw)
 
     def read(self, offset: int, length: int) -> bytes:
+        if self._fd is not None:
+            return os.pread(self._fd, length, offset)
         return bytes(self.raw[offset: offset + length])
 
     def blank(self) -> bool:
         return _NON_SPACE.search(self.raw) is None
 
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if isinstance(self.raw, mmap.mmap):
             self.raw.close()
         self.raw = b""
@@ -320,7 +328,8 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
         notes.append(f"{n} {reason} skipped")
     events = table.frame()
     if events.filter(pl.col("kind").is_in(GPU_KINDS)).height == 0:
-        raise TraceError(path, "no GPU events (kernels, memcpys, memsets) in this trace")
+        why = "; ".join(n for n in notes if n.endswith(" skipped"))  # e.g. every kernel had "ph": "x"
+        raise TraceError(path, "no GPU events (kernels, memcpys, memsets) in this trace" + (f" ({why})" if why else ""))
     header = arr.header
     dist = header.get("distributedInfo") or {}
     rank = _as_int(dist.get("rank"))

@@ -179,6 +179,7 @@ def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_E
     page.add(_header(results))
     page.add(_verdicts(results))
     page.add(_gpu_table(results))
+    page.add(_skew(results))
     warn_html = _warnings(results)
     reduced_slot = len(page.parts)
     page.add("")  # filled below when a timeline was reduced
@@ -194,7 +195,7 @@ def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_E
              '(from annotations or inferred). Drag to zoom, double-click to reset, click legend entries to hide.</p>')
     boxes = kernels = 0
     for a, g in gpus:
-        tl = gpu_timeline(a, g, budget, label=esc(_gpu_name(a, g)))
+        tl = gpu_timeline(a, g, budget, label=esc(_gpu_name(a, g)), subtitle=esc(verdict(a, g)))
         boxes += tl.boxes
         kernels += tl.kernels
         page.figure(tl.figure)
@@ -312,6 +313,29 @@ def _gpu_table(results: list[TraceAnalysis]) -> str:
                          f'<span class="exposed">{ms(g.exposed_comm_us)}</span>', pct(g.exposed_comm_ratio),
                          ms(g.memory_us), ms(g.idle_us)])
     return "<h3>GPU time (ms)</h3>" + _table(headers, rows)
+
+
+def _skew(results: list[TraceAnalysis]) -> str:
+    """Per collective category, how long ranks waited for each other (2+ ranks)."""
+    from ..analysis import rank_skew
+
+    if len(results) < 2:
+        return ""
+    skew, _offsets = rank_skew(results)
+    if skew.height == 0:
+        return ""
+    waits = [c for c in skew.columns if c.startswith("wait_us_")]
+    headers = [("category", False), ("collectives", True), ("mean skew ms", True), ("max skew ms", True)]
+    headers += [(f"rank {esc(c[8:])} waiting ms (% of its time in them)", True) for c in waits]
+    rows = []
+    for r in skew.iter_rows(named=True):
+        row = [esc(r["category"]), f'{r["collectives"]:,}', ms(r["mean_skew_us"]), ms(r["max_skew_us"])]
+        row += [f'{ms(r[c])} ({pct(r.get("wait_share_" + c[8:]))})' for c in waits]
+        rows.append(row)
+    return ("<h3>Waiting for a peer: collective skew between ranks</h3>"
+            '<p class="sub">For the same collective on every rank, how much later the last rank arrived than the '
+            "first (clock offsets removed). A rank that arrives early waits inside the communication kernel: "
+            "that time looks like communication but moves no data.</p>" + _table(headers, rows))
 
 
 def _warnings(results: list[TraceAnalysis]) -> str:
@@ -438,6 +462,9 @@ def _reconciliation(page: _Page, results: list[TraceAnalysis], recs: dict[int, A
     if not recs:
         page.add(f'<p class="note">Reconciliation unavailable{": " + esc(note) if note else ""}.</p>')
         return
+    page.add('<p class="sub">Per budget class, ms per iteration: measured kernel time; the budget model for the '
+             "shapes read from the trace; the roofline bound (FLOPs at peak or bytes at peak bandwidth, whichever is "
+             "slower). Efficiency = roofline / measured; vs model = model / measured. See docs/budget.md.</p>")
     for a in results:
         rec = recs.get(id(a))
         if rec is None:
@@ -455,17 +482,24 @@ def _reconciliation(page: _Page, results: list[TraceAnalysis], recs: dict[int, A
         page.add(_frame_table(summary))
 
 
+_RATIO_COLUMNS = ("efficiency", "vs_model")
+
+
 def _frame_table(df: pl.DataFrame, limit: int = 200) -> str:
-    """Any polars table as an escaped HTML table (floats to 3 decimals, ratios as-is)."""
-    headers = [(esc(c), df.schema[c].is_numeric()) for c in df.columns]
+    """Any polars table as an escaped HTML table (ratios as percentages, other floats to 3 decimals)."""
+    headers = [(esc(c.replace("_", " ")), df.schema[c].is_numeric()) for c in df.columns]
     rows = []
-    for r in df.head(limit).iter_rows():
+    for r in df.head(limit).iter_rows(named=True):
         cells = []
-        for v in r:
+        for c, v in r.items():
             if v is None or (isinstance(v, float) and v != v):
                 cells.append("–")
+            elif c in _RATIO_COLUMNS or c.endswith(("_ratio", "_share")):
+                cells.append(pct(v))
             elif isinstance(v, float):
                 cells.append(f"{v:,.3f}")
+            elif isinstance(v, int):
+                cells.append(f"{v:,}" if c != "device" else str(v))
             else:
                 cells.append(esc(v))
         rows.append(cells)

@@ -42,13 +42,13 @@ def overlap_bars(x, compute_ms: list[float], overlapped_ms: list[float], exposed
     exp_text = [f"{e:.2f} ms · {100 * e / c:.0f}%" if c > 0 and e > 0 else "" for e, c in zip(exposed_ms, comm)]
     data = [
         {"type": "bar", "x": x, "name": "compute", "y": compute_ms, "marker": {"color": COMPUTE},
-         "hovertemplate": "compute %{y:.3f} ms<extra></extra>", "xaxis": "x", "yaxis": "y"},
+         "hovertemplate": "%{x}<br>compute %{y:.3f} ms<extra></extra>", "xaxis": "x", "yaxis": "y"},
         {"type": "bar", "x": x, "name": "communication hidden under compute", "y": overlapped_ms,
-         "marker": {"color": OVERLAPPED}, "hovertemplate": "hidden comm %{y:.3f} ms<extra></extra>",
+         "marker": {"color": OVERLAPPED}, "hovertemplate": "%{x}<br>hidden comm %{y:.3f} ms<extra></extra>",
          "xaxis": "x2", "yaxis": "y2"},
         {"type": "bar", "x": x, "name": "exposed communication", "y": exposed_ms, "marker": {"color": EXPOSED},
          "text": exp_text, "textposition": "outside", "textfont": {"size": 10, "color": EXPOSED},
-         "cliponaxis": False, "hovertemplate": "exposed comm %{y:.3f} ms<extra></extra>", "xaxis": "x2", "yaxis": "y2"},
+         "cliponaxis": False, "hovertemplate": "%{x}<br>exposed comm %{y:.3f} ms<extra></extra>", "xaxis": "x2", "yaxis": "y2"},
     ]
     n = len(compute_ms)
     axis = {"title": {"text": x_title}, "tickangle": 0 if n <= 8 else -45, "tickfont": {"size": 11}}
@@ -127,7 +127,6 @@ def category_figure(gpus: list[tuple[str, object]], rules) -> dict:
                      "textposition": "inside", "insidetextanchor": "middle", "textangle": 0,
                      "textfont": {"size": 11},
                      "marker": {"color": category_color(c, role), "line": {"width": 0.5, "color": "#ffffff"}},
-                     "legendgroup": role, "legendgrouptitle": {"text": role},
                      "hovertemplate": f"<b>{esc(c)}</b> ({role})<br>%{{x:.1f}}% · %{{customdata[0]:.3f}} ms · "
                                       "%{customdata[1]} kernels<extra>%{y}</extra>"})
     legend_rows = 1 + len(order) // 6

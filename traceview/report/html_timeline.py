@@ -201,11 +201,19 @@ def _phase_fill(name: str) -> str:
     return "#e8e8e8"
 
 
-def _density_colors(color: str, s: np.ndarray, e: np.ndarray, covered: np.ndarray) -> list[str]:
-    """One color per box, as opaque as the share of the box that is really covered (a joined
-    box of scattered pieces is paler than a solid one)."""
+def _density_colors(color: str, s: np.ndarray, e: np.ndarray, covered: np.ndarray, span: float) -> list[str]:
+    """One color per piece.  A piece with no other piece within ``span / 300`` is drawn opaque, so
+    plotly widens it to at least a pixel and a lone exposed stretch is seen at any zoom; a piece
+    in a crowd is drawn at its exact width, as opaque as it is covered (a joined box of scattered
+    pieces is paler than a solid one), so a crowd of microsecond pieces does not read as a wall."""
+    if s.size == 0:
+        return []
     ext = np.maximum(e - s, 1e-9)
-    return [rgba(color, max(0.35, f)) for f in np.minimum(covered / ext, 1.0)]
+    gaps = np.full(s.size + 1, np.inf)
+    gaps[1:-1] = s[1:] - e[:-1]
+    alone = np.minimum(gaps[:-1], gaps[1:]) >= span / 300
+    share = np.minimum(covered / ext, 1.0)
+    return [color if lone and f > 0.9 else rgba(color, max(0.35, f)) for lone, f in zip(alone, share)]
 
 
 def _bar(name: str, y: float, base: np.ndarray, width_ms: np.ndarray, hover: list[str], color, **extra) -> dict:
@@ -220,7 +228,7 @@ def _bar(name: str, y: float, base: np.ndarray, width_ms: np.ndarray, hover: lis
     }
 
 
-def gpu_timeline(a, g, budget: int = 10_000, label: str = "") -> Timeline:
+def gpu_timeline(a, g, budget: int = 10_000, label: str = "", subtitle: str = "") -> Timeline:
     """The timeline figure of GPU ``g`` of analysis ``a`` with at most ``budget`` kernel boxes."""
     d = (a.kernels.filter(pl.col("device") == g.device)
          .select("row", "ts", "end", "dur", "stream", pl.col("name").cast(pl.Utf8),
@@ -271,7 +279,7 @@ def gpu_timeline(a, g, budget: int = 10_000, label: str = "") -> Timeline:
         hover = [f"<b>exposed communication</b><br>{_fmt_us(c)}" + (f" in {p} pieces" if p > 1 else "")
                  + f"<br>from {(s - t0) / 1000:.3f} ms" for s, c, p in zip(es, cov, pieces)]
         traces.append(_bar("exposed communication", float(exposed_y), (es - t0) / 1000, (ee - es) / 1000, hover,
-                           _density_colors(EXPOSED, es, ee, cov), legendgroup="exposed",
+                           _density_colors(EXPOSED, es, ee, cov, span), legendgroup="exposed",
                            legendgrouptitle={"text": "not hidden by compute"}))
         ys, bs, xs, hs, cs = [], [], [], [], []
         for s in streams:
@@ -284,7 +292,7 @@ def gpu_timeline(a, g, budget: int = 10_000, label: str = "") -> Timeline:
             bs.append((a_s - t0) / 1000)
             xs.append((a_e - a_s) / 1000)
             hs += [f"<b>exposed</b> (stream {s})<br>{_fmt_us(c)}" for c in cov]
-            cs += _density_colors(EXPOSED, a_s, a_e, cov)
+            cs += _density_colors(EXPOSED, a_s, a_e, cov, span)
         if ys:
             traces.append(_bar("exposed (on its stream)", np.concatenate(ys), np.concatenate(bs), np.concatenate(xs),
                                hs, cs, width=KERNEL_WIDTH / 2, offset=0.0, legendgroup="exposed", showlegend=False))
@@ -293,7 +301,8 @@ def gpu_timeline(a, g, budget: int = 10_000, label: str = "") -> Timeline:
     n_legend = len(cats) + (1 if has_comm else 0)
     legend_px = 21 * n_legend + 34 * (len({c["role"] for c in cats}) + (1 if has_comm else 0))
     layout = {
-        "title": {"text": f"<b>{label}</b> timeline", "x": 0.0, "xanchor": "left", "font": {"size": 15}},
+        "title": {"text": f"<b>{label}</b> timeline" + (f"<span style='font-size:12px;color:#5f6b7a'> · "
+                                                           f"{subtitle}</span>" if subtitle else ""), "x": 0.0, "xanchor": "left", "font": {"size": 15}},
         "barmode": "overlay",
         "height": 100 + max(34 * n_lanes, legend_px),
         "margin": {"l": 150, "r": 20, "t": 50, "b": 50},

@@ -20,11 +20,10 @@ from .models import ModelConfig
 from .ops import (
     OpCost,
     allreduce_cost,
-    alltoall_cost,
     attention_costs,
     dense_mlp_cost,
-    expert_cost,
     kv_load_cost,
+    moe_costs,
 )
 
 __all__ = ["DecodeBudget", "compute_decode", "choose_decode_tp", "max_decode_batch", "GROUPED_GEMM_EFFICIENCY"]
@@ -140,17 +139,11 @@ def compute_decode(
     ops.append(kv)
     shared_ms = routed_ms = dispatch_ms = combine_ms = 0.0
     if model.is_moe and model.n_moe_layers > 0:
-        shared = expert_cost(
-            model, gpu, batch * model.n_shared_experts, name="shared_expert", comm_sm=comm_sm,
-            precision=gemm_precision, efficiency=expert_efficiency,
+        shared, routed, dispatch, combine = moe_costs(
+            model, gpu, shared_rows=batch * model.n_shared_experts, routed_rows=batch * model.n_activated_experts,
+            dispatch_bytes=F.decode_dispatch_bytes(model, batch), comm_sm=comm_sm, precision=gemm_precision,
+            efficiency=expert_efficiency,
         )
-        routed = expert_cost(
-            model, gpu, batch * model.n_activated_experts, name="routed_experts", comm_sm=comm_sm,
-            precision=gemm_precision, efficiency=expert_efficiency,
-        )
-        d_bytes = F.decode_dispatch_bytes(model, batch)
-        dispatch = alltoall_cost(gpu, d_bytes, name="dispatch", precision="fp8")
-        combine = alltoall_cost(gpu, 2 * d_bytes, name="combine", precision="bf16")
         ops += [shared, routed, dispatch, combine]
         shared_ms, routed_ms, dispatch_ms, combine_ms = shared.ms, routed.ms, dispatch.ms, combine.ms
     else:

@@ -179,6 +179,29 @@ def alltoall_cost(
     return OpCost(name, 0.0, nbytes, transfer_ms(gpu, nbytes, link, n_gpus=n_gpus), precision, link)
 
 
+def moe_costs(
+    model: ModelConfig,
+    gpu: GPUSpec,
+    *,
+    shared_rows: float,
+    routed_rows: float,
+    dispatch_bytes: float,
+    comm_sm: int | None,
+    precision: str,
+    efficiency: float,
+    n_gpus: int = 1,
+) -> tuple[OpCost, OpCost, OpCost, OpCost]:
+    """One MoE layer's shared expert, routed experts, dispatch (FP8) and combine (BF16, twice the
+    bytes): the block prefill and decode budgets share."""
+    shared = expert_cost(model, gpu, shared_rows, name="shared_expert", comm_sm=comm_sm,
+                         precision=precision, efficiency=efficiency)
+    routed = expert_cost(model, gpu, routed_rows, name="routed_experts", comm_sm=comm_sm,
+                         precision=precision, efficiency=efficiency)
+    dispatch = alltoall_cost(gpu, dispatch_bytes, name="dispatch", n_gpus=n_gpus, precision="fp8")
+    combine = alltoall_cost(gpu, 2 * dispatch_bytes, name="combine", n_gpus=n_gpus, precision="bf16")
+    return shared, routed, dispatch, combine
+
+
 def kv_load_cost(
     model: ModelConfig, gpu: GPUSpec, kv_len: float, batch: float = 1, *, bytes_per_value: int = 1
 ) -> OpCost:

@@ -20,7 +20,7 @@ from traceview.errors import UsageError
 from . import flops as F
 from .gpus import GPUSpec
 from .models import ModelConfig
-from .ops import MIB, OpCost, allreduce_cost, alltoall_cost, attention_costs, dense_mlp_cost, expert_cost
+from .ops import MIB, OpCost, allreduce_cost, attention_costs, dense_mlp_cost, moe_costs
 
 __all__ = ["PrefillBudget", "compute_prefill"]
 
@@ -128,17 +128,11 @@ def compute_prefill(
         n_device = tp * dp
         shared_tokens = dp * seq_len / n_device * model.n_shared_experts
         routed_rows = seq_len * dp * model.n_activated_experts / n_device
-        shared = expert_cost(
-            model, gpu, shared_tokens, name="shared_expert", comm_sm=reserved, precision=gemm_precision,
-            efficiency=expert_efficiency,
+        shared, routed, dispatch, combine = moe_costs(
+            model, gpu, shared_rows=shared_tokens, routed_rows=routed_rows,
+            dispatch_bytes=F.prefill_dispatch_bytes(model, seq_len, tp, dispatch_nodes, gpus_per_node),
+            comm_sm=reserved, precision=gemm_precision, efficiency=expert_efficiency, n_gpus=gpus_per_node,
         )
-        routed = expert_cost(
-            model, gpu, routed_rows, name="routed_experts", comm_sm=reserved, precision=gemm_precision,
-            efficiency=expert_efficiency,
-        )
-        d_bytes = F.prefill_dispatch_bytes(model, seq_len, tp, dispatch_nodes, gpus_per_node)
-        dispatch = alltoall_cost(gpu, d_bytes, name="dispatch", n_gpus=gpus_per_node, precision="fp8")
-        combine = alltoall_cost(gpu, 2 * d_bytes, name="combine", n_gpus=gpus_per_node, precision="bf16")
         ops += [shared, routed, dispatch, combine]
         shared_ms, routed_ms, dispatch_ms, combine_ms = shared.ms, routed.ms, dispatch.ms, combine.ms
 

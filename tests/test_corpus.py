@@ -358,3 +358,76 @@ def test_truncation_at_every_offset_of_a_small_trace(tmp_path):
             assert any("truncated" in w for w in t.warnings)
             seen_ok += 1
     assert seen_ok > 1000
+
+
+# --- hand-made inputs that a corpus file cannot hold ------------------------------------------------------
+
+def test_a_pipe_is_read_whole_up_to_the_cap(tmp_path):
+    """``traceview analyze <(zcat t.json.gz)``: a pipe cannot be mapped or rewound; it is read,
+    plain or gzip, and the cap still holds."""
+    import threading
+
+    whole = CORPUS / next(f for f in BY_FILE if f.endswith("gz-whole.json.gz"))
+    plain = gzip.decompress(whole.read_bytes())
+    for data, max_bytes, ok in ((plain, None, True), (whole.read_bytes(), None, True), (plain, 1000, False)):
+        r, w = os.pipe()
+
+        def feed(w=w, data=data):
+            with contextlib.suppress(BrokenPipeError), os.fdopen(w, "wb") as f:
+                f.write(data)
+
+        t = threading.Thread(target=feed)
+        t.start()
+        try:
+            with watchdog():
+                kw = {} if max_bytes is None else {"max_bytes": max_bytes}
+                if ok:
+                    tr = traceview.load(f"/dev/fd/{r}", **kw)
+                    assert tr.events.height == BY_FILE[whole.name]["expect"]["events"] and tr.warnings == []
+                else:
+                    with pytest.raises(TraceError, match="more than 1000 bytes"):
+                        traceview.load(f"/dev/fd/{r}", **kw)
+        finally:
+            os.close(r)
+            t.join()
+
+
+def test_error_line_is_one_line_whatever_the_file_name(tmp_path):
+    p = tmp_path / "rank0\nforged: line\x1b[2J.json"
+    p.write_bytes(b'{"traceEvents": [')
+    for cmd in (["analyze"], ["gate", "--no-config", "--max-exposed-comm", "50%"],
+                ["report", "-o", str(tmp_path / "r.html")]):
+        code, out, err = run_cli(*cmd, str(p))
+        assert code == 2 and "Traceback" not in out + err
+        assert err.count("\n") == 1 and "\x1b" not in err, err
+        assert err.startswith("traceview: error: ") and "forged: line" in err
+
+
+def test_zero_byte_gzip_and_directories_that_are_not_traces(tmp_path):
+    (tmp_path / "zero.json.gz").write_bytes(b"")
+    (tmp_path / "dir.json").mkdir()
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")  # a symlink loop
+    code, _out, err = run_cli("analyze", str(tmp_path / "zero.json.gz"))
+    assert code == 2 and err.strip() == f"traceview: error: {tmp_path / 'zero.json.gz'}: file is empty"
+    code, _out, err = run_cli("analyze", str(tmp_path / "dir.json"))
+    assert code == 2 and "no trace files" in err and err.count("\n") == 1
+    code, _out, err = run_cli("analyze", str(tmp_path / "loop.json"))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "abc", "1e999G", "nan", ""])
+def test_bad_max_bytes_is_a_usage_error(value):
+    code, out, err = run_cli("analyze", str(CORPUS / CASES[0]["file"]), "--max-bytes", value)
+    assert code == 2 and "is not a size" in err and "Traceback" not in out + err
+
+
+def test_bad_max_bytes_in_the_environment_is_reported_not_a_traceback():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRACEVIEW_MAX_BYTES": "16 gigs"}
+    r = subprocess.run([sys.executable, "-m", "traceview", "analyze", str(CORPUS / CASES[0]["file"])],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "TRACEVIEW_MAX_BYTES='16 gigs' is not a size" in r.stderr
+    env["TRACEVIEW_MAX_BYTES"] = "1.5K"  # suffixes work there too
+    r = subprocess.run([sys.executable, "-m", "traceview", "analyze", str(CORPUS / CASES[0]["file"])],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert r.returncode == 2 and "over the 1536-byte limit" in r.stderr

@@ -15,9 +15,10 @@ EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
 
 def error_line(message: str) -> None:
-    from ..report.text import clean
+    """One line, whatever the message holds (a file name with a newline, escapes in a trace string)."""
+    from ..report.text import one_line
 
-    click.echo(f"traceview: error: {clean(message)}", err=True)
+    click.echo(f"traceview: error: {one_line(message)}", err=True)
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -51,21 +52,28 @@ def handle_errors(fn: Callable) -> Callable:
 
 def parse_size(value: str) -> int:
     """'16G', '500M', '1024' -> bytes."""
-    v = value.strip().upper().removesuffix("B")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    try:
-        if v and v[-1] in mult:
-            return int(float(v[:-1]) * mult[v[-1]])
-        return int(v)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a size (e.g. 16G, 500M)") from None
+    from ..load.reader import parse_size as size
+
+    n = size(value)
+    if n is None:
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 16G, 500M)")
+    return n
+
+
+def _max_bytes(ctx: click.Context, _param, value: str) -> int:
+    env = os.environ.get("TRACEVIEW_MAX_BYTES")
+    if env is not None and ctx.get_parameter_source("max_bytes") == click.core.ParameterSource.DEFAULT:
+        from ..load.reader import parse_size as size
+
+        if size(env) is None:  # the loader fell back to 16 GiB: say so rather than ignore it
+            raise click.BadParameter(f"TRACEVIEW_MAX_BYTES={env!r} is not a size (e.g. 16G, 500M)")
+    return parse_size(value)
 
 
 def max_bytes_option(f):
     from ..load import DEFAULT_MAX_BYTES
 
-    return click.option("--max-bytes", default=str(DEFAULT_MAX_BYTES), show_default=True,
-                        callback=lambda _c, _p, v: parse_size(v),
+    return click.option("--max-bytes", default=str(DEFAULT_MAX_BYTES), show_default=True, callback=_max_bytes,
                         help="Refuse files that are (or decompress to) more than this; e.g. 16G.")(f)
 
 

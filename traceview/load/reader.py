@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import re
@@ -16,8 +17,20 @@ from ..errors import NotATraceError, TraceError
 from . import decode, fast
 from .trace import GPU_KINDS, KIND_DTYPE, Trace
 
-#: Default cap on the bytes one file may decompress to (a gzip bomb stops here).
-DEFAULT_MAX_BYTES = int(os.environ.get("TRACEVIEW_MAX_BYTES", 16 << 30))
+def parse_size(value: object) -> int | None:
+    """'16G', '500M', '1.5g', '1024' -> bytes (K/M/G/T are powers of 1024); None if not a positive size."""
+    v = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(v[-1:], 1)
+    try:
+        n = int(float(v[:-1] if mult > 1 else v) * mult)
+    except (ValueError, OverflowError):  # not a number, NaN, infinity
+        return None
+    return n if n > 0 else None
+
+
+#: Default cap on the bytes one file may decompress to (a gzip bomb stops here): 16 GiB, or
+#: TRACEVIEW_MAX_BYTES (a value that is not a size is reported by the CLI's --max-bytes).
+DEFAULT_MAX_BYTES = parse_size(os.environ.get("TRACEVIEW_MAX_BYTES", "")) or 16 << 30
 
 TRACE_SUFFIXES = (".json", ".json.gz")
 _RANK_PATTERNS = (
@@ -90,15 +103,24 @@ def open_source(path: Path, max_bytes: int = DEFAULT_MAX_BYTES, spill_bytes: int
     """Open a trace file for decoding (see ``Source``); errors are ``TraceError`` lines."""
     try:
         with open(path, "rb") as f:
+            if not f.seekable():  # a pipe, e.g. <(zcat t.json.gz): read it whole, up to the cap
+                data = bytearray()
+                while len(data) <= max_bytes and (block := f.read(1 << 20)):
+                    data += block
+                if len(data) > max_bytes:
+                    raise TraceError(path, f"more than {max_bytes} bytes (raise the limit with --max-bytes)")
+                f = io.BytesIO(data)
             magic = f.read(2)
             f.seek(0)
             if magic != b"\x1f\x8b":
-                size = os.fstat(f.fileno()).st_size
+                size = os.fstat(f.fileno()).st_size if not isinstance(f, io.BytesIO) else len(f.getvalue())
                 if size > max_bytes:
                     raise TraceError(path, f"file is {size} bytes, over the {max_bytes}-byte limit "
                                            "(raise it with --max-bytes)")
                 if size == 0:
                     return Source(b"")
+                if isinstance(f, io.BytesIO):
+                    return Source(f.getvalue())
                 try:
                     return Source(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), Path(path))
                 except (OSError, ValueError):  # a pipe or a special file: read it

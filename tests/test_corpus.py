@@ -431,3 +431,17 @@ def test_bad_max_bytes_in_the_environment_is_reported_not_a_traceback():
     r = subprocess.run([sys.executable, "-m", "traceview", "analyze", str(CORPUS / CASES[0]["file"])],
                        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
     assert r.returncode == 2 and "over the 1536-byte limit" in r.stderr
+
+
+def test_an_error_after_gzip_damage_names_the_damage(tmp_path):
+    """When a damaged gzip leaves nothing usable, the reason says so (not only "not a trace"), and
+    such a rank inside a directory is reported, not skipped as a non-trace file beside the ranks."""
+    case = next(c for c in CASES if c["file"].endswith("gz-cut-02.json.gz"))
+    a = _analysis(case["file"], None)
+    assert isinstance(a, TraceError) and "not a trace" in a.reason and "gzip stream is cut short" in a.reason
+    good = CORPUS / next(f for f in BY_FILE if f.endswith("gz-whole.json.gz"))
+    (tmp_path / "rank0.json.gz").write_bytes(good.read_bytes())
+    (tmp_path / "rank1.json.gz").write_bytes((CORPUS / case["file"]).read_bytes())
+    code, out, err = run_cli("analyze", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and "rank1.json.gz: not a trace" in err and "gzip" in err
+    assert "GPU time" in out  # the good rank is still analyzed

@@ -34,3 +34,40 @@ def test_every_category_a_rule_can_produce_is_documented():
     text = (ROOT / "docs" / "taxonomy.md").read_text()
     for cat in produced:
         assert f"`{cat}`" in text
+
+
+def _gen_limits():
+    spec = importlib.util.spec_from_file_location("gen_limits", ROOT / "scripts" / "gen_limits.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_limits_damage_table_is_current():
+    """docs/limits.md lists what every corpus case produces, as traceview produces it now."""
+    text = (ROOT / "docs" / "limits.md").read_text()
+    assert text == _gen_limits().with_table(text), "docs/limits.md is stale: run `python scripts/gen_limits.py`"
+
+
+def test_limits_doc_states_the_loader_constants():
+    """The limits quoted in docs/limits.md are the ones the loader enforces."""
+    from traceview.load import decode, reader
+
+    text = (ROOT / "docs" / "limits.md").read_text()
+    import os
+
+    assert reader.DEFAULT_MAX_BYTES == 16 << 30 or "TRACEVIEW_MAX_BYTES" in os.environ
+    assert f"16 GiB** ({16 << 30} bytes)" in text
+    assert "TRACEVIEW_MAX_BYTES" in text and "--max-bytes" in text
+    assert decode.MAX_ABS_TIME_US == 1e17 and "1e17 µs" in text
+    assert reader.SPILL_BYTES == 256 << 20 and "256 MiB" in text
+    assert decode.CHUNK_BYTES == 32 << 20 and "32 MiB" in text
+    assert reader.PARALLEL_MIN_BYTES == 96 << 20 and "96 MiB" in text
+    assert "nested too deeply" in text and "--strict" in text
+    for cat in decode.CATEGORY_ALIASES:
+        assert f"`{cat}`" in text, cat
+
+
+def test_limits_doc_is_linked():
+    assert "docs/limits.md" in (ROOT / "README.md").read_text()
+    assert "limits.md" in (ROOT / "docs" / "architecture.md").read_text()

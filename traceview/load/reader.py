@@ -291,15 +291,19 @@ def load(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, workers: i
     files over ``PARALLEL_MIN_BYTES``, else in this process).  ``progress(done, total)`` is
     called with bytes decoded as the load goes.
     """
+    notes: list[str] = []
     try:
-        return _load(Path(path), max_bytes, workers, progress, chunk_bytes)
+        return _load(Path(path), max_bytes, workers, progress, chunk_bytes, notes)
     except RecursionError:  # the JSON decoders recurse once per nesting level
         raise TraceError(path, "JSON nested too deeply (limit: a few hundred levels)") from None
+    except TraceError as e:
+        if notes and notes[0].startswith("gzip") and "gzip" not in e.reason:  # the damage explains the failure
+            raise TraceError(e.path, f"{e.reason}; {notes[0]}") from None  # (damaged, not "not a trace")
+        raise
 
 
 def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | None,
-          chunk_bytes: int) -> Trace:
-    notes: list[str] = []
+          chunk_bytes: int, notes: list[str]) -> Trace:
     with open_source(path, max_bytes) as src:
         if src.truncated_gzip:
             notes.append(src.truncated_gzip if isinstance(src.truncated_gzip, str) else

@@ -38,8 +38,8 @@ KINDS: list[tuple[str, str, str]] = [
      r"gz-(flip-body-|cut-then-zeros)"),
     ("gzip oddities", "concatenated members, an empty member, junk after the stream, gzip twice, "
      "only the magic", r"gz-(members|member-empty|trailing-junk|of-gz|magic-only)"),
-    ("gzip of nothing or not JSON", "gzip of an empty file, of whitespace, of a text file",
-     r"gz-(empty|whitespace|not-json)"),
+    ("gzip of nothing or not JSON", "a 0-byte `.json.gz`, gzip of an empty file, of whitespace, of a text file",
+     r"gz-(zero-bytes|empty|whitespace|not-json)"),
     ("gzip bomb / over the cap", "decompresses past `--max-bytes`, or a plain file larger than it",
      r"(gz-bomb|plain-over-limit)"),
     ("Empty input", "0 bytes, whitespace only", r"(empty|whitespace)\.json$"),
@@ -55,10 +55,11 @@ KINDS: list[tuple[str, str, str]] = [
     ("Phase (`ph`) missing or wrong", "missing, lower-case `x`, unknown, a list, an instant `i`",
      r"(no-ph|ph-)"),
     ("Category (`cat`) odd", "missing, a number, `Kernel` in capitals", r"(no-cat|cat-)"),
-    ("Strings where numbers belong", "`ts`/`dur` as numeric strings, `'abc'`, null, true, a list, "
-     "an object", r"(ts|dur)-(string|abc|null|bool|list|object)"),
-    ("NaN, Infinity, negative and huge values", "`ts`/`dur` NaN, ±Infinity, `dur` < 0, 1e20 µs, zero "
-     "durations", r"(ts|dur)-(nan|inf|minus-inf|negative|huge|zero)|zero-length-only"),
+    ("Strings where numbers belong", "`ts`/`dur` as numeric strings, `'abc'`, `\"NaN\"`, `\"Infinity\"`, "
+     "null, true, a list, an object", r"(ts|dur)-(string|abc|null|bool|list|object)"),
+    ("NaN, Infinity, negative and huge values", "`ts`/`dur` NaN, ±Infinity, `dur` < 0, ±1e20 µs, integers of "
+     "400 digits, 1e-320, zero durations", r"(ts|dur)-(nan|inf|minus-inf|minus-huge|negative|huge|bigint|"
+     r"exponent|zero)|zero-length-only"),
     ("Clock offsets", "every timestamp shifted near 0, below 0, to 1e15 and 1e16 µs", r"clock-"),
     ("Odd `args`, ids and names", "`args` null/list/string/wrong types, `pid`/`tid` strings or past "
      "64 bits, NaN tid, names that are numbers or objects", r"(args-|pid-|name-number|name-object)"),

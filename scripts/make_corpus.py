@@ -766,6 +766,34 @@ def nesting(c: Corpus, src: Source) -> None:
             c.add(f"nested-{where}-{depth}", data, exp, f"{depth} levels of nesting in {where}", gz=True)
 
 
+def more_values(c: Corpus, src: Source) -> None:
+    """Added later (at the end, so earlier case numbers stay put): values and files the first
+    sections missed."""
+    header = src.header()
+    base = src.events(*BASE_WINDOW)
+    kidx = _kernel_indices(base)
+    pick = kidx[1::2][:12]
+    n = len(pick)
+    c.add_raw("gz-zero-bytes", b"", expect_error("empty"), "a .json.gz file of 0 bytes (not even a gzip header)",
+              suffix=".json.gz")
+    for label, raw, warning, what in (
+        ("dur-bigint", b"1" + b"0" * 400, "duration", "dur an integer literal of 401 digits"),
+        ("ts-bigint", b"-1" + b"0" * 400, "timestamp", "ts a negative integer literal of 401 digits"),
+        ("ts-string-nan", b'"NaN"', "timestamp", "ts the string 'NaN'"),
+        ("dur-string-inf", b'"Infinity"', "duration", "dur the string 'Infinity'"),
+        ("ts-minus-huge", b"-1e20", "timestamp", "ts -1e20 us"),
+        ("dur-exponent", b"1e-320", None, "dur a denormal 1e-320 (a valid, tiny number)"),
+    ):
+        key = "dur" if label.startswith("dur") else "ts"
+        evs, marked = copy.deepcopy(base), copy.deepcopy(base)
+        for i in pick:
+            marked[i][key] = "@@VALUE@@"  # written as JSON text no encoder would produce
+            evs[i][key] = json.loads(raw)
+        data = dumps(trace_doc(header, marked)).replace(b'"@@VALUE@@"', raw)
+        exp = expect_ok(evs, warnings=[warn(f"{n} ", warning)] if warning else [])
+        c.add(label, data, exp, what, gz=True)
+
+
 def main() -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -782,6 +810,7 @@ def main() -> None:
     overlaps(c, src)
     hostile_names(c, src)
     nesting(c, src)
+    more_values(c, src)
     c.finish()
     size = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"{len(c.cases)} cases, {size / 1e6:.2f} MB in {OUT.relative_to(ROOT)}")

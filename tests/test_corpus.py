@@ -445,3 +445,17 @@ def test_an_error_after_gzip_damage_names_the_damage(tmp_path):
     code, out, err = run_cli("analyze", str(tmp_path))
     assert code == 2 and err.count("\n") == 1 and "rank1.json.gz: not a trace" in err and "gzip" in err
     assert "GPU time" in out  # the good rank is still analyzed
+
+
+def test_hostile_names_in_the_html_report():
+    """The corpus' hostile names in the HTML report: escaped, and no control or bidi character left."""
+    from traceview.report.html import plotly_js, render_html
+
+    for label in ("name-html", "name-ansi", "name-osc52", "name-rtl-override", "name-newlines"):
+        case = next(c for c in CASES if c["file"].split("-", 1)[1].startswith(label + "."))
+        with watchdog(60):
+            html_text = render_html([_analysis(case["file"], None)]).html.replace(plotly_js(), "")  # (library code)
+        assert not ESCAPE.search(html_text.replace("\n", "").replace("\t", "").replace("\r", "")), label
+        assert "<script>alert(1)" not in html_text and "52;c;" not in html_text
+        if label == "name-html":
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text

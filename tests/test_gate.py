@@ -509,3 +509,62 @@ def test_per_microbatch_on_a_gpu_without_communication():
     r = run_gate([str(NO_COMM)], Thresholds(max_exposed_comm_us=1000.0, per="microbatch"))
     (c,) = r.checks
     assert c.status == SKIP and r.exit_code == 0 and r.verdict() == "gate: PASS (1 check, 1 skipped)"
+
+
+# --- loader warnings: a truncated rank must not pass unnoticed ----------------------------------------
+
+def _ranks_with_one_truncated(tmp_path: Path) -> Path:
+    import gzip
+
+    d = tmp_path / "ranks"
+    d.mkdir()
+    (d / "rank0.json.gz").write_bytes(TBO0.read_bytes())
+    raw = gzip.decompress(TBO1.read_bytes())
+    (d / "rank1.json").write_bytes(raw[: len(raw) * 2 // 3])  # killed mid-write
+    return d
+
+
+def test_loader_warnings_are_warn_lines_and_strict_fails_them(tmp_path):
+    d = _ranks_with_one_truncated(tmp_path)
+    code, out, err = run("gate", d, "--max-exposed-comm", "50%")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    warn = [x for x in lines if x.startswith("WARN")]
+    assert len(warn) == 1 and "loader warnings: 1 warning" in warn[0] and "file is truncated" in warn[0]
+    assert "[rank1.json]" in warn[0] and "allowed (--strict fails them)" in warn[0]
+    assert lines[-1] == "gate: PASS (3 checks, 1 with loader warnings)"
+
+    code, out, err = run("gate", d, "--max-exposed-comm", "50%", "--strict", "--junit", tmp_path / "j.xml")
+    assert code == 1, err
+    lines = out.strip().splitlines()
+    assert [x.split()[0] for x in lines[:-1]] == ["FAIL", "PASS", "PASS"]
+    assert "--strict: none allowed" in lines[0] and lines[-1] == "gate: FAIL (1 of 3 checks failed)"
+    suites = {s.get("name"): s for s in ET.parse(tmp_path / "j.xml").getroot()}
+    truncated = suites["traceview gate: rank1.json"]
+    assert truncated.get("failures") == "1" and truncated.find("testcase/failure").get("type") == "loader_warnings"
+
+    # a clean input has nothing to warn about: --strict changes nothing
+    code, out, _ = run("gate", TBO0, "--max-exposed-comm", "50%", "--strict")
+    assert code == 0 and out.strip().splitlines()[-1] == "gate: PASS (1 check)"
+
+
+def test_loader_warnings_in_json_github_and_config(tmp_path, monkeypatch):
+    d = _ranks_with_one_truncated(tmp_path)
+    code, out, _ = run("gate", d, "--max-exposed-comm", "50%", "--format", "json")
+    doc = json.loads(out)
+    (w,) = [c for c in doc["checks"] if c["check"] == "loader_warnings"]
+    assert code == 0 and doc["passed"] and w["status"] == "warn" and w["value"] == 1
+    assert "file is truncated" in w["detail"] and doc["thresholds"]["strict"] is False
+
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    code, out, _ = run("gate", d, "--max-exposed-comm", "50%")
+    (ann,) = [x for x in out.splitlines() if x.startswith("::")]
+    assert ann.startswith("::warning title=traceview gate%3A loader warnings (rank1.json)::WARN")
+    monkeypatch.delenv("GITHUB_ACTIONS")
+
+    (tmp_path / "traceview.toml").write_text('[gate]\nmax_exposed_comm = "50%"\nstrict = true\n')
+    code, out, _ = run("gate", d)
+    assert code == 1 and out.startswith("FAIL  loader warnings")
+    (tmp_path / "traceview.toml").write_text('[gate]\nmax_exposed_comm = "50%"\nstrict = "yes"\n')
+    code, _, err = run("gate", d)
+    assert code == 2 and "strict" in err and "is not true or false" in err and len(err.strip().splitlines()) == 1

@@ -35,6 +35,9 @@ from .common import error_line, handle_errors, jobs_option, max_bytes_option, ru
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML file with a [tool.traceview.gate] table (default: traceview.toml or pyproject.toml here).")
 @click.option("--no-config", is_flag=True, help="Do not read traceview.toml / pyproject.toml.")
+@click.option("--strict", is_flag=True, default=None,
+              help="Fail when the loader skipped or repaired events (truncated file, events without duration...); "
+                   "without it they are WARN lines.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: one line per check; json: the traceview.gate/1 document.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write the report to this file.")
@@ -47,7 +50,7 @@ from .common import error_line, handle_errors, jobs_option, max_bytes_option, ru
 @max_bytes_option
 @handle_errors
 def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, per, baseline, max_regression, min_regression_ms,
-             config_file, no_config, fmt, output, junit_file, github, rules_file, jobs, max_bytes):
+             config_file, no_config, strict, fmt, output, junit_file, github, rules_file, jobs, max_bytes):
     """Check traces against thresholds and exit 0 (pass), 1 (a check failed) or 2 (input not usable).
 
     PATHS are trace files, directories of per-rank traces, or 'analyze --format json' documents.
@@ -62,7 +65,8 @@ def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, per, baseline, max_re
         found = gate_config.discover(".")
         cfg = gate_config.load(found, required=False) if found else {}
     flags = dict(max_exposed_comm=max_exposed_comm, max_exposed_comm_ms=max_exposed_comm_ms, per=per,
-                 baseline=baseline, max_regression=max_regression, min_regression_ms=min_regression_ms)
+                 baseline=baseline, max_regression=max_regression, min_regression_ms=min_regression_ms,
+                 strict=strict)
     thresholds = gate_config.thresholds(cfg, flags)
     result = run_gate(paths, thresholds, rules_file=rules_file, jobs=jobs, max_bytes=max_bytes)
 

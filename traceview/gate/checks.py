@@ -27,7 +27,7 @@ from typing import Any, Iterable
 from ..errors import TraceError, UsageError
 from .summary import GpuSummary, SegmentRow, load_document, load_inputs
 
-PASS, FAIL, SKIP = "pass", "fail", "skip"
+PASS, FAIL, SKIP, WARN = "pass", "fail", "skip", "warn"
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 PER_CHOICES = ("gpu", "microbatch", "layer", "iteration")
 DEFAULT_MIN_REGRESSION_US = 50.0
@@ -82,6 +82,7 @@ class Thresholds:
     baseline: str | None = None
     max_regression_pct: float | None = None
     min_regression_us: float = DEFAULT_MIN_REGRESSION_US
+    strict: bool = False         # loader warnings (skipped/repaired events, truncation) fail the gate
 
     def validate(self) -> "Thresholds":
         if self.per not in PER_CHOICES:
@@ -137,11 +138,15 @@ class CheckResult:
             "regression.exposed_comm": "regression: exposed comm",
             "regression.span": "regression: iteration time (span)",
             "regression.category": f"regression: {self.category} time",
+            "loader_warnings": "loader warnings",
         }.get(self.check, self.check)
 
     def value_text(self) -> str:
         if self.value is None:
             return "-"
+        if self.check == "loader_warnings":
+            n = int(self.value)
+            return f"{n} warning" + ("" if n == 1 else "s")
         if self.check == "exposed_comm_pct":
             return f"{self.value:.1f}% of comm"
         if self.check.startswith("regression."):
@@ -149,6 +154,8 @@ class CheckResult:
         return f"{_ms(self.value)} ms"
 
     def threshold_text(self) -> str:
+        if self.check == "loader_warnings":
+            return "--strict: none allowed" if self.status == FAIL else "allowed (--strict fails them)"
         if self.check == "exposed_comm_pct":
             return f"max {self.threshold:g}%"
         if self.check == "exposed_comm_ms":
@@ -188,10 +195,15 @@ class GateResult:
             return EXIT_INPUT
         return EXIT_FAIL if self.failed else EXIT_OK
 
+    @property
+    def warned(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.status == WARN]
+
     def verdict(self) -> str:
         n, f = len(self.checks), len(self.failed)
         s = sum(c.status == SKIP for c in self.checks)
-        skipped = f", {s} skipped" if s else ""
+        w = len(self.warned)
+        skipped = (f", {s} skipped" if s else "") + (f", {w} with loader warnings" if w else "")
         checks = f"{n} check" + ("" if n == 1 else "s")
         if self.errors:
             return f"gate: ERROR ({len(self.errors)} input(s) could not be analyzed; {checks}, {f} failed{skipped})"
@@ -330,9 +342,23 @@ def _regression_checks(g: GpuSummary, b: GpuSummary | None, how: str, t: Thresho
     return out
 
 
-def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] | None = None) -> list[CheckResult]:
-    """Every check the thresholds ask for, GPU by GPU, in a stable order."""
+def _warning_checks(gpus: list[GpuSummary], t: Thresholds) -> list[CheckResult]:
+    """One check per input file whose loader skipped or repaired something: a warning, or a
+    failure with ``--strict`` (a truncated rank must not pass a CI gate unnoticed)."""
     out: list[CheckResult] = []
+    seen: set[str] = set()
+    for g in gpus:
+        if not g.warnings or g.file in seen:
+            continue
+        seen.add(g.file)
+        out.append(CheckResult("loader_warnings", FAIL if t.strict else WARN, float(len(g.warnings)), 0.0, "",
+                               file=g.file, rank=g.rank, device=g.device, detail="; ".join(g.warnings)))
+    return out
+
+
+def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] | None = None) -> list[CheckResult]:
+    """Every check the thresholds ask for, GPU by GPU, in a stable order; loader warnings first."""
+    out: list[CheckResult] = _warning_checks(gpus, t)
     pairs = match_gpus(gpus, baseline) if baseline is not None else [(g, None, "") for g in gpus]
     for g, b, how in pairs:
         if t.max_exposed_comm_pct is not None or t.max_exposed_comm_us is not None:

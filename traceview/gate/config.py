@@ -8,6 +8,7 @@ per = "microbatch"             # gpu | microbatch | layer | iteration
 baseline = "perf/baseline.json"  # relative to this file
 max_regression = "5%"
 min_regression_ms = 0.05       # noise floor for regressions, per iteration
+strict = true                  # loader warnings (skipped/repaired events, truncation) fail the gate
 ```
 
 Discovery (without ``--config``): ``traceview.toml`` in the current directory, else
@@ -30,7 +31,7 @@ else:  # pragma: no cover - 3.10
 from ..errors import TraceError, UsageError
 from .checks import PER_CHOICES, Thresholds, parse_duration_us, parse_percent
 
-KEYS = ("max_exposed_comm", "max_exposed_comm_ms", "per", "baseline", "max_regression", "min_regression_ms")
+KEYS = ("max_exposed_comm", "max_exposed_comm_ms", "per", "baseline", "max_regression", "min_regression_ms", "strict")
 CONFIG_NAMES = ("traceview.toml", "pyproject.toml")
 
 
@@ -117,8 +118,11 @@ def thresholds(config: dict[str, Any], flags: dict[str, Any]) -> Thresholds:
     if per is not None and per not in PER_CHOICES:
         raise UsageError(f"{name}: {str(per)[:40]!r} is not one of {', '.join(PER_CHOICES)}")
     baseline, _ = pick("baseline", "--baseline")
+    strict, name = pick("strict", "--strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise UsageError(f"{name}: {str(strict)[:40]!r} is not true or false")
     t = Thresholds(max_exposed_comm_pct=pct, max_exposed_comm_us=ms, per=per or "gpu",
-                   baseline=str(baseline) if baseline else None, max_regression_pct=reg)
+                   baseline=str(baseline) if baseline else None, max_regression_pct=reg, strict=bool(strict))
     if floor is not None:
         t.min_regression_us = floor
     return t

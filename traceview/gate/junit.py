@@ -92,11 +92,15 @@ def _escape_property(s: str) -> str:
 
 
 def github_annotations(result: GateResult) -> list[str]:
-    """``::error title=...::message`` workflow commands: one per failed check and per bad input."""
+    """``::error title=...::message`` workflow commands: one per failed check and per bad input
+    (``::warning`` for loader warnings that do not fail the gate)."""
     lines = []
     for c in result.failed:
         title = _escape_property(f"traceview gate: {c.title} ({c.where})")
         lines.append(f"::error title={title}::{_escape_data(clean(c.line()))}")
+    for c in result.warned:
+        title = _escape_property(f"traceview gate: {c.title} ({_basename(c.file)})")
+        lines.append(f"::warning title={title}::{_escape_data(clean(c.line()))}")
     for e in result.errors:
         lines.append(f"::error title={_escape_property('traceview gate: input')}::{_escape_data(clean(str(e)))}")
     return lines
@@ -107,7 +111,7 @@ def step_summary(result: GateResult) -> str:
     def cell(s: str) -> str:
         return clean(s).replace("|", "\\|")
 
-    icon = {"pass": "✅", "fail": "❌", "skip": "⏭️"}
+    icon = {"pass": "✅", "fail": "❌", "skip": "⏭️", "warn": "⚠️"}
     rows = ["### " + cell(result.verdict()), "", "| | check | measured | threshold | where | file |",
             "|---|---|---|---|---|---|"]
     for c in result.checks:

@@ -74,6 +74,7 @@ class GpuSummary:
     kernels: pl.DataFrame | None = None  # name, grid, category, role, count, time_us
     tax_us: float | None = None          # overlap tax measured within the run
     source: str = "trace"                # "trace" or "document"
+    warnings: tuple[str, ...] = ()       # the loader's warnings for this GPU's file (skipped/repaired events)
 
     @property
     def label(self) -> str:
@@ -177,6 +178,7 @@ def from_analysis(a: "TraceAnalysis", views: Iterable[str] = SEGMENT_VIEWS, kern
             segments={v: rows.get(g.device, []) for v, rows in seg.items()},
             kernels=ktab.filter(pl.col("device") == g.device).drop("device") if ktab is not None else None,
             tax_us=taxes.get(g.device, 0.0) if tax else None,
+            warnings=tuple(a.trace.warnings),
         ))
     return out
 
@@ -265,6 +267,7 @@ def from_document(doc: Any, path: str | os.PathLike) -> list[GpuSummary]:
                 roles={str(c): rules.role(str(c)) for c in cats},
                 segments={v: rows.get(device, []) for v, rows in seg_rows.items()},
                 source="document",
+                warnings=tuple(str(x) for x in t.get("warnings") or [] if isinstance(x, str)),
             ))
     if not out:
         raise TraceError(path, "the document holds no GPUs")

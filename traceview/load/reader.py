@@ -298,7 +298,8 @@ def load(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, workers: i
         raise TraceError(path, "JSON nested too deeply (limit: a few hundred levels)") from None
     except TraceError as e:
         if notes and notes[0].startswith("gzip") and "gzip" not in e.reason:  # the damage explains the failure
-            raise TraceError(e.path, f"{e.reason}; {notes[0]}") from None  # (damaged, not "not a trace")
+            damage = notes[0].replace(": analyzed what decompressed", "")  # nothing was analyzed
+            raise TraceError(e.path, f"{e.reason}; {damage}") from None  # (damaged, not "not a trace")
         raise
 
 

@@ -19,12 +19,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Sequence
+from typing import Sequence, Union
 
 import msgspec
+import numpy as np
 import polars as pl
 
-from .decode import CATEGORY_ALIASES, COLUMNS, MAX_ABS_TIME_US, UNKNOWN_PHASE, _int, repair_utf8, unknown_phase
+from .decode import CATEGORY_ALIASES, CHROME_PHASES, COLUMNS, MAX_ABS_TIME_US, _int, repair_utf8
 from .trace import KIND_DTYPE
 
 _NO_RAW = msgspec.Raw(b"")
@@ -46,20 +47,35 @@ class Args(msgspec.Struct, frozen=True, gc=False):
 _NO_ARGS = Args()
 
 
-class Event(msgspec.Struct, gc=False):
-    """One event as a clean Kineto trace writes it (gc=False: millions, never cyclic)."""
+#: The two numbers are kept as their JSON text and parsed by polars, many at a time: msgspec
+#: parses a float of more than 15 significant digits (a Kineto ``ts`` with its nanoseconds)
+#: on a slow, exact path; polars' parser is exact too, and ~10x faster on those.
+_NULL = msgspec.Raw(b"null")
 
-    ph: str | None = None
+
+class Event(msgspec.Struct, tag_field="ph", tag="X", gc=False):
+    """One complete (``ph: "X"``) event as a clean Kineto trace writes it (gc=False: millions, never cyclic)."""
+
     cat: str | None = None
     name: str | None = None
     pid: int | str | None = None
     tid: int | str | None = None
-    ts: float | None = None
-    dur: float | None = None
+    ts: msgspec.Raw = _NULL
+    dur: msgspec.Raw = _NULL
     args: Args = _NO_ARGS
 
 
-_decoder = msgspec.json.Decoder(list[Event])
+def _other(ph: str) -> type:
+    # (``cat`` as a class attribute: ``e.cat`` is None on these without a type check)
+    return msgspec.defstruct(f"Phase{ord(ph)}", [], tag_field="ph", tag=ph, gc=False, namespace={"cat": None})
+
+
+#: Events of the other phases are only recognized (their fields are skipped unparsed): the
+#: loader drops them.  A phase that is none of these ('B'/'E' pairs, which are matched across
+#: the whole file, or an unknown or missing phase, which is counted) fails the decode, and the
+#: piece goes to the per-event path.
+_OTHER = tuple(_other(ph) for ph in sorted(CHROME_PHASES - {"X", "B", "E"}))
+_decoder = msgspec.json.Decoder(list[Union[(Event, *_OTHER)]])  # type: ignore[valid-type]
 _PAIRS = frozenset({"B", "E"})
 
 #: The frame every piece produces (``kind`` an Enum, ``name``/``grid`` Categorical).
@@ -97,30 +113,22 @@ def decode_piece(piece: bytes) -> Piece | None:
 
 def _decode(piece: bytes) -> Piece:
     events = _decoder.decode(b"[" + piece + b"]")
-    if {e.ph for e in events} & _PAIRS:
-        raise _Slow  # pairs are matched across the whole file ('E' needs no category): per-event path
     cats = {e.cat for e in events}
     kinds = {c: k for c in cats if c is not None and (k := CATEGORY_ALIASES.get(c.lower())) is not None}
     kept = [e for e in events if e.cat in kinds]
     del events
-    odd_phase = 0
-    if {e.ph for e in kept} != {"X"}:
-        odd_phase = sum(unknown_phase(e.ph) for e in kept)  # counted, as the per-event path does
-        kept = [e for e in kept if e.ph == "X"]
     if not kept:
-        return Piece(pl.DataFrame(schema=SCHEMA), {UNKNOWN_PHASE: odd_phase} if odd_phase else {})
+        return Piece(pl.DataFrame(schema=SCHEMA), {})
 
     kind = [kinds[e.cat] for e in kept]
     names = [e.name for e in kept]
     pids = [e.pid for e in kept]
     tids = [e.tid for e in kept]
-    ts = [e.ts for e in kept]
-    dur = [e.dur for e in kept]
+    ts = _numbers([e.ts for e in kept])
+    dur = _numbers([e.dur for e in kept])
     args = [e.args for e in kept]
     del kept
-    ts = pl.Series(ts, dtype=pl.Float64)
-    dur = pl.Series(dur, dtype=pl.Float64)
-    skipped: dict[str, int] = {UNKNOWN_PHASE: odd_phase} if odd_phase else {}
+    skipped: dict[str, int] = {}
     no_name = pl.Series(names, dtype=pl.Utf8).is_null()
     bad_ts = ~no_name & (ts.is_null() | (ts.abs() > MAX_ABS_TIME_US))
     timed = ~no_name & ~bad_ts
@@ -143,15 +151,52 @@ def _decode(piece: bytes) -> Piece:
         "external_id": _ints([a.external_id for a in args]),
         "device": _ints([a.device for a in args]),
         "stream": _ints([a.stream for a in args]),
-        "input_dims": pl.Series([_dims(bytes(a.input_dims)) if a.input_dims else None for a in args],
-                                dtype=pl.Utf8),
+        "input_dims": _converted([a.input_dims for a in args], _dims).cast(pl.Utf8),
         "bytes": _ints([a.bytes for a in args]),
-        "grid": pl.Series([_grid(bytes(a.grid), bytes(a.block)) if a.grid else None for a in args],
-                          dtype=pl.Categorical),
+        "grid": _converted([a.grid for a in args], _grid, [a.block for a in args]).cast(pl.Categorical),
     })
     if skipped:
         frame = frame.filter(timed & ~no_dur & ~bad_dur)
     return Piece(frame, skipped)
+
+
+def _texts(raws: list[msgspec.Raw]) -> pl.Series:
+    """Raw JSON values as one string column (NUL never occurs in JSON text: a safe separator)."""
+    text = pl.Series([b"\0".join(raws).decode()], dtype=pl.Utf8).str.split("\0").explode()
+    if len(text) != len(raws):
+        raise _Slow
+    return text
+
+
+def _numbers(raws: list[msgspec.Raw]) -> pl.Series:
+    """JSON numbers (or null) -> Float64, parsed by polars in one go; anything else (a string,
+    a bool: what msgspec's ``float | None`` rejects) needs the per-event path."""
+    text = _texts(raws)
+    values = text.cast(pl.Float64, strict=False)
+    if values.null_count() and (values.is_null() & (text != "null")).any():
+        raise _Slow
+    if values.is_infinite().any():  # past float range ("1e999", 400 digits): the per-event path has its reasons
+        raise _Slow
+    zero = values == 0.0
+    if zero.any() and np.signbit(values.filter(zero).to_numpy()).any():
+        raise _Slow  # "-0": json/msgspec read the integer 0, polars the float -0.0
+    return values.rename("")
+
+
+def _converted(raws: list[msgspec.Raw], convert, raws2: list[msgspec.Raw] | None = None) -> pl.Series:
+    """``convert(text)`` (``convert(text, text2)``) of each raw JSON value, null where absent;
+    each distinct text is converted once, in Python, and mapped back by polars."""
+    text = _texts(raws)
+    if raws2 is not None:
+        text = text + "\0" + _texts(raws2)
+    table = {}
+    for t in text.unique().to_list():
+        if raws2 is not None:
+            a, b = t.encode().split(b"\0")
+            table[t] = convert(a, b) if a else None
+        else:
+            table[t] = convert(t.encode()) if t else None
+    return text.replace_strict(table, return_dtype=pl.Utf8)
 
 
 def _thread_ids(values: Sequence) -> pl.Series:

@@ -19,17 +19,13 @@ def classify(trace: Trace, rules: RuleSet | None = None) -> pl.DataFrame:
     """
     rules = rules or load_rules()
     gpu = attach_launches(trace.events).with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-    distinct = gpu.select(pl.col("name").cast(pl.Utf8), pl.col("kind").cast(pl.Utf8)).unique()
-    mapping = pl.DataFrame(
-        {
-            "name": distinct["name"],
-            "kind": distinct["kind"],
-            "category": [rules.classify_name(n, k) for n, k in distinct.iter_rows()],
-        },
-        schema={"name": pl.Utf8, "kind": pl.Utf8, "category": pl.Utf8},
-    )
-    gpu = gpu.with_columns(pl.col("name").cast(pl.Utf8).alias("_n"), pl.col("kind").cast(pl.Utf8).alias("_k")).join(
-        mapping.rename({"name": "_n", "kind": "_k"}), on=["_n", "_k"], how="left").drop("_n", "_k")
+    # joined on the categorical codes: names become Python strings once per distinct name,
+    # never once per event (a 1 GB trace's names as strings are hundreds of MB)
+    distinct = gpu.select("name", "kind").unique()
+    mapping = distinct.with_columns(pl.Series("category", [
+        rules.classify_name(n, k) for n, k in zip(distinct["name"].cast(pl.Utf8), distinct["kind"].cast(pl.Utf8))
+    ], dtype=pl.Utf8))
+    gpu = gpu.join(mapping, on=["name", "kind"], how="left", nulls_equal=True)
     gpu = _apply_context(trace, gpu, rules)
     roles = {c: rules.role(c) for c in gpu["category"].unique().to_list()}
     return gpu.with_columns(
@@ -45,13 +41,15 @@ def _apply_context(trace: Trace, gpu: pl.DataFrame, rules: RuleSet) -> pl.DataFr
     points = gpu.filter(pl.col("category").is_in(list(from_cats)) & pl.col("launch_ts").is_not_null())
     if points.height == 0:
         return gpu
-    ev = trace.events.with_row_index("range").with_columns(pl.col("range").cast(pl.Int64))
-    op_names = ev.filter(pl.col("kind") == "cpu_op")["name"].cast(pl.Utf8).unique().to_list()
+    # lazy, so that only the columns used are filtered (not every column of millions of CPU ops)
+    ev = trace.events.lazy().with_row_index("range").with_columns(pl.col("range").cast(pl.Int64))
+    op_names = (ev.filter(pl.col("kind") == "cpu_op").select(pl.col("name").unique().drop_nulls())
+                .collect()["name"].cast(pl.Utf8).to_list())
     useful_ops = [n for n in op_names if rules.matches_context(n)]
     ranges = ev.filter(
         (pl.col("kind") == "user_annotation")
-        | ((pl.col("kind") == "cpu_op") & pl.col("name").cast(pl.Utf8).is_in(useful_ops))
-    ).select("range", "pid", "tid", "ts", "end", pl.col("name").cast(pl.Utf8))
+        | ((pl.col("kind") == "cpu_op") & pl.col("name").is_in(useful_ops))
+    ).select("range", "pid", "tid", "ts", "end", pl.col("name").cast(pl.Utf8)).collect()
     if ranges.height == 0:
         return gpu
     enc = enclosing_ranges(

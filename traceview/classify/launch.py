@@ -18,11 +18,15 @@ from ..load.trace import GPU_KINDS
 def attach_launches(events: pl.DataFrame) -> pl.DataFrame:
     """GPU events with ``launch_pid``, ``launch_tid``, ``launch_ts`` (null when unlinked)."""
     gpu = events.filter(pl.col("kind").is_in(GPU_KINDS))
+    # the first launch of each correlation id (lazy: only the columns used are filtered; no
+    # group-by over the millions of runtime calls, whose hash tables cost hundreds of MB)
     launches = (
-        events.filter(pl.col("kind").is_in(["cuda_runtime", "cuda_driver"]) & pl.col("correlation").is_not_null())
-        .group_by("correlation")
-        .agg(pl.col("pid").first().alias("launch_pid"), pl.col("tid").first().alias("launch_tid"),
-             pl.col("ts").first().alias("launch_ts"))
+        events.lazy().filter(pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
+                             & pl.col("correlation").is_in(gpu["correlation"].drop_nulls().unique().implode()))
+        .select("correlation", pl.col("pid").alias("launch_pid"), pl.col("tid").alias("launch_tid"),
+                pl.col("ts").alias("launch_ts"))
+        .filter(pl.col("correlation").is_first_distinct())
+        .collect()
     )
     return gpu.join(launches, on="correlation", how="left")
 

@@ -101,18 +101,23 @@ class _Slow(Exception):
 
 def decode_piece(piece: bytes) -> Piece | None:
     """Decode one run of whole events (bytes between ``[`` and ``]``); None: use the slow path."""
+    return _decode_array(b"[" + piece + b"]")
+
+
+def _decode_array(array: bytes | bytearray) -> Piece | None:
+    """``decode_piece`` of the events with their brackets: ``[ ... ]``."""
     try:
         try:
-            return _decode(piece)
+            return _decode(array)
         except UnicodeDecodeError:  # as the per-event path does: U+FFFD for bytes that are not UTF-8
-            return _decode(repair_utf8(piece))
+            return _decode(repair_utf8(array))
     except (_Slow, msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
             OverflowError, TypeError, ValueError, RecursionError, pl.exceptions.PolarsError):
         return None
 
 
-def _decode(piece: bytes) -> Piece:
-    events = _decoder.decode(b"[" + piece + b"]")
+def _decode(array: bytes | bytearray) -> Piece:
+    events = _decoder.decode(array)
     cats = {e.cat for e in events}
     kinds = {c: k for c in cats if c is not None and (k := CATEGORY_ALIASES.get(c.lower())) is not None}
     kept = [e for e in events if e.cat in kinds]
@@ -236,10 +241,31 @@ def _grid(grid: bytes, block: bytes) -> str | None:
 
 
 def decode_file_piece(path: str, offset: int, length: int) -> Piece | None:
-    """``decode_piece`` on bytes a worker process reads itself (no copy through a pipe)."""
+    """``decode_piece`` on bytes a worker process reads itself (no copy through a pipe).
+
+    The piece is read straight into a buffer between ``[`` and ``]`` (its trailing commas
+    blanked): no copy of it is made (each copy of a 32 MB piece is 8,000 page faults).
+    """
+    buf = bytearray(length + 2)
     fd = os.open(path, os.O_RDONLY)
     try:
-        piece = os.pread(fd, length, offset)
+        with memoryview(buf) as view:
+            n = os.preadv(fd, [view[1: length + 1]], offset)
     finally:
         os.close(fd)
-    return decode_piece(piece.strip().rstrip(b","))
+    if n != length:  # the file changed under us: as the slow path would read it
+        del buf[n + 1:]
+        buf.append(0)
+    buf[0] = ord("[")
+    end = n
+    while end > 0 and buf[end] in _BLANK:
+        end -= 1
+    while end > 0 and buf[end] == _COMMA:  # (as bytes.rstrip(b","))
+        buf[end] = _SPACE
+        end -= 1
+    buf[-1] = ord("]")
+    return _decode_array(buf)
+
+
+_BLANK = frozenset(b" \t\r\n\x0b\x0c")
+_COMMA, _SPACE = ord(","), ord(" ")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import polars as pl
 
@@ -71,9 +71,14 @@ class TraceAnalysis:
 
 
 def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
-            max_bytes: int = DEFAULT_MAX_BYTES, patterns: LevelPatterns | None = None) -> TraceAnalysis:
-    """Load (unless given a ``Trace``), classify and measure one trace."""
-    trace = source if isinstance(source, Trace) else load(source, max_bytes=max_bytes)
+            max_bytes: int = DEFAULT_MAX_BYTES, patterns: LevelPatterns | None = None,
+            workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> TraceAnalysis:
+    """Load (unless given a ``Trace``), classify and measure one trace.
+
+    ``workers``/``progress``: as for ``load`` (decoding processes; ``progress(done, total)``).
+    """
+    trace = source if isinstance(source, Trace) else load(source, max_bytes=max_bytes, workers=workers,
+                                                          progress=progress)
     rules = rules or load_rules()
     kernels = classify(trace, rules)
     gpus = all_devices(kernels)
@@ -111,31 +116,50 @@ class ScannedPath(type(Path())):  # type: ignore[misc]
     """A path found inside a directory rather than named by the user."""
 
 
-def _analyze_one(args) -> TraceAnalysis | TraceError | None:
-    path, rules_file, max_bytes, patterns = args
+def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None) -> TraceAnalysis | TraceError | None:
+    path, rules_file, max_bytes, patterns, workers, keep_events = args
     try:
-        return analyze(path, load_rules(rules_file), max_bytes, patterns)
+        a = analyze(path, load_rules(rules_file), max_bytes, patterns, workers,
+                    None if progress is None else functools.partial(progress, path))
     except NotATraceError as e:
         return None if isinstance(path, ScannedPath) else e
     except TraceError as e:
         return e
+    if not keep_events:
+        a.trace.events = None  # type: ignore[assignment]  # (anything that still reads it fails loudly)
+    return a
 
 
 def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1,
                  max_bytes: int = DEFAULT_MAX_BYTES,
-                 patterns: LevelPatterns | None = None) -> list[TraceAnalysis | TraceError]:
+                 patterns: LevelPatterns | None = None, keep_events: bool = True,
+                 progress: Callable[[Path, int, int], None] | None = None) -> list[TraceAnalysis | TraceError]:
     """Analyze several files (ranks), in parallel processes when ``jobs > 1``.
 
     A bad file gives a ``TraceError`` in its place; the good ones are still analyzed.
+
+    ``keep_events=False`` drops each trace's event table once it is measured (GPU metrics,
+    classified kernels and warnings stay): memory is then bounded by the files analyzed at
+    once, not by the number of ranks; segments, overlap tax and budgets need the events.
+    Under ``jobs > 1`` each file's loader gets a share of the cores (``cores // jobs``
+    decoding processes), not all of them.  ``progress(path, done, total)`` is called as
+    each file loads (with ``jobs > 1``: once per file, when it is done).
     """
-    work = [(p, rules_file, max_bytes, patterns) for p in paths]
-    if jobs <= 1 or len(paths) <= 1:
-        results = [_analyze_one(w) for w in work]
+    parallel = jobs > 1 and len(paths) > 1
+    workers = max(1, (os.cpu_count() or 1) // min(jobs, len(paths))) if parallel else None
+    work = [(p, rules_file, max_bytes, patterns, workers, keep_events) for p in paths]
+    if not parallel:
+        results = [_analyze_one(w, progress) for w in work]
     else:
         # spawn, not fork: forking a process that runs polars thread pools can deadlock
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=spawn) as pool:
-            results = list(pool.map(_analyze_one, work))
+            futures = [pool.submit(_analyze_one, w) for w in work]
+            if progress is not None:
+                for fut in as_completed(futures):
+                    path = paths[futures.index(fut)]
+                    progress(path, 1, 1)
+            results = [f.result() for f in futures]
     results = [r for r in results if r is not None]
     if not results:
         raise TraceError(paths[0].parent if paths else ".", "no trace files among the inputs")

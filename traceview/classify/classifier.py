@@ -21,11 +21,11 @@ def classify(trace: Trace, rules: RuleSet | None = None) -> pl.DataFrame:
     gpu = attach_launches(trace.events).with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
     # joined on the categorical codes: names become Python strings once per distinct name,
     # never once per event (a 1 GB trace's names as strings are hundreds of MB)
-    distinct = gpu.select("name", "kind").unique()
+    distinct = gpu.select("name", "kind").unique(maintain_order=True)
     mapping = distinct.with_columns(pl.Series("category", [
         rules.classify_name(n, k) for n, k in zip(distinct["name"].cast(pl.Utf8), distinct["kind"].cast(pl.Utf8))
     ], dtype=pl.Utf8))
-    gpu = gpu.join(mapping, on=["name", "kind"], how="left", nulls_equal=True)
+    gpu = gpu.join(mapping, on=["name", "kind"], how="left", nulls_equal=True, maintain_order="left")
     gpu = _apply_context(trace, gpu, rules)
     roles = {c: rules.role(c) for c in gpu["category"].unique().to_list()}
     return gpu.with_columns(

@@ -14,6 +14,7 @@ from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
 from ..report.text import clean_frame
+from .progress import LoadProgress
 from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option
 
 
@@ -62,7 +63,12 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
                       tokens=tokens, kv_len=kv_len, batch=n_seqs)
     patterns = LevelPatterns.from_file(segments_file) if segments_file else None
     files = expand_paths(paths)
-    results = analyze_many(files, rules_file, jobs, max_bytes, patterns)
+    # the event tables are needed only by segments, the overlap tax, budgets and JSON: without
+    # them, drop each rank's table once measured (memory bounded by --jobs, not by the ranks)
+    keep_events = bool(by or tax or budget or fmt == "json")
+    with LoadProgress(files) as progress:
+        results = analyze_many(files, rules_file, jobs, max_bytes, patterns, keep_events=keep_events,
+                               progress=progress)
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     if strict:

@@ -15,6 +15,7 @@ in worker processes (see ``reader.load(workers=...)``).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from dataclasses import dataclass, field
@@ -106,6 +107,8 @@ def decode_piece(piece: bytes) -> Piece | None:
 
 def _decode_array(array: bytes | bytearray) -> Piece | None:
     """``decode_piece`` of the events with their brackets: ``[ ... ]``."""
+    collecting = gc.isenabled()
+    gc.disable()  # nothing here makes cycles; the collector would only walk the new lists
     try:
         try:
             return _decode(array)
@@ -114,6 +117,9 @@ def _decode_array(array: bytes | bytearray) -> Piece | None:
     except (_Slow, msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
             OverflowError, TypeError, ValueError, RecursionError, pl.exceptions.PolarsError):
         return None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _decode(array: bytes | bytearray) -> Piece:

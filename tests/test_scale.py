@@ -92,4 +92,4 @@ def test_cli_directory_with_jobs(tmp_path, args):
 def test_analyze_accepts_workers():
     a = analyze(RANKS[0], workers=2)
     b = analyze(RANKS[0])
-    assert [g.to_dict() for g in a.gpus] == [g.to_dict() for g in b.gpus]
+    assert _gpus([a]) == _gpus([b])

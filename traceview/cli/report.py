@@ -11,6 +11,7 @@ from ..analysis import TraceAnalysis, analyze_many, expand_paths
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option
+from .progress import LoadProgress
 
 
 @click.command("report")
@@ -42,7 +43,8 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, jo
     if not out.parent.is_dir():
         raise TraceError(out, "the output's directory does not exist")
     files = expand_paths(paths)
-    results = analyze_many(files, rules_file, jobs, max_bytes)
+    with LoadProgress(files) as progress:
+        results = analyze_many(files, rules_file, jobs, max_bytes, progress=progress)
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     for e in failed:

@@ -168,3 +168,81 @@ def test_shared_directory_of_gpu_traces():
     assert code == 0, err
     doc = json.loads(out)
     assert len(doc["traces"]) == 12 and not doc["errors"]
+
+
+# --- cross-rank skew: shown for every directory of ranks, and never from a wrong pairing -------------
+
+def _copy(names, d: Path) -> Path:
+    d.mkdir()
+    for n in names:
+        shutil.copy(PROJECT_FIXTURES / n, d / n)
+    return d
+
+
+def test_skew_is_shown_without_by_for_a_directory_of_ranks(tmp_path):
+    d = _copy(["prefill_tbo_rank0.json.gz", "prefill_tbo_rank1.json.gz"], tmp_path / "ep2")
+    code, out, err = run("analyze", d)
+    assert code == 0, err
+    assert "Collective skew between ranks" in out and "moe.dispatch" in out
+    assert "different numbers" not in out
+
+
+def test_two_files_of_one_rank_analyze_without_skew(tmp_path):
+    """The project's fixtures/ holds rank 0 twice (serial and tbo): every view works, skew says why it is absent."""
+    d = _copy(["prefill_tbo_rank0.json.gz", "prefill_tbo_rank1.json.gz", "prefill_serial_rank0.json.gz"],
+              tmp_path / "dup")
+    for args in ([], ["--by", "microbatch"], ["--tax"]):
+        code, out, err = run("analyze", d, *args)
+        assert code == 0, err
+        assert "several files claim the same rank (rank 0: prefill_serial_rank0.json.gz, prefill_tbo_rank0.json.gz)" in out
+        assert "Collective skew between ranks" not in out
+    code, out, err = run("analyze", d, "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["skew"] is None and "same rank" in doc["skew_caveats"][0]
+    code, out, err = run("report", d, "-o", tmp_path / "r.html")
+    assert code == 0, err
+    assert "several files claim the same rank" in (tmp_path / "r.html").read_text()
+
+
+def test_ranks_of_different_runs_are_flagged(tmp_path):
+    d = tmp_path / "mix"
+    d.mkdir()
+    shutil.copy(PROJECT_FIXTURES / "prefill_tbo_rank0.json.gz", d / "rank0.json.gz")
+    raw = gzip.decompress((PROJECT_FIXTURES / "prefill_tbo_rank1.json.gz").read_bytes())
+    (d / "rank1.json").write_bytes(raw[: len(raw) // 2])  # rank 1 cut short: fewer collectives
+    code, out, err = run("analyze", d)
+    assert code == 0, err
+    assert "ranks ran different numbers of communication kernels (rank 0: 36, rank 1:" in out
+
+
+def test_csv_of_a_view_has_a_stable_column_order_and_one_table():
+    heads = {run("analyze", TBO0, "--by", "layer", "--format", "csv")[1].splitlines()[0] for _ in range(3)}
+    assert len(heads) == 1
+    cats = [c for c in heads.pop().split(",") if c.startswith("cat:")]
+    assert cats == sorted(cats) and "cat:gemm.grouped" in cats
+    code, _, err = run("analyze", TBO0, "--by", "layer", "--by", "microbatch", "--format", "csv")
+    assert code == 2 and "give one --by" in err
+    code, _, err = run("analyze", TBO0, "--by", "layer", "--table", "categories", "--format", "csv")
+    assert code == 2 and "--table and --by do not go together" in err
+
+
+def test_json_document_holds_every_view_and_gates_per_iteration(tmp_path):
+    doc_path = tmp_path / "doc.json"
+    code, _, err = run("analyze", TBO0, "--format", "json", "-o", doc_path)
+    assert code == 0, err
+    seg = json.loads(doc_path.read_text())["traces"][0]["segments"]
+    for view in ("microbatch", "layer", "phase", "iteration", "stage", "stage_phase"):
+        assert seg[f"by_{view}"], view
+    assert [r["iteration"] for r in seg["by_iteration"]] == ["1", "2"]
+    code, out, err = run("gate", doc_path, "--max-exposed-comm", "50%", "--per", "iteration", "--no-config")
+    assert code == 0, err
+    assert out.count("PASS  exposed comm") == 2 and "iteration 2" in out
+
+
+def test_a_rule_with_an_undeclared_category_is_refused(tmp_path):
+    rules = tmp_path / "typo.toml"
+    rules.write_text('[[rule]]\npattern = "flash_fwd"\ncategory = "atention.mla"\n')
+    code, out, err = run("analyze", TBO0, "--rules", rules)
+    assert code == 2 and out == ""
+    assert err.strip() == (f"traceview: error: {rules}: rule 1: category 'atention.mla' is not declared: add it under "
+                           '[categories] ("atention.mla" = { role = "compute" }) or use a known one')

@@ -245,3 +245,16 @@ def test_per_iteration_normalisation_by_hand():
     assert all(t.delta == 0 for t in d.totals)
     assert all(c.delta == 0 and c.base_count == c.new_count and c.base_mean == c.new_mean for c in d.categories)
     assert d.notes[0].startswith("iterations differ (base 3, new 2)")
+
+
+def test_a_truncated_side_is_warned_about_not_read_as_a_speedup(tmp_path):
+    raw = gzip.decompress(TBO1.read_bytes())
+    cut = tmp_path / "trunc1.json"
+    cut.write_bytes(raw[: len(raw) * 2 // 3])  # a job killed mid-write: its last iteration is partial
+    code, out, err = run("diff", TBO1, cut)
+    assert code == 0
+    assert err.startswith("traceview: warning: ") and "trunc1.json: file is truncated" in err
+    assert "note: new trunc1.json: loader warning: file is truncated" in out
+    code, out, _ = run("diff", TBO1, cut, "--format", "json")
+    (pair,) = json.loads(out)["pairs"]
+    assert any("loader warning" in n for n in pair["notes"])

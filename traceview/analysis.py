@@ -88,11 +88,35 @@ def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
 
 
 def rank_skew(analyses: list[TraceAnalysis]) -> tuple[pl.DataFrame, dict[int, float]]:
-    """Per-collective skew between ranks (needs two or more ranks with one GPU each)."""
+    """Per-collective skew between ranks (needs two or more distinct ranks with one GPU each;
+    none when two files claim the same rank: which of them is the peer is unknown)."""
     per_rank = [(a.rank, a.kernels) for a in analyses if a.rank is not None and len(a.gpus) == 1]
-    if len({r for r, _ in per_rank}) < 2:
+    ranks = [r for r, _ in per_rank]
+    if len(set(ranks)) < 2 or len(set(ranks)) != len(ranks):
         return pl.DataFrame(), {}
     return collective_skew(per_rank)
+
+
+def skew_caveats(analyses: list[TraceAnalysis]) -> list[str]:
+    """Why the cross-rank skew is missing or should be read with care: files claiming the same
+    rank, or ranks that ran different numbers of collectives (traces of different runs, or
+    one cut short)."""
+    per_rank = [a for a in analyses if a.rank is not None and len(a.gpus) == 1]
+    by_rank: dict[int, list[str]] = {}
+    for a in per_rank:
+        by_rank.setdefault(int(a.rank), []).append(a.trace.name)
+    dup = {r: names for r, names in by_rank.items() if len(names) > 1}
+    if dup:
+        return ["no collective skew: several files claim the same rank ("
+                + "; ".join(f"rank {r}: {', '.join(n)}" for r, n in sorted(dup.items())) + ")"]
+    if len(by_rank) < 2:
+        return []
+    counts = {int(a.rank): a.kernels.filter(pl.col("role") == "comm").height for a in per_rank}
+    if len(set(counts.values())) > 1:
+        return ["ranks ran different numbers of communication kernels ("
+                + ", ".join(f"rank {r}: {n:,}" for r, n in sorted(counts.items()))
+                + "): traces of different runs, or one cut short? the skew matches the n-th collective of each rank"]
+    return []
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:

@@ -119,6 +119,10 @@ def load_rules(user_file: str | Path | None = None) -> RuleSet:
     user = _parse(data, str(path))
     roles = {**base.roles, **user.roles}
     helps = {**base.help, **user.help}
-    for r in user.rules + [c for c in user.context]:  # unknown categories default to compute
-        roles.setdefault(r.category, "compute")
+    for i, r in enumerate(user.rules + user.context):  # a typo must not quietly become a new compute category
+        if r.category not in roles and r.category != UNCLASSIFIED:
+            kind = "rule" if i < len(user.rules) else "context rule"
+            n = i + 1 if i < len(user.rules) else i - len(user.rules) + 1
+            raise UsageError(f"{path}: {kind} {n}: category {r.category!r} is not declared: add it under "
+                             f'[categories] ("{r.category}" = {{ role = "compute" }}) or use a known one')
     return RuleSet(user.rules + base.rules, user.context + base.context, roles, helps)

@@ -8,7 +8,7 @@ import click
 import orjson
 from rich.console import Console
 
-from ..analysis import TraceAnalysis, analyze_many, expand_paths, rank_skew
+from ..analysis import TraceAnalysis, analyze_many, expand_paths, rank_skew, skew_caveats
 from ..segment import LevelPatterns
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
@@ -53,6 +53,10 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
     PATHS are trace files (.json, .json.gz) or directories of per-rank traces.
     """
     load_rules(rules_file)  # validate the rules file once, before any work
+    if fmt == "csv" and len(by) > 1:
+        raise UsageError("--format csv writes one table: give one --by (or run once per view)")
+    if fmt == "csv" and by and click.get_current_context().get_parameter_source("table_name").name != "DEFAULT":
+        raise UsageError("--format csv writes one table: --table and --by do not go together")
     budget = None
     if model or gpu_name:
         if not (model and gpu_name):
@@ -115,8 +119,8 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None)
             if tax:
                 for a in good:
                     terminal.render_tax(a, console)
-            if by or tax:
-                terminal.render_skew(*rank_skew(good), console)
+            if len(good) > 1:
+                terminal.render_skew(*rank_skew(good), console, caveats=skew_caveats(good))
             for a in good:
                 if id(a) in recs:
                     terminal.render_reconciliation(a, recs[id(a)], console)

@@ -11,6 +11,7 @@ from rich.console import Console
 from ..errors import TraceError
 from ..gate.diff import diff_paths
 from ..gate.render import render_diff
+from ..report.text import one_line
 from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option
 from .gate import write_file
 
@@ -38,6 +39,10 @@ def diff_cmd(base, new, kernels, top, fmt, output, rules_file, jobs, max_bytes):
     result, errors = diff_paths([base], [new], rules_file=rules_file, jobs=jobs, max_bytes=max_bytes)
     for e in errors:
         error_line(str(e))
+    warned = {g.file: g.warnings for p in result.pairs for g in (p.base, p.new) if g.warnings}
+    for file, warnings in warned.items():  # a truncated side makes every per-iteration value suspect
+        for w in warnings:
+            click.echo(one_line(f"traceview: warning: {file}: {w}"), err=True)
     if not result.pairs:
         if not errors:
             error_line(f"{base}: no GPU to compare with {new}")

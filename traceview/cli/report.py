@@ -21,8 +21,9 @@ from .progress import LoadProgress
 @click.option("--model", help="Add measured vs modeled budget: a model name (deepseek-v3, ...) or a config.json.")
 @click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...).")
 @click.option("--max-events", default=20_000, show_default=True, type=click.IntRange(100, 2_000_000),
-              help="Most kernel boxes drawn in all timelines together; beyond it short kernels are merged "
-                   "into time bins (the page says so).")
+              help="Kernel boxes drawn, shared among the GPUs' timelines (each GPU gets at least "
+                   "min(N, 500), so a timeline stays readable); beyond its share a GPU's short kernels are "
+                   "merged into time bins (the page says so).")
 @click.option("--title", help="Page title (default: from the file names).")
 @rules_option
 @jobs_option

@@ -377,6 +377,8 @@ def diff_summaries(base: list[GpuSummary], new: list[GpuSummary],
         for g, which in ((b, "base"), (n, "new")):
             if g.iterations == 0:
                 d.notes.append(f"{which} marks no iterations: its values are for the whole trace")
+            for w in g.warnings:  # e.g. a truncated trace: its last iteration is partial, per-iteration values shrink
+                d.notes.append(f"{which} {g.file_name}: loader warning: {w}; compare with care")
         if d.kernels is None:
             d.notes.append("kernel-level detail needs traces on both sides (a saved document has none)")
         d.findings = _explain(d)

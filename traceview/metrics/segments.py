@@ -90,9 +90,10 @@ def _device_groups(d: pl.DataFrame, device: int, keys: list[str]) -> pl.DataFram
     cats = (d.group_by("gid", pl.col("category").cast(pl.Utf8)).agg(pl.col("dur").sum())
             .pivot(on="category", index="gid", values="dur").fill_null(0.0))
     cats = cats.rename({c: f"cat:{c}" for c in cats.columns if c != "gid"}).with_columns(pl.col("gid").cast(pl.UInt32))
+    cat_columns = sorted(c for c in cats.columns if c != "gid")  # stable order: CSVs of two runs diff cleanly
     return table.join(cats, on="gid", how="left").drop("gid").select(
         "device", *keys, "events", "start_us", "end_us", "compute_us", "comm_us", "overlapped_comm_us",
-        "exposed_comm_us", "cover_other_mb_us", pl.selectors.starts_with("cat:"))
+        "exposed_comm_us", "cover_other_mb_us", *cat_columns)
 
 
 def _sort(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:

@@ -159,7 +159,8 @@ def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_E
                 title: str | None = None) -> Report:
     """Build the report page for analyzed traces (one per rank).
 
-    ``max_events`` bounds the kernel boxes drawn over all timelines (shared among GPUs);
+    ``max_events`` is shared among the GPUs' timelines, each getting at least
+    ``min(max_events, MIN_BOXES_PER_GPU)`` boxes;
     ``reconciliations`` maps ``id(analysis)`` to a reconciliation result (an object with a
     ``summary`` table, or a polars DataFrame), ``budget_note`` says why there is none.
     """
@@ -317,13 +318,14 @@ def _gpu_table(results: list[TraceAnalysis]) -> str:
 
 def _skew(results: list[TraceAnalysis]) -> str:
     """Per collective category, how long ranks waited for each other (2+ ranks)."""
-    from ..analysis import rank_skew
+    from ..analysis import rank_skew, skew_caveats
 
     if len(results) < 2:
         return ""
     skew, _offsets = rank_skew(results)
+    notes = "".join(f'<p class="note">{esc(c)}</p>' for c in skew_caveats(results))
     if skew.height == 0:
-        return ""
+        return notes
     waits = [c for c in skew.columns if c.startswith("wait_us_")]
     headers = [("category", False), ("collectives", True), ("mean skew ms", True), ("max skew ms", True)]
     headers += [(f"rank {esc(c[8:])} waiting ms (% of its time in them)", True) for c in waits]
@@ -335,7 +337,7 @@ def _skew(results: list[TraceAnalysis]) -> str:
     return ("<h3>Waiting for a peer: collective skew between ranks</h3>"
             '<p class="sub">For the same collective on every rank, how much later the last rank arrived than the '
             "first (clock offsets removed). A rank that arrives early waits inside the communication kernel: "
-            "that time looks like communication but moves no data.</p>" + _table(headers, rows))
+            "that time looks like communication but moves no data.</p>" + notes + _table(headers, rows))
 
 
 def _warnings(results: list[TraceAnalysis]) -> str:

@@ -10,7 +10,8 @@ from ..errors import TraceError
 SCHEMA = "traceview.analyze/1"
 
 
-SEGMENT_VIEWS = ("microbatch", "layer", "phase")
+#: every ``--by`` view (a saved document serves ``gate --per`` of any of them)
+SEGMENT_VIEWS = ("microbatch", "layer", "phase", "iteration", "stage", "stage-phase")
 
 
 def _rows(df) -> list[dict]:
@@ -25,7 +26,7 @@ def _rows(df) -> list[dict]:
 
 def segments_dict(a: TraceAnalysis, views=SEGMENT_VIEWS) -> dict[str, Any]:
     seg = a.segmentation
-    return {"sources": seg.sources, "summary": seg.summary(), **{f"by_{v}": _rows(a.segments(v)) for v in views}}
+    return {"sources": seg.sources, "summary": seg.summary(), **{f"by_{v.replace('-', '_')}": _rows(a.segments(v)) for v in views}}
 
 
 def trace_dict(a: TraceAnalysis, with_segments: bool = True) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def trace_dict(a: TraceAnalysis, with_segments: bool = True) -> dict[str, Any]:
 def analysis_document(results: list[TraceAnalysis | TraceError], extra: dict | None = None,
                       with_segments: bool = True) -> dict[str, Any]:
     from .. import __version__
-    from ..analysis import rank_skew
+    from ..analysis import rank_skew, skew_caveats
 
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     skew, offsets = rank_skew(good)
@@ -60,6 +61,7 @@ def analysis_document(results: list[TraceAnalysis | TraceError], extra: dict | N
         "errors": [{"file": e.path, "error": e.reason} for e in results if isinstance(e, TraceError)],
         "skew": {"clock_offset_us": {str(k): v for k, v in offsets.items()}, "by_category": skew.to_dicts()}
         if skew.height else None,
+        "skew_caveats": skew_caveats(good),
     }
     if extra:
         doc.update(extra)

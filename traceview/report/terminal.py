@@ -173,7 +173,9 @@ def render_tax(a: TraceAnalysis, console: Console) -> None:
     console.print(t)
 
 
-def render_skew(skew, offsets: dict, console: Console) -> None:
+def render_skew(skew, offsets: dict, console: Console, caveats: list[str] | None = None) -> None:
+    for c in caveats or []:
+        console.print(Text(clean(c), style="yellow"))
     if skew is None or skew.height == 0:
         return
     t = Table(title="Collective skew between ranks (waiting for a peer, not moving data)", title_justify="left",

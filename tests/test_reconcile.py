@@ -100,3 +100,28 @@ def test_cli_analyze_with_model_and_gpu():
     r = CliRunner().invoke(main, ["analyze", str(PROJECT_FIXTURES / "prefill_tbo_rank0.json.gz"),
                                   "--model", "deepseek-v3", "--gpu", "NoSuchGPU"])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1
+
+
+@needs_shared
+def test_a_trace_of_prefill_and_decode_is_modeled_stage_by_stage():
+    """dense_prefill_decode_ctx1024: one prefill pass (4 x 1024 tokens) then decode steps of 4 sequences."""
+    a = analysis_of(str(shared("gpu/dense_prefill_decode_ctx1024.json.gz")))
+    rec = reconcile(a, "qwen2-7b", "H200")
+    assert "stage" in rec.segments.columns and rec.phase == "decode+prefill"
+    shapes = {st: g for (st,), g in rec.shapes.filter(pl.col("layer") != "(none)").partition_by("stage", as_dict=True).items()}
+    assert set(shapes) == {"prefill", "decode"}
+    assert set(shapes["decode"]["q_len"].drop_nulls()) == {1}
+    assert set(shapes["prefill"]["q_len"].drop_nulls()) == {1024}
+    for cls in ("mla", "dense_mlp"):
+        row = rec.summary.filter(pl.col("class") == cls).row(0, named=True)
+        assert 0 < row["efficiency"] <= 1, (cls, row)
+    # lumped together (the old behaviour) the decode MLP was modeled with 4 tokens: 0.1% of the measured time
+    mlp = rec.summary.filter(pl.col("class") == "dense_mlp").row(0, named=True)
+    assert mlp["vs_model"] > 0.3
+
+
+@needs_shared
+def test_no_slack_is_claimed_without_layers_or_model_values():
+    a = analysis_of(str(shared("deepseek/train.json")))
+    assert reconcile(a, "deepseek-v3", "H800").slack.height == 0
+    assert reconcile(a, "deepseek-v3", "H800", tokens=4096).slack.height == 0  # no layer segments

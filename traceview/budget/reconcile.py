@@ -89,7 +89,7 @@ def _kernel_ops(analysis) -> pl.DataFrame:
                                         pl.col("input_dims").first().alias("dims")))
     lab = analysis.segmentation.labels
     return (analysis.kernels.drop("input_dims").join(lab, on="row", how="left").join(ops, on="external_id", how="left")
-            .with_columns([pl.col(c).fill_null("(none)") for c in ("iteration", "layer", "microbatch", "phase")]))
+            .with_columns([pl.col(c).fill_null("(none)") for c in ("iteration", "stage", "layer", "microbatch", "phase")]))
 
 
 def _class_expr() -> pl.Expr:
@@ -287,29 +287,35 @@ def reconcile(analysis, model: ModelConfig | str, gpu: GPUSpec | str, *, phase: 
         precision = "fp8" if (fp8 or 0) > 0.5 else "bf16"
     ws = analysis.trace.world_size or 1
     link = "nvlink" if ws <= gpus_per_node else "scaleout"
-    keys = ["device", "iteration", "layer", "microbatch"]
+    # a trace holding several stages (a prefill pass, then decode steps) is modeled stage by
+    # stage, each with its own shapes and phase: lumping them would model decode with prefill shapes
+    staged = analysis.segmentation.sources.get("stage", "none") != "none" and k["stage"].n_unique() > 1
+    keys = ["device", *(["stage"] if staged else []), "iteration", "layer", "microbatch"]
     measured = (k.group_by(*keys, "class").agg(pl.col("dur").sum().alias("measured_us"), pl.len().alias("kernels")))
     shape_rows, model_rows = [], []
     phases = []
     for key, seg in k.partition_by(keys, as_dict=True, maintain_order=True).items():
         s = _segment_shapes(seg, model, ws, 1 if precision == "fp8" else 2)
-        if key[2] != "(none)" or tokens:
+        if dict(zip(keys, key))["layer"] != "(none)" or tokens:
             s = _apply_overrides(s, tokens, kv_len, batch, phase)
         shape_rows.append(dict(zip(keys, key)) | s)
         if s["q_len"] is not None:
             phases.append("decode" if s["q_len"] == 1 else "prefill")
+    if phase is not None and phase not in ("prefill", "decode"):
+        raise UsageError(f"phase must be prefill or decode (got {phase!r})")
     ph = phase or (max(set(phases), key=phases.count) if phases else "prefill")
-    if ph not in ("prefill", "decode"):
-        raise UsageError(f"phase must be prefill or decode (got {ph!r})")
     for row in shape_rows:
         key = tuple(row[c] for c in keys)
         present = set(measured.filter(*[pl.col(c) == v for c, v in zip(keys, key)])["class"].to_list())
-        for cls, (mms, pms) in _model_segment(row, present, model, gpu, ph, precision, link).items():
+        seg_phase = phase or (ph if not staged or row["q_len"] is None else "decode" if row["q_len"] == 1 else "prefill")
+        for cls, (mms, pms) in _model_segment(row, present, model, gpu, seg_phase, precision, link).items():
             model_rows.append(dict(zip(keys, key)) | {"class": cls, "model_ms": mms, "peak_ms": pms})
     shapes = pl.DataFrame([{k2: v for k2, v in r.items() if k2 != "_roof"} for r in shape_rows], infer_schema_length=None)
-    modeled = pl.DataFrame(model_rows, schema={"device": pl.Int64, "iteration": pl.Utf8, "layer": pl.Utf8,
-                                               "microbatch": pl.Utf8, "class": pl.Utf8, "model_ms": pl.Float64,
-                                               "peak_ms": pl.Float64})
+    modeled = pl.DataFrame(model_rows, schema={"device": pl.Int64, **{c: pl.Utf8 for c in keys[1:]},
+                                               "class": pl.Utf8, "model_ms": pl.Float64, "peak_ms": pl.Float64})
+    if staged and not phase:
+        stage_phases = sorted({"decode" if r["q_len"] == 1 else "prefill" for r in shape_rows if r["q_len"] is not None})
+        ph = "+".join(stage_phases) or ph
     segs = measured.join(modeled, on=[*keys, "class"], how="left").with_columns(
         (pl.col("measured_us") / 1000).alias("measured_ms")).drop("measured_us")
     iters = max(1, analysis.segmentation.summary()["iterations"])
@@ -334,12 +340,14 @@ def reconcile(analysis, model: ModelConfig | str, gpu: GPUSpec | str, *, phase: 
 def _slack(segs: pl.DataFrame, k: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """Per layer and micro-batch: compute that can hide the all-to-all minus the all-to-all
     (the seed's TimeBudget = MLA + shared - (dispatch + combine)), modeled and measured."""
-    w = segs.filter(pl.col("class").is_in(["mla", "shared_expert", "dispatch", "combine"]))
+    # per layer only: a segment without a layer holds many layers, the model one
+    w = segs.filter(pl.col("class").is_in(["mla", "shared_expert", "dispatch", "combine"]) & (pl.col("layer") != "(none)"))
     if w.height == 0:
         return pl.DataFrame()
     sign = pl.when(pl.col("class").is_in(["dispatch", "combine"])).then(-1.0).otherwise(1.0)
     out = (w.group_by(keys).agg((pl.col("model_ms") * sign).sum().alias("model_slack_ms"),
                                 (pl.col("measured_ms") * sign).sum().alias("measured_slack_ms"),
-                                pl.col("class").is_in(["dispatch", "combine"]).any().alias("has_a2a"))
-           .filter(pl.col("has_a2a")).drop("has_a2a"))
+                                pl.col("class").is_in(["dispatch", "combine"]).any().alias("has_a2a"),
+                                pl.col("model_ms").is_not_null().all().alias("modeled"))
+           .filter(pl.col("has_a2a") & pl.col("modeled")).drop("has_a2a", "modeled"))
     return out.sort(keys)

@@ -242,7 +242,7 @@ def _print_table(model: ModelConfig, gpus: list[GPUSpec], phase: str, results: S
     if phase == "prefill":
         r0 = results[0]
         title = (f"{model.name} prefill: seq_len {r0.seq_len}, KV hit {r0.kv_cache_rate:g}, TP{r0.tp} x DP{r0.dp}, "
-                 f"{r0.num_nodes:g} node(s), dispatch over {r0.dispatch_nodes} node(s)")
+                 f"{r0.num_nodes:g} node(s)" + (f", dispatch over {r0.dispatch_nodes} node(s)" if model.is_moe else ""))
         headers = [f"{r.gpu} (comm_sm {r.comm_sm})" for r in results]
     else:
         title = f"{model.name} decode: kv_len {results[0].kv_len}, per-GPU batch"
@@ -258,6 +258,10 @@ def _print_table(model: ModelConfig, gpus: list[GPUSpec], phase: str, results: S
     console = Console(width=width if not sys.stdout.isatty() else None, highlight=False)
     console.print(title, soft_wrap=True)
     console.print(table)
+    if phase == "decode":  # the seed's model, reproduced as is: say what it leaves out
+        console.print("note: as in the seed, decode counts FLOPs and the KV-cache read, not reading the weights "
+                      "from HBM; at small batches that read bounds a step (see the roofline column of "
+                      "'traceview analyze --model').", soft_wrap=True)
 
 
 def _print_list(gpu_file: Path | None, fmt: str) -> None:

@@ -568,3 +568,21 @@ def test_loader_warnings_in_json_github_and_config(tmp_path, monkeypatch):
     (tmp_path / "traceview.toml").write_text('[gate]\nmax_exposed_comm = "50%"\nstrict = "yes"\n')
     code, _, err = run("gate", d)
     assert code == 2 and "strict" in err and "is not true or false" in err and len(err.strip().splitlines()) == 1
+
+
+def test_segments_file_is_honoured_by_gate_like_analyze(tmp_path):
+    seg = tmp_path / "seg.toml"
+    seg.write_text('[segments]\nmicrobatch = ["^zz(\\\\d+)$"]\n')  # our mb0/mb1 annotations no longer name micro-batches
+    code, out, _ = run("gate", TBO0, "--per", "microbatch", "--max-exposed-comm", "50%")
+    assert code == 0 and out.count("PASS  exposed") == 2
+    code, out, err = run("gate", TBO0, "--per", "microbatch", "--max-exposed-comm", "50%", "--segments", seg)
+    assert code == 0, err
+    code2, csv, _ = run("analyze", TBO0, "--by", "microbatch", "--segments", seg, "--format", "csv")
+    rows = [r for r in csv.splitlines()[1:] if r]
+    assert out.count("PASS  exposed") == len(rows) == 1 and "1.461 of 12.937 ms" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[segments]\nlayer = ["layer(\\\\d+"]\n')
+    for cmd in (["gate", TBO0, "--max-exposed-comm", "50%"], ["report", TBO0, "-o", tmp_path / "r.html"],
+                ["diff", TBO0, TBO0], ["analyze", TBO0]):
+        code, out, err = run(*cmd, "--segments", bad)
+        assert code == 2 and "bad regular expression" in err and len(err.strip().splitlines()) == 1, cmd

@@ -9,13 +9,13 @@ import orjson
 from rich.console import Console
 
 from ..analysis import TraceAnalysis, analyze_many, expand_paths, rank_skew, skew_caveats
-from ..segment import LevelPatterns
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
 from ..report.text import clean_frame
 from .progress import LoadProgress
-from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option
+from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
+                     segment_patterns, segments_option)
 
 
 @click.command("analyze")
@@ -30,8 +30,6 @@ from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_byte
               multiple=True, help="Add a per-segment table: exposed communication per micro-batch, (layer, micro-batch), "
                                   "phase...  Repeatable.")
 @click.option("--tax/--no-tax", default=None, help="Show the overlap tax table (default: with --by).")
-@click.option("--segments", "segments_file", type=click.Path(dir_okay=False),
-              help="TOML with [segments] naming patterns (iteration, stage, microbatch, layer, not_phase).")
 @click.option("--model", help="Reconcile against the budget model: a model name (deepseek-v3, ...) or a config.json.")
 @click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...).")
 @click.option("--gpu-file", type=click.Path(dir_okay=False), help="TOML file of extra/overriding GPU specs.")
@@ -42,6 +40,7 @@ from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_byte
 @click.option("--kv-len", type=int, help="KV length for the attention model (override).")
 @click.option("--batch", "n_seqs", type=int, help="Sequences per micro-batch for the attention model (override).")
 @rules_option
+@segments_option
 @jobs_option
 @max_bytes_option
 @handle_errors
@@ -65,7 +64,7 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
 
         budget = dict(model=load_model(model), gpu=get_gpu(gpu_name, gpu_file), phase=phase, precision=precision,
                       tokens=tokens, kv_len=kv_len, batch=n_seqs)
-    patterns = LevelPatterns.from_file(segments_file) if segments_file else None
+    patterns = segment_patterns(segments_file)
     files = expand_paths(paths)
     # the event tables are needed only by segments, the overlap tax, budgets and JSON: without
     # them, drop each rank's table once measured (memory bounded by --jobs, not by the ranks)

@@ -82,6 +82,18 @@ def rules_option(f):
                         help="A TOML file of extra classification rules, tried before the built-in ones.")(f)
 
 
+def segments_option(f):
+    return click.option("--segments", "segments_file", type=click.Path(dir_okay=False),
+                        help="TOML with [segments] naming patterns (iteration, stage, microbatch, layer, not_phase).")(f)
+
+
+def segment_patterns(segments_file):
+    """The ``--segments`` file's patterns (None: the defaults)."""
+    from ..segment import LevelPatterns
+
+    return LevelPatterns.from_file(segments_file) if segments_file else None
+
+
 def jobs_option(f):
     return click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 256),
                         help="Analyze this many rank files in parallel processes.")(f)

@@ -12,7 +12,8 @@ from ..errors import TraceError
 from ..gate.diff import diff_paths
 from ..gate.render import render_diff
 from ..report.text import one_line
-from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option
+from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
+                     segment_patterns, segments_option)
 from .gate import write_file
 
 
@@ -26,17 +27,19 @@ from .gate import write_file
               help="table: findings and tables; json: the traceview.diff/1 document.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write to this file.")
 @rules_option
+@segments_option
 @jobs_option
 @max_bytes_option
 @handle_errors
-def diff_cmd(base, new, kernels, top, fmt, output, rules_file, jobs, max_bytes):
+def diff_cmd(base, new, kernels, top, fmt, output, rules_file, segments_file, jobs, max_bytes):
     """Compare two runs per GPU: iteration time, exposed communication, kernel categories, micro-batches,
     layers and phases, per iteration, sorted by impact, with the findings that explain the change.
 
     BASE and NEW are trace files, directories of per-rank traces, or 'analyze --format json' documents.
     GPUs pair up by rank and device, else by position (so rank 0 of one run compares with rank 1).
     """
-    result, errors = diff_paths([base], [new], rules_file=rules_file, jobs=jobs, max_bytes=max_bytes)
+    result, errors = diff_paths([base], [new], rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
+                                patterns=segment_patterns(segments_file))
     for e in errors:
         error_line(str(e))
     warned = {g.file: g.warnings for p in result.pairs for g in (p.base, p.new) if g.warnings}

@@ -13,7 +13,8 @@ from ..errors import TraceError
 from ..gate import config as gate_config
 from ..gate.checks import PER_CHOICES, run_gate
 from ..gate.junit import github_annotations, step_summary, to_junit
-from .common import error_line, handle_errors, jobs_option, max_bytes_option, rules_option
+from .common import (error_line, handle_errors, jobs_option, max_bytes_option, rules_option, segment_patterns,
+                     segments_option)
 
 
 @click.command("gate")
@@ -46,11 +47,12 @@ from .common import error_line, handle_errors, jobs_option, max_bytes_option, ru
 @click.option("--github/--no-github", "github", default=None,
               help="Print GitHub Actions annotations (default: when GITHUB_ACTIONS=true).")
 @rules_option
+@segments_option
 @jobs_option
 @max_bytes_option
 @handle_errors
 def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, per, baseline, max_regression, min_regression_ms,
-             config_file, no_config, strict, fmt, output, junit_file, github, rules_file, jobs, max_bytes):
+             config_file, no_config, strict, fmt, output, junit_file, github, rules_file, segments_file, jobs, max_bytes):
     """Check traces against thresholds and exit 0 (pass), 1 (a check failed) or 2 (input not usable).
 
     PATHS are trace files, directories of per-rank traces, or 'analyze --format json' documents.
@@ -68,7 +70,8 @@ def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, per, baseline, max_re
                  baseline=baseline, max_regression=max_regression, min_regression_ms=min_regression_ms,
                  strict=strict)
     thresholds = gate_config.thresholds(cfg, flags)
-    result = run_gate(paths, thresholds, rules_file=rules_file, jobs=jobs, max_bytes=max_bytes)
+    result = run_gate(paths, thresholds, rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
+                      patterns=segment_patterns(segments_file))
 
     for e in result.errors:
         error_line(str(e))

@@ -10,7 +10,8 @@ import click
 from ..analysis import TraceAnalysis, analyze_many, expand_paths
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
-from .common import EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option
+from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
+                     segment_patterns, segments_option)
 from .progress import LoadProgress
 
 
@@ -26,10 +27,11 @@ from .progress import LoadProgress
                    "merged into time bins (the page says so).")
 @click.option("--title", help="Page title (default: from the file names).")
 @rules_option
+@segments_option
 @jobs_option
 @max_bytes_option
 @handle_errors
-def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, jobs, max_bytes):
+def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, segments_file, jobs, max_bytes):
     """Write an HTML report: per-GPU timelines with exposed communication marked, per
     micro-batch and per layer overlap, kernel categories, top and unclassified kernels.
 
@@ -45,7 +47,7 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, jo
         raise TraceError(out, "the output's directory does not exist")
     files = expand_paths(paths)
     with LoadProgress(files) as progress:
-        results = analyze_many(files, rules_file, jobs, max_bytes, progress=progress)
+        results = analyze_many(files, rules_file, jobs, max_bytes, segment_patterns(segments_file), progress=progress)
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     for e in failed:

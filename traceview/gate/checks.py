@@ -369,7 +369,7 @@ def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] |
 
 
 def run_gate(paths: Iterable[str], thresholds: Thresholds, rules_file: str | None = None, jobs: int = 1,
-             max_bytes: int | None = None) -> GateResult:
+             max_bytes: int | None = None, patterns=None) -> GateResult:
     """Analyze the inputs (traces, rank directories, or saved analyze documents) and check them.
 
     A baseline that cannot be read raises ``TraceError`` (nothing to gate against); inputs that
@@ -378,15 +378,15 @@ def run_gate(paths: Iterable[str], thresholds: Thresholds, rules_file: str | Non
     """
     t = thresholds.validate()
     views = [t.per] if t.per != "gpu" else []
-    baseline = load_baseline(t.baseline, views, rules_file, max_bytes) if t.baseline else None
+    baseline = load_baseline(t.baseline, views, rules_file, max_bytes, patterns) if t.baseline else None
     gpus, errors = load_inputs(list(paths), views=views, kernels=False, rules_file=rules_file, jobs=jobs,
-                               max_bytes=max_bytes)
+                               max_bytes=max_bytes, patterns=patterns)
     return GateResult(thresholds=t, checks=evaluate(gpus, t, baseline), errors=errors,
                       inputs=list(dict.fromkeys(g.file for g in gpus)))
 
 
 def load_baseline(path: str, views: list[str] | None = None, rules_file: str | None = None,
-                  max_bytes: int | None = None) -> list[GpuSummary]:
+                  max_bytes: int | None = None, patterns=None) -> list[GpuSummary]:
     """A baseline: an ``analyze --format json`` document (small, kept in the repo) or a trace."""
     from ..errors import NotATraceError
     from .summary import is_document
@@ -394,7 +394,7 @@ def load_baseline(path: str, views: list[str] | None = None, rules_file: str | N
     if is_document(path) or str(path).lower().endswith(".json") and _looks_like_object_without_events(path):
         return load_document(path)
     gpus, errors = load_inputs([path], views=views or [], kernels=False, rules_file=rules_file,
-                               max_bytes=max_bytes)
+                               max_bytes=max_bytes, patterns=patterns)
     if errors:
         e = errors[0]
         if isinstance(e, NotATraceError):

@@ -296,7 +296,7 @@ def load_document(path: str | os.PathLike) -> list[GpuSummary]:
 
 def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True,
                 rules_file: str | None = None, jobs: int = 1, max_bytes: int | None = None,
-                ) -> tuple[list[GpuSummary], list[TraceError]]:
+                patterns=None) -> tuple[list[GpuSummary], list[TraceError]]:
     """GPU summaries of traces, directories of ranks and saved analyze documents, in order.
 
     Input that cannot be used comes back as a ``TraceError`` beside the good summaries, so
@@ -323,7 +323,7 @@ def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGME
     out: list[GpuSummary] = []
     if traces:
         try:
-            results = analyze_many(traces, rules_file, jobs, max_bytes or DEFAULT_MAX_BYTES)
+            results = analyze_many(traces, rules_file, jobs, max_bytes or DEFAULT_MAX_BYTES, patterns)
         except TraceError as e:
             errors.append(e)
             results = []

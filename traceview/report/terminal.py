@@ -30,9 +30,13 @@ def render_analysis(results: list[TraceAnalysis], console: Console, top: int = 8
         return
     _header(results, console)
     console.print(_gpu_table(results))
+    labels = [gpu_label(a, g.device) for a in results for g in a.gpus]
     for a in results:
         for g in a.gpus:
-            console.print(Text(f"  {gpu_label(a, g.device)}: {verdict(a, g)}"))
+            label = gpu_label(a, g.device)
+            if labels.count(label) > 1:  # two files claim this rank: say which one
+                label += f" ({clean(a.trace.name)})"
+            console.print(Text(f"  {label}: {verdict(a, g)}"))
     console.print(_category_table(results))
     if len(results) == 1:
         console.print(_top_kernels(results[0], top))
@@ -105,7 +109,8 @@ def _category_table(results: list[TraceAnalysis]) -> Table:
 
 
 def _top_kernels(a: TraceAnalysis, n: int) -> Table:
-    t = Table(title=f"Top {n} kernels", title_justify="left", header_style="bold")
+    title = f"Top {n} kernels" + (f" (all {len(a.gpus)} GPUs of this trace together)" if len(a.gpus) > 1 else "")
+    t = Table(title=title, title_justify="left", header_style="bold")
     for col, just in (("kernel", "left"), ("category", "left"), ("ms", "right"), ("count", "right")):
         t.add_column(col, justify=just, overflow="fold" if col == "kernel" else "ellipsis")
     for name, cat, time_us, count in a.top_kernels(n).iter_rows():

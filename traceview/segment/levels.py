@@ -50,6 +50,11 @@ class LevelPatterns:
         for key, val in table.items():
             if not hasattr(lp, key) or not isinstance(val, list):
                 raise UsageError(f"{path}: unknown segment level {key!r} (use {', '.join(LEVELS[:-1])}, not_phase)")
+            for v in val:  # a bad pattern is an error now, not at the first view that needs it
+                try:
+                    re.compile(str(v))
+                except re.error as e:
+                    raise UsageError(f"{path}: segment level {key!r}: bad regular expression {str(v)!r} ({e})") from None
             setattr(lp, key, [str(v) for v in val])
         return lp
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import PROJECT_FIXTURES, analysis_of
+from conftest import PROJECT_FIXTURES, analysis_of, needs_shared, shared
 from test_diff import one_iteration_trace
 from traceview.cli import main
 from traceview.errors import UsageError
@@ -586,3 +586,12 @@ def test_segments_file_is_honoured_by_gate_like_analyze(tmp_path):
                 ["diff", TBO0, TBO0], ["analyze", TBO0]):
         code, out, err = run(*cmd, "--segments", bad)
         assert code == 2 and "bad regular expression" in err and len(err.strip().splitlines()) == 1, cmd
+
+
+@needs_shared
+def test_per_layer_on_a_trace_without_layers_is_a_skip_not_a_pass():
+    code, out, _ = run("gate", shared("deepseek/train.json"), "--per", "layer", "--max-exposed-comm", "50%")
+    assert code == 0
+    line, verdict = out.strip().splitlines()
+    assert line.startswith("SKIP") and "no layer segments in this trace" in line and "use --per gpu" in line
+    assert verdict == "gate: PASS (1 check, 1 skipped)"

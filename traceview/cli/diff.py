@@ -15,6 +15,7 @@ from ..report.text import one_line
 from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
                      segment_patterns, segments_option)
 from .gate import write_file
+from .progress import LoadProgress
 
 
 @click.command("diff")
@@ -39,7 +40,7 @@ def diff_cmd(base, new, kernels, top, fmt, output, rules_file, segments_file, jo
     GPUs pair up by rank and device, else by position (so rank 0 of one run compares with rank 1).
     """
     result, errors = diff_paths([base], [new], rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
-                                patterns=segment_patterns(segments_file))
+                                patterns=segment_patterns(segments_file), progress=LoadProgress)
     for e in errors:
         error_line(str(e))
     warned = {g.file: g.warnings for p in result.pairs for g in (p.base, p.new) if g.warnings}

@@ -15,6 +15,7 @@ from ..gate.checks import PER_CHOICES, run_gate
 from ..gate.junit import github_annotations, step_summary, to_junit
 from .common import (error_line, handle_errors, jobs_option, max_bytes_option, rules_option, segment_patterns,
                      segments_option)
+from .progress import LoadProgress
 
 
 @click.command("gate")
@@ -71,7 +72,7 @@ def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, per, baseline, max_re
                  strict=strict)
     thresholds = gate_config.thresholds(cfg, flags)
     result = run_gate(paths, thresholds, rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
-                      patterns=segment_patterns(segments_file))
+                      patterns=segment_patterns(segments_file), progress=LoadProgress)
 
     for e in result.errors:
         error_line(str(e))

@@ -256,6 +256,12 @@ def _absolute_checks(g: GpuSummary, t: Thresholds) -> list[CheckResult]:
         units = [(None, g.totals["comm_us"], g.totals["exposed_comm_us"])]
     else:
         units = [(r.keys, r.comm_us, r.exposed_comm_us) for r in g.segment_rows(t.per) if r.comm_us > 0]
+        if units and all((k or {}).get(t.per) == "(none)" for k, _, _ in units):
+            # nothing labels this level: one check on "(none)" would read as a per-segment pass
+            return [CheckResult(check, SKIP, None, thr, unit, detail=f"no {t.per} segments in this trace "
+                                f"(no annotations, threads or inferred {t.per}s): use --per gpu", **common)
+                    for check, thr, unit in (("exposed_comm_pct", t.max_exposed_comm_pct, "%"),
+                                             ("exposed_comm_ms", t.max_exposed_comm_us, "us")) if thr is not None]
         if not units:  # no segment communicates: say so once instead of printing nothing
             units = [(None, 0.0, 0.0)]
     for seg, comm, exposed in units:
@@ -369,7 +375,7 @@ def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] |
 
 
 def run_gate(paths: Iterable[str], thresholds: Thresholds, rules_file: str | None = None, jobs: int = 1,
-             max_bytes: int | None = None, patterns=None) -> GateResult:
+             max_bytes: int | None = None, patterns=None, progress=None) -> GateResult:
     """Analyze the inputs (traces, rank directories, or saved analyze documents) and check them.
 
     A baseline that cannot be read raises ``TraceError`` (nothing to gate against); inputs that
@@ -380,7 +386,7 @@ def run_gate(paths: Iterable[str], thresholds: Thresholds, rules_file: str | Non
     views = [t.per] if t.per != "gpu" else []
     baseline = load_baseline(t.baseline, views, rules_file, max_bytes, patterns) if t.baseline else None
     gpus, errors = load_inputs(list(paths), views=views, kernels=False, rules_file=rules_file, jobs=jobs,
-                               max_bytes=max_bytes, patterns=patterns)
+                               max_bytes=max_bytes, patterns=patterns, progress=progress)
     return GateResult(thresholds=t, checks=evaluate(gpus, t, baseline), errors=errors,
                       inputs=list(dict.fromkeys(g.file for g in gpus)))
 

@@ -390,16 +390,16 @@ def diff_summaries(base: list[GpuSummary], new: list[GpuSummary],
 
 def diff_paths(base: Iterable[str], new: Iterable[str], rules_file: str | None = None, jobs: int = 1,
                max_bytes: int | None = None, views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True,
-               patterns=None):
+               patterns=None, progress=None):
     """Load both sides (traces, rank directories or saved documents) and diff them.
 
     Returns ``(DiffResult, errors)``; errors are ``TraceError`` for inputs that could not be read.
     """
     views = list(views)
     b, e1 = load_inputs(list(base), views=views, kernels=kernels, rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
-                        patterns=patterns)
+                        patterns=patterns, progress=progress)
     n, e2 = load_inputs(list(new), views=views, kernels=kernels, rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
-                        patterns=patterns)
+                        patterns=patterns, progress=progress)
     if not b or not n:
         return DiffResult([]), e1 + e2
     return diff_summaries(b, n, views), e1 + e2

@@ -9,6 +9,7 @@ kept as the small ``analyze --format json`` document instead of a large trace, a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,11 +297,12 @@ def load_document(path: str | os.PathLike) -> list[GpuSummary]:
 
 def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True,
                 rules_file: str | None = None, jobs: int = 1, max_bytes: int | None = None,
-                patterns=None) -> tuple[list[GpuSummary], list[TraceError]]:
+                patterns=None, progress=None) -> tuple[list[GpuSummary], list[TraceError]]:
     """GPU summaries of traces, directories of ranks and saved analyze documents, in order.
 
     Input that cannot be used comes back as a ``TraceError`` beside the good summaries, so
-    a caller can report every problem at once.
+    a caller can report every problem at once.  ``progress(trace_paths)``, when given, makes the
+    context manager whose value is ``analyze_many``'s progress callback (the CLI's bar).
     """
     from ..analysis import TraceAnalysis, analyze_many, expand_paths
     from ..load import DEFAULT_MAX_BYTES
@@ -323,7 +325,9 @@ def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGME
     out: list[GpuSummary] = []
     if traces:
         try:
-            results = analyze_many(traces, rules_file, jobs, max_bytes or DEFAULT_MAX_BYTES, patterns)
+            with (progress(traces) if progress is not None else contextlib.nullcontext()) as bar:
+                results = analyze_many(traces, rules_file, jobs, max_bytes or DEFAULT_MAX_BYTES, patterns,
+                                       progress=bar)
         except TraceError as e:
             errors.append(e)
             results = []

@@ -8,11 +8,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _gen():
-    spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
+def _script(name: str):
+    """A generator script of scripts/ as a module (they are not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _gen():
+    return _script("gen_docs")
 
 
 def test_cli_reference_is_current():
@@ -37,10 +42,7 @@ def test_every_category_a_rule_can_produce_is_documented():
 
 
 def _gen_limits():
-    spec = importlib.util.spec_from_file_location("gen_limits", ROOT / "scripts" / "gen_limits.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _script("gen_limits")
 
 
 def test_limits_damage_table_is_current():

@@ -87,31 +87,36 @@ def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
     return TraceAnalysis(trace=trace, kernels=kernels, gpus=gpus, rules=rules, patterns=patterns)
 
 
+def _single_gpu_ranks(analyses: list[TraceAnalysis]) -> dict[int, list[TraceAnalysis]]:
+    """The single-GPU traces by the rank they claim, in input order (skew pairs one GPU per rank)."""
+    by_rank: dict[int, list[TraceAnalysis]] = {}
+    for a in analyses:
+        if a.rank is not None and len(a.gpus) == 1:
+            by_rank.setdefault(int(a.rank), []).append(a)
+    return by_rank
+
+
 def rank_skew(analyses: list[TraceAnalysis]) -> tuple[pl.DataFrame, dict[int, float]]:
     """Per-collective skew between ranks (needs two or more distinct ranks with one GPU each;
     none when two files claim the same rank: which of them is the peer is unknown)."""
-    per_rank = [(a.rank, a.kernels) for a in analyses if a.rank is not None and len(a.gpus) == 1]
-    ranks = [r for r, _ in per_rank]
-    if len(set(ranks)) < 2 or len(set(ranks)) != len(ranks):
+    by_rank = _single_gpu_ranks(analyses)
+    if len(by_rank) < 2 or any(len(v) > 1 for v in by_rank.values()):
         return pl.DataFrame(), {}
-    return collective_skew(per_rank)
+    return collective_skew([(r, v[0].kernels) for r, v in by_rank.items()])
 
 
 def skew_caveats(analyses: list[TraceAnalysis]) -> list[str]:
     """Why the cross-rank skew is missing or should be read with care: files claiming the same
     rank, or ranks that ran different numbers of collectives (traces of different runs, or
     one cut short)."""
-    per_rank = [a for a in analyses if a.rank is not None and len(a.gpus) == 1]
-    by_rank: dict[int, list[str]] = {}
-    for a in per_rank:
-        by_rank.setdefault(int(a.rank), []).append(a.trace.name)
-    dup = {r: names for r, names in by_rank.items() if len(names) > 1}
+    by_rank = _single_gpu_ranks(analyses)
+    dup = {r: [a.trace.name for a in v] for r, v in by_rank.items() if len(v) > 1}
     if dup:
         return ["no collective skew: several files claim the same rank ("
                 + "; ".join(f"rank {r}: {', '.join(n)}" for r, n in sorted(dup.items())) + ")"]
     if len(by_rank) < 2:
         return []
-    counts = {int(a.rank): a.kernels.filter(pl.col("role") == "comm").height for a in per_rank}
+    counts = {r: v[0].kernels.filter(pl.col("role") == "comm").height for r, v in by_rank.items()}
     if len(set(counts.values())) > 1:
         return ["ranks ran different numbers of communication kernels ("
                 + ", ".join(f"rank {r}: {n:,}" for r, n in sorted(counts.items()))
@@ -178,11 +183,10 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
         # spawn, not fork: forking a process that runs polars thread pools can deadlock
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=spawn) as pool:
-            futures = [pool.submit(_analyze_one, w) for w in work]
+            futures = {pool.submit(_analyze_one, w): path for w, path in zip(work, paths)}
             if progress is not None:
                 for fut in as_completed(futures):
-                    path = paths[futures.index(fut)]
-                    progress(path, 1, 1)
+                    progress(futures[fut], 1, 1)
             results = [f.result() for f in futures]
     results = [r for r in results if r is not None]
     if not results:

@@ -52,12 +52,29 @@ GEMM_OPS = ("aten::mm", "aten::addmm", "aten::matmul", "aten::linear")
 @dataclass
 class Reconciliation:
     summary: pl.DataFrame     # per (device, class): measured, model, peak, efficiency (per iteration)
-    segments: pl.DataFrame    # per (device, iteration, layer, microbatch, class)
-    slack: pl.DataFrame       # per (device, iteration, layer, microbatch): modeled vs measured slack
+    segments: pl.DataFrame    # per (device, [stage,] iteration, layer, microbatch, class)
+    slack: pl.DataFrame       # per (device, [stage,] iteration, layer, microbatch): modeled vs measured slack
     shapes: pl.DataFrame      # the token counts and sizes read from the trace, per segment
-    phase: str                # prefill | decode
+    phase: str                # prefill | decode | decode+prefill (a trace of several stages)
     model: ModelConfig
     gpu: GPUSpec
+
+    def notes(self) -> list[str]:
+        """What a reader must know before trusting the model column."""
+        notes = []
+        modeled = self.segments.filter(pl.col("model_ms").is_not_null())
+        if modeled.height == 0:
+            notes.append("no modeled values: the trace recorded no input shapes for these kernels (profile with "
+                         "record_shapes=True) or they are not in layer segments; give --tokens (and --kv-len, --batch)")
+        elif (modeled["layer"] == "(none)").any():
+            notes.append("some kernels are in no layer segment: there the model is one layer while the measured "
+                         "time covers every layer of the segment (label layers, or read the per-layer rows)")
+        if "stage" in self.segments.columns:
+            notes.append(f"stages modeled separately ({', '.join(sorted(set(self.segments['stage'].to_list())))}), "
+                         "each with its own shapes; the table sums them")
+        if not self.model.is_mla:
+            notes.append(f"{self.model.name} has no MLA: the 'mla' class is its attention (projections + core)")
+        return notes
 
     def to_dict(self) -> dict:
         return {"model": self.model.name, "gpu": self.gpu.name, "phase": self.phase,
@@ -292,30 +309,29 @@ def reconcile(analysis, model: ModelConfig | str, gpu: GPUSpec | str, *, phase: 
     staged = analysis.segmentation.sources.get("stage", "none") != "none" and k["stage"].n_unique() > 1
     keys = ["device", *(["stage"] if staged else []), "iteration", "layer", "microbatch"]
     measured = (k.group_by(*keys, "class").agg(pl.col("dur").sum().alias("measured_us"), pl.len().alias("kernels")))
+    if phase is not None and phase not in ("prefill", "decode"):
+        raise UsageError(f"phase must be prefill or decode (got {phase!r})")
     shape_rows, model_rows = [], []
-    phases = []
+    own_phase = []  # each segment's phase by its shapes (None where the trace recorded none)
     for key, seg in k.partition_by(keys, as_dict=True, maintain_order=True).items():
         s = _segment_shapes(seg, model, ws, 1 if precision == "fp8" else 2)
         if dict(zip(keys, key))["layer"] != "(none)" or tokens:
             s = _apply_overrides(s, tokens, kv_len, batch, phase)
         shape_rows.append(dict(zip(keys, key)) | s)
-        if s["q_len"] is not None:
-            phases.append("decode" if s["q_len"] == 1 else "prefill")
-    if phase is not None and phase not in ("prefill", "decode"):
-        raise UsageError(f"phase must be prefill or decode (got {phase!r})")
-    ph = phase or (max(set(phases), key=phases.count) if phases else "prefill")
-    for row in shape_rows:
+        own_phase.append(None if s["q_len"] is None else "decode" if s["q_len"] == 1 else "prefill")
+    phases = [p for p in own_phase if p]
+    ph = phase or (max(set(phases), key=phases.count) if phases else "prefill")  # the trace's main phase
+    for row, own in zip(shape_rows, own_phase):
         key = tuple(row[c] for c in keys)
         present = set(measured.filter(*[pl.col(c) == v for c, v in zip(keys, key)])["class"].to_list())
-        seg_phase = phase or (ph if not staged or row["q_len"] is None else "decode" if row["q_len"] == 1 else "prefill")
+        seg_phase = phase or (own if staged and own else ph)  # several stages: each segment its own
         for cls, (mms, pms) in _model_segment(row, present, model, gpu, seg_phase, precision, link).items():
             model_rows.append(dict(zip(keys, key)) | {"class": cls, "model_ms": mms, "peak_ms": pms})
     shapes = pl.DataFrame([{k2: v for k2, v in r.items() if k2 != "_roof"} for r in shape_rows], infer_schema_length=None)
     modeled = pl.DataFrame(model_rows, schema={"device": pl.Int64, **{c: pl.Utf8 for c in keys[1:]},
                                                "class": pl.Utf8, "model_ms": pl.Float64, "peak_ms": pl.Float64})
-    if staged and not phase:
-        stage_phases = sorted({"decode" if r["q_len"] == 1 else "prefill" for r in shape_rows if r["q_len"] is not None})
-        ph = "+".join(stage_phases) or ph
+    if staged and not phase and phases:
+        ph = "+".join(sorted(set(phases)))
     segs = measured.join(modeled, on=[*keys, "class"], how="left").with_columns(
         (pl.col("measured_us") / 1000).alias("measured_ms")).drop("measured_us")
     iters = max(1, analysis.segmentation.summary()["iterations"])

@@ -13,9 +13,9 @@ from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
 from ..report.text import clean_frame
-from .progress import LoadProgress
 from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
                      segment_patterns, segments_option)
+from .progress import LoadProgress
 
 
 @click.command("analyze")

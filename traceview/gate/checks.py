@@ -248,6 +248,14 @@ def _basename(path: str) -> str:
 
 # --- evaluation --------------------------------------------------------------------------------
 
+def _skips(g: GpuSummary, t: Thresholds, detail: str, segment: dict | None = None) -> list[CheckResult]:
+    """A SKIP line for each exposed-comm check asked for: there is nothing to measure, and why."""
+    return [CheckResult(check, SKIP, None, thr, unit, file=g.file, rank=g.rank, device=g.device, segment=segment,
+                        detail=detail)
+            for check, thr, unit in (("exposed_comm_pct", t.max_exposed_comm_pct, "%"),
+                                     ("exposed_comm_ms", t.max_exposed_comm_us, "us")) if thr is not None]
+
+
 def _absolute_checks(g: GpuSummary, t: Thresholds) -> list[CheckResult]:
     """Exposed communication (share and time) of one GPU, or of each of its segments."""
     out: list[CheckResult] = []
@@ -258,19 +266,13 @@ def _absolute_checks(g: GpuSummary, t: Thresholds) -> list[CheckResult]:
         units = [(r.keys, r.comm_us, r.exposed_comm_us) for r in g.segment_rows(t.per) if r.comm_us > 0]
         if units and all((k or {}).get(t.per) == "(none)" for k, _, _ in units):
             # nothing labels this level: one check on "(none)" would read as a per-segment pass
-            return [CheckResult(check, SKIP, None, thr, unit, detail=f"no {t.per} segments in this trace "
-                                f"(no annotations, threads or inferred {t.per}s): use --per gpu", **common)
-                    for check, thr, unit in (("exposed_comm_pct", t.max_exposed_comm_pct, "%"),
-                                             ("exposed_comm_ms", t.max_exposed_comm_us, "us")) if thr is not None]
+            return _skips(g, t, f"no {t.per} segments in this trace (no annotations, threads or inferred "
+                                f"{t.per}s): use --per gpu")
         if not units:  # no segment communicates: say so once instead of printing nothing
             units = [(None, 0.0, 0.0)]
     for seg, comm, exposed in units:
         if comm <= 0:
-            for check, thr, unit in (("exposed_comm_pct", t.max_exposed_comm_pct, "%"),
-                                     ("exposed_comm_ms", t.max_exposed_comm_us, "us")):
-                if thr is not None:
-                    out.append(CheckResult(check, SKIP, None, thr, unit, segment=seg,
-                                           detail="no communication on this GPU", **common))
+            out.extend(_skips(g, t, "no communication on this GPU", seg))
             continue
         if t.max_exposed_comm_pct is not None:
             pct = 100.0 * exposed / comm

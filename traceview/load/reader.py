@@ -11,6 +11,7 @@ import sys
 import tempfile
 import types
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -48,6 +49,20 @@ def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes | bytear
         return bytes(src.raw)
 
 
+@dataclass(frozen=True)
+class GzipDamage:
+    """What was wrong with a gzip stream and what the loader did about it: the warning of a
+    load that goes on, and (``what`` alone) the cause named by a load that then fails."""
+
+    what: str
+    kept: str
+    explains_failure: bool = True  # False for junk after whole members: the members were fine
+
+    @property
+    def warning(self) -> str:
+        return f"{self.what}: {self.kept}"
+
+
 class Source:
     """A trace file's JSON bytes, without holding them in memory.
 
@@ -62,7 +77,7 @@ class Source:
         self.raw = raw
         self.file = file
         self._cleanup = cleanup
-        self.truncated_gzip = False
+        self.gzip_damage: GzipDamage | None = None
         # Pieces of a mapped file are read with pread: slicing the map would leave every page
         # read resident in this process (RSS would grow to the file's size).
         self._fd = os.open(file, os.O_RDONLY) if file is not None else None
@@ -112,30 +127,30 @@ def open_source(path: Path, max_bytes: int = DEFAULT_MAX_BYTES, spill_bytes: int
                     data += block
                 if len(data) > max_bytes:
                     raise TraceError(path, f"more than {max_bytes} bytes (raise the limit with --max-bytes)")
-                f = io.BytesIO(data)
+                if data[:2] != b"\x1f\x8b":
+                    return Source(bytes(data))
+                f = io.BytesIO(data)  # gzip: decompressed below like a file
             magic = f.read(2)
             f.seek(0)
             if magic != b"\x1f\x8b":
-                size = os.fstat(f.fileno()).st_size if not isinstance(f, io.BytesIO) else len(f.getvalue())
+                size = os.fstat(f.fileno()).st_size
                 if size > max_bytes:
                     raise TraceError(path, f"file is {size} bytes, over the {max_bytes}-byte limit "
                                            "(raise it with --max-bytes)")
                 if size == 0:
                     return Source(b"")
-                if isinstance(f, io.BytesIO):
-                    return Source(f.getvalue())
                 try:
                     return Source(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), Path(path))
                 except (OSError, ValueError):  # a pipe or a special file: read it
                     return Source(f.read())
             sink = _Sink(spill_bytes)
             try:
-                truncated = _gunzip(path, f, max_bytes, sink)
+                damage = _gunzip(path, f, max_bytes, sink)
             except BaseException:
                 sink.discard()
                 raise
             src = sink.source()
-            src.truncated_gzip = truncated
+            src.gzip_damage = damage
             return src
     except IsADirectoryError:
         raise TraceError(path, "is a directory") from None
@@ -208,9 +223,9 @@ class _Sink:
         return Source(raw, Path(name), cleanup)
 
 
-def _gunzip(path: Path, f, max_bytes: int, out: _Sink) -> bool | str:
-    """Decompress into ``out``; True when the stream was cut short, a warning when it is corrupt
-    (what decompressed before the damage is kept), False when it is whole."""
+def _gunzip(path: Path, f, max_bytes: int, out: _Sink) -> GzipDamage | None:
+    """Decompress into ``out``; the damage when the stream was cut short or is corrupt (what
+    decompressed before it is kept), None when it is whole."""
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     member_open = False  # inside a gzip member whose end we have not seen yet
     try:
@@ -257,19 +272,21 @@ def _gunzip(path: Path, f, max_bytes: int, out: _Sink) -> bool | str:
         except zlib.error:
             pass
         if len(out) == verified:  # whole members, then bytes that are not gzip (appended junk)
-            return f"the bytes after compressed byte {at} are not gzip ({e}): ignored them"
+            return GzipDamage(f"the bytes after compressed byte {at} are not gzip ({e})", "ignored them",
+                              explains_failure=False)
         if not out.blank():
             check = "data check" in str(e) or "length check" in str(e)  # CRC32 / ISIZE of the trailer
-            return (f"gzip data is corrupt ({e}) at compressed byte {at}: analyzed the {len(out)} bytes "
-                    + ("that decompressed, which fail the gzip checksum" if check else
-                       "before the damage; the last values before it may be damaged"))
+            return GzipDamage(f"gzip data is corrupt ({e}) at compressed byte {at}",
+                              f"analyzed the {len(out)} bytes "
+                              + ("that decompressed, which fail the gzip checksum" if check else
+                                 "before the damage; the last values before it may be damaged"))
         raise TraceError(path, f"corrupt gzip data ({e})") from None
     if member_open:
         # Stream cut short (a job killed mid-write): keep what decompressed.
         if not len(out):
             raise TraceError(path, "gzip stream is truncated before any data")
-        return True
-    return False
+        return GzipDamage("gzip stream is cut short", "analyzed what decompressed")
+    return None
 
 
 def rank_from_filename(path: Path) -> int | None:
@@ -294,24 +311,24 @@ def load(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, workers: i
     files over ``PARALLEL_MIN_BYTES``, else in this process).  ``progress(done, total)`` is
     called with bytes decoded as the load goes.
     """
-    notes: list[str] = []
+    damage: list[GzipDamage] = []  # filled by _load as soon as the file is opened
     try:
-        return _load(Path(path), max_bytes, workers, progress, chunk_bytes, notes)
+        return _load(Path(path), max_bytes, workers, progress, chunk_bytes, damage)
     except RecursionError:  # the JSON decoders recurse once per nesting level
         raise TraceError(path, "JSON nested too deeply (limit: a few hundred levels)") from None
     except TraceError as e:
-        if notes and notes[0].startswith("gzip") and "gzip" not in e.reason:  # the damage explains the failure
-            damage = notes[0].replace(": analyzed what decompressed", "")  # nothing was analyzed
-            raise TraceError(e.path, f"{e.reason}; {damage}") from None  # (damaged, not "not a trace")
+        if damage and damage[0].explains_failure and "gzip" not in e.reason:  # the damage is the cause
+            raise TraceError(e.path, f"{e.reason}; {damage[0].what}") from None  # (damaged, not "not a trace")
         raise
 
 
 def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | None,
-          chunk_bytes: int, notes: list[str]) -> Trace:
+          chunk_bytes: int, damage: list[GzipDamage]) -> Trace:
+    notes: list[str] = []
     with open_source(path, max_bytes) as src:
-        if src.truncated_gzip:
-            notes.append(src.truncated_gzip if isinstance(src.truncated_gzip, str) else
-                         "gzip stream is cut short: analyzed what decompressed")
+        if src.gzip_damage:
+            damage.append(src.gzip_damage)
+            notes.append(src.gzip_damage.warning)
         if src.blank():
             raise TraceError(path, "file is empty")
         raw = src.raw

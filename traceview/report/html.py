@@ -482,10 +482,8 @@ def _reconciliation(page: _Page, results: list[TraceAnalysis], recs: dict[int, A
         if fig:
             page.figure(fig)
         page.add(_frame_table(summary))
-        if hasattr(rec, "segments") and hasattr(rec, "model"):
-            from .terminal import reconciliation_notes
-
-            page.add("".join(f'<p class="note">{esc(n)}</p>' for n in reconciliation_notes(rec)))
+        if hasattr(rec, "notes"):
+            page.add("".join(f'<p class="note">{esc(n)}</p>' for n in rec.notes()))
 
 
 _RATIO_COLUMNS = ("efficiency", "vs_model")

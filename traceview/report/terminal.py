@@ -221,34 +221,13 @@ def render_reconciliation(a: TraceAnalysis, rec, console: Console) -> None:
         rows = sorted({v for v in sh["rows"].to_list() if v}) if "rows" in sh.columns else []
         console.print(Text(f"  shapes from the trace: tokens per micro-batch {tok or '?'}, kv_len {kv or '?'}, "
                            f"routed rows {rows[:3] + (['…'] if len(rows) > 3 else []) or '-'}"))
-    for note in reconciliation_notes(rec):
+    for note in rec.notes():
         console.print(Text("  " + note, style="yellow"))
     if rec.slack.height:
         s = rec.slack
         console.print(Text(f"  communication slack per layer (MLA + shared - dispatch - combine): model "
                            f"{s['model_slack_ms'].mean():.3f} ms, measured {s['measured_slack_ms'].mean():.3f} ms "
                            f"(min {s['measured_slack_ms'].min():.3f}); positive = the all-to-all can hide"))
-
-
-def reconciliation_notes(rec) -> list[str]:
-    """What a reader must know before trusting the model column."""
-    import polars as pl
-
-    notes = []
-    segs = rec.segments
-    modeled = segs.filter(pl.col("model_ms").is_not_null())
-    if modeled.height == 0:
-        notes.append("no modeled values: the trace recorded no input shapes for these kernels (profile with "
-                     "record_shapes=True) or they are not in layer segments; give --tokens (and --kv-len, --batch)")
-    elif (modeled["layer"] == "(none)").any():
-        notes.append("some kernels are in no layer segment: there the model is one layer while the measured time "
-                     "covers every layer of the segment (label layers, or read the per-layer rows)")
-    if "stage" in segs.columns:
-        notes.append(f"stages modeled separately ({', '.join(sorted(set(segs['stage'].to_list())))}), each with its "
-                     "own shapes; the table sums them")
-    if not getattr(rec.model, "is_mla", True):
-        notes.append(f"{rec.model.name} has no MLA: the 'mla' class is its attention (projections + core)")
-    return notes
 
 
 def pl_col_not_none(col: str):

@@ -50,6 +50,13 @@ class TraceAnalysis:
         """How much slower compute kernels ran beside communication than alone."""
         return overlap_tax(self.kernels, self.trace.events)
 
+    @functools.cached_property
+    def rank_summaries(self) -> list:
+        """This trace reduced for the run analysis (``traceview.run``): one ``RankSummary`` per GPU."""
+        from .run.summary import summarize
+
+        return summarize(self)
+
     @property
     def file(self) -> str:
         return str(self.trace.path)
@@ -145,7 +152,8 @@ class ScannedPath(type(Path())):  # type: ignore[misc]
     """A path found inside a directory rather than named by the user."""
 
 
-def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None) -> TraceAnalysis | TraceError | None:
+def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None,
+                 summarize: bool = False) -> TraceAnalysis | TraceError | None:
     path, rules_file, max_bytes, patterns, workers, keep_events = args
     try:
         a = analyze(path, load_rules(rules_file), max_bytes, patterns, workers,
@@ -154,6 +162,8 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None)
         return None if isinstance(path, ScannedPath) else e
     except TraceError as e:
         return e
+    if summarize:
+        a.rank_summaries  # noqa: B018  (computed while the events are here)
     if not keep_events:
         a.trace.events = None  # type: ignore[assignment]  # (anything that still reads it fails loudly)
     return a
@@ -162,7 +172,8 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None)
 def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1,
                  max_bytes: int = DEFAULT_MAX_BYTES,
                  patterns: LevelPatterns | None = None, keep_events: bool = True,
-                 progress: Callable[[Path, int, int], None] | None = None) -> list[TraceAnalysis | TraceError]:
+                 progress: Callable[[Path, int, int], None] | None = None,
+                 summarize: bool = False) -> list[TraceAnalysis | TraceError]:
     """Analyze several files (ranks), in parallel processes when ``jobs > 1``.
 
     A bad file gives a ``TraceError`` in its place; the good ones are still analyzed.
@@ -170,6 +181,8 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
     ``keep_events=False`` drops each trace's event table once it is measured (GPU metrics,
     classified kernels and warnings stay): memory is then bounded by the files analyzed at
     once, not by the number of ranks; segments, overlap tax and budgets need the events.
+    ``summarize=True`` computes each file's ``rank_summaries`` (the run analysis's input)
+    while its events are still loaded.
     Under ``jobs > 1`` each file's loader gets a share of the cores (``cores // jobs``
     decoding processes), not all of them.  ``progress(path, done, total)`` is called as
     each file loads (with ``jobs > 1``: once per file, when it is done).
@@ -178,12 +191,12 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
     workers = max(1, (os.cpu_count() or 1) // min(jobs, len(paths))) if parallel else None
     work = [(p, rules_file, max_bytes, patterns, workers, keep_events) for p in paths]
     if not parallel:
-        results = [_analyze_one(w, progress) for w in work]
+        results = [_analyze_one(w, progress, summarize) for w in work]
     else:
         # spawn, not fork: forking a process that runs polars thread pools can deadlock
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=spawn) as pool:
-            futures = {pool.submit(_analyze_one, w): path for w, path in zip(work, paths)}
+            futures = {pool.submit(_analyze_one, w, None, summarize): path for w, path in zip(work, paths)}
             if progress is not None:
                 for fut in as_completed(futures):
                     progress(futures[fut], 1, 1)

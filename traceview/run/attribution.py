@@ -91,7 +91,7 @@ def _others_waited(inst: pl.DataFrame) -> dict[int, float]:
     """Per rank: the others' waiting summed over the instances where it arrived last."""
     if inst.height == 0:
         return {}
-    w = (inst.filter(pl.col("rank") != pl.col("last_rank")).group_by("last_rank")
+    w = (inst.filter(pl.col("last_rank").is_not_null() & (pl.col("rank") != pl.col("last_rank"))).group_by("last_rank")
          .agg(pl.col("wait_us").sum()))
     return {int(r): float(v) for r, v in w.iter_rows()}
 
@@ -173,15 +173,17 @@ def _cause(rank: int, ranks: list[RankSummary], inst: pl.DataFrame, n_it: int) -
         mine = rows.filter(pl.col("rank") == rk).select("instance", "idx", "layer")
         if mine.height == 0:
             continue
-        w = mine.join(r.comm.select("idx", "win_idle_no_queue_us", "win_idle_us", "win_exposed_comm_us"), on="idx")
+        w = mine.join(r.comm.select("idx", "win_idle_no_queue_us", "win_idle_us", "win_exposed_comm_us",
+                                    "win_launch_gap_us", "win_launch_gap_layer"), on="idx")
         wc = (mine.join(r.window_compute, on="idx").group_by("instance", "category").agg(pl.col("time_us").sum())
               .pivot(on="category", index="instance", values="time_us"))
         w = w.join(wc, on="instance", how="left").with_columns(pl.lit(rk, dtype=pl.Int64).alias("rank"))
         frames.append(w)
     if not frames:
         return Cause("unknown", "no window evidence for its late arrivals")
-    allw = pl.concat(frames, how="diagonal_relaxed").fill_null(0.0)
-    metrics = [c for c in allw.columns if c not in ("instance", "idx", "layer", "rank")]
+    allw = pl.concat(frames, how="diagonal_relaxed")
+    allw = allw.with_columns([pl.col(c).fill_null(0.0) for c in allw.columns if allw[c].dtype.is_float()])
+    metrics = [c for c in allw.columns if c not in ("instance", "idx", "layer", "rank", "win_launch_gap_layer")]
     mine = allw.filter(pl.col("rank") == rank).sort("instance")
     others = allw.filter(pl.col("rank") != rank).group_by("instance").agg(
         [pl.col(m).median() for m in metrics]).sort("instance")
@@ -189,6 +191,7 @@ def _cause(rank: int, ranks: list[RankSummary], inst: pl.DataFrame, n_it: int) -
     excess = {m: float((joined[m] - joined[f"{m}_med"]).sum()) / n_it for m in metrics}
     # queued-but-idle is idle minus idle with no kernel queued
     excess_idle_queued = excess.pop("win_idle_us", 0.0) - excess.get("win_idle_no_queue_us", 0.0)
+    launch_gap = excess.pop("win_launch_gap_us", 0.0)
     compute = {m: v for m, v in excess.items() if not m.startswith("win_")}
     candidates = {"host_bound": excess.get("win_idle_no_queue_us", 0.0),
                   "exposed_comm": excess.get("win_exposed_comm_us", 0.0),
@@ -215,13 +218,33 @@ def _cause(rank: int, ranks: list[RankSummary], inst: pl.DataFrame, n_it: int) -
         return Cause("compute", f"before its late arrivals its {top_cat} kernels ran {ms:.3f} ms/iter longer than "
                      "the median rank's", detail)
     if kind == "host_bound":
+        layers = _gap_layers(rank, joined)
+        where = f" before layer(s) {', '.join(layers)}" if layers else ""
+        gap = (f"; its host paused {launch_gap / 1000:.3f} ms/iter longer between kernel launches{where}"
+               if launch_gap > 0 else "")
+        detail["launch gap"] = launch_gap
         return Cause("host_bound", f"before its late arrivals its GPU was idle {ms:.3f} ms/iter longer than the "
-                     "median rank's with no kernel queued (host-bound: launch gaps)", detail)
+                     f"median rank's with no kernel queued (host-bound: launch gaps{gap})", detail, layers)
     if kind == "idle_queued":
         return Cause("idle_queued", f"before its late arrivals its GPU was idle {ms:.3f} ms/iter longer than the "
                      "median rank's with kernels queued (waiting on events or other streams)", detail)
     return Cause("exposed_comm", f"before its late arrivals its own exposed communication was {ms:.3f} ms/iter "
                  "longer than the median rank's", detail)
+
+
+def _gap_layers(rank: int, joined: pl.DataFrame) -> list[str]:
+    """The layers launched right after the late rank's excess launch gaps (most of the excess)."""
+    ex = (joined.with_columns((pl.col("win_launch_gap_us") - pl.col("win_launch_gap_us_med")).alias("x"))
+          .filter((pl.col("x") > 0) & pl.col("win_launch_gap_layer").is_not_null())
+          .group_by("win_launch_gap_layer").agg(pl.col("x").sum()).sort("x", descending=True))
+    total = float(ex["x"].sum()) if ex.height else 0.0
+    out, acc = [], 0.0
+    for layer, x in ex.iter_rows():
+        out.append(str(layer))
+        acc += x
+        if acc >= 0.8 * total:
+            break
+    return out
 
 
 def _expert_layers(rank: int, rows: pl.DataFrame, allw: pl.DataFrame) -> list[str]:

@@ -106,8 +106,13 @@ def match(ranks: list[RankSummary]) -> Matching:
     med = matched.group_by("instance").agg(pl.col("arrival").median().alias("_med"),
                                            (pl.col("end_aligned").max() - pl.col("end_aligned").min()).alias("end_spread_us"),
                                            (pl.col("arrival").max() - pl.col("arrival").min()).alias("start_spread_us"))
+    # a rank "arrived last" only when the others really waited: the arrival spread exceeds the
+    # clock noise (1 µs plus twice the instance's end-time spread); ties name nobody
+    last = last.join(med, on="instance").with_columns(
+        pl.when(pl.col("start_spread_us") > 1.0 + 2 * pl.col("end_spread_us")).then(pl.col("last_rank"))
+        .otherwise(None).alias("last_rank")).select("instance", "last_rank")
     matched = (matched.join(last, on="instance").join(med, on="instance")
-               .with_columns((pl.col("rank") == pl.col("last_rank")).alias("arrived_last"),
+               .with_columns((pl.col("rank") == pl.col("last_rank")).fill_null(False).alias("arrived_last"),
                              (pl.col("arrival") - pl.col("_med")).alias("late_us"))
                .drop("_last_arrival", "_is_last", "_med").sort("instance", "rank"))
     spread = med["end_spread_us"].to_numpy() if med.height else np.empty(0)

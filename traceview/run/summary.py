@@ -135,6 +135,9 @@ def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, 
         "win_idle_us": _measure_in_windows(idle, win_lo, cts),
         "win_exposed_comm_us": _measure_in_windows(exposed, win_lo, cts),
     })
+    gap_us, gap_layer = _launch_gaps(d, win_lo, cts)
+    comm_table = comm_table.with_columns(pl.Series("win_launch_gap_us", gap_us),
+                                         pl.Series("win_launch_gap_layer", gap_layer, dtype=pl.Utf8))
     window_compute = _window_compute(d, win_lo, cts)
     layers = _layer_table(d)
     return RankSummary(
@@ -159,6 +162,37 @@ def _measure_in_windows(sets: iv.Intervals, lo: np.ndarray, hi: np.ndarray) -> n
         return np.where(i > 0, full + part, 0.0)
 
     return np.maximum(covered_before(hi) - covered_before(lo), 0.0)
+
+
+def _launch_gaps(d: pl.DataFrame, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, list]:
+    """Per comm kernel: the longest gap between consecutive kernel launches (host time) whose
+    next kernel started on the GPU inside the kernel's window, and that kernel's layer.  A host
+    stall shows here whole, even where the GPU's queue hid part of it."""
+    n = len(lo)
+    gap = np.zeros(n)
+    layer: list = [None] * n
+    if n == 0 or "launch_ts" not in d.columns:
+        return gap, layer
+    l = (d.select("launch_ts", "ts", "layer").filter(pl.col("launch_ts").is_not_null() & pl.col("launch_ts").is_finite())
+         .sort("launch_ts", "ts"))
+    t = l["launch_ts"].to_numpy()
+    if len(t) < 2:
+        return gap, layer
+    g = np.diff(t)
+    start_after = l["ts"].to_numpy()[1:]
+    layers = l["layer"].to_list()[1:]
+    # window k holds GPU times [lo_k, hi_k); windows are consecutive, so one search finds it
+    w = np.searchsorted(hi, start_after, side="right")
+    inside = (w < n) & (start_after >= lo[np.minimum(w, n - 1)])
+    best = np.full(n, -1)
+    for j in np.nonzero(inside & (g > 0))[0]:
+        k = w[j]
+        if best[k] < 0 or g[j] > g[best[k]]:
+            best[k] = j
+    for k in np.nonzero(best >= 0)[0]:
+        gap[k] = g[best[k]]
+        layer[k] = layers[best[k]]
+    return gap, layer
 
 
 def _window_compute(d: pl.DataFrame, lo: np.ndarray, hi: np.ndarray) -> pl.DataFrame:

@@ -185,8 +185,10 @@ def _simulate(events, launch_of, comm_keys, inst, inj_steps, stretch, straggler,
 
 
 def make_run(source: Path, n: int, out: Path, inj: Injection | None = None, max_offset_us: float = 200.0,
-             compress: bool = True) -> dict:
-    """Write ``n`` rank traces under ``out``; returns the manifest (also written there)."""
+             compress: bool = True, iterations: int | None = None) -> dict:
+    """Write ``n`` rank traces under ``out``; returns the manifest (also written there).
+
+    ``iterations``: keep only the source's first that many iterations (smaller files)."""
     doc = _source(source)
     comm_keys, inst, points, expert_keys, it_starts = _base_facts(source, inj.layer if inj else None)
     events = doc["traceEvents"]
@@ -196,6 +198,19 @@ def make_run(source: Path, n: int, out: Path, inj: Injection | None = None, max_
             c = e["args"].get("correlation")
             if c is not None:
                 launch_of[c] = float(e["ts"])
+    if iterations is not None and iterations < len(it_starts):
+        cut = it_starts[iterations]
+
+        def before_cut(e) -> bool:
+            if not isinstance(e.get("ts"), (int, float)):
+                return True
+            args = e.get("args") if isinstance(e.get("args"), dict) else {}
+            t = launch_of.get(args.get("correlation"), e["ts"]) if e.get("cat") in GPU_CATS else e["ts"]
+            return t < cut and not (e.get("name", "").startswith("ProfilerStep#") and e["ts"] >= cut)
+
+        events = [e for e in events if before_cut(e)]
+        it_starts = it_starts[:iterations]
+        points = [t for t in points if t < cut]
 
     # per rank: host injection steps (CPU time); stretched expert kernels (extra µs at their end)
     inj_steps = [_Steps() for _ in range(n)]
@@ -275,11 +290,12 @@ def main(argv=None) -> int:
     p.add_argument("--expert-stretch", type=float, default=0.0, help="0.3 = expert GEMMs 30%% longer")
     p.add_argument("--layer", default=None)
     p.add_argument("--max-offset-us", type=float, default=200.0)
+    p.add_argument("--iterations", type=int, default=None, help="keep only the first K iterations of the source")
     a = p.parse_args(argv)
     inj = None
     if a.straggler is not None:
         inj = Injection(a.straggler, a.host_delay, a.expert_stretch, a.layer)
-    m = make_run(a.source, a.n, a.out, inj, a.max_offset_us)
+    m = make_run(a.source, a.n, a.out, inj, a.max_offset_us, iterations=a.iterations)
     print(json.dumps({k: v for k, v in m.items() if k != "files"}, indent=1))
     return 0
 

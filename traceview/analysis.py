@@ -22,7 +22,6 @@ from .errors import NotATraceError, TraceError
 from .load import DEFAULT_MAX_BYTES, Trace, find_trace_files, load
 from .metrics import GpuMetrics, all_devices
 from .metrics.segments import segment_table
-from .metrics.skew import collective_skew
 from .metrics.tax import overlap_tax
 from .segment import LevelPatterns, Segmentation, segment
 
@@ -92,43 +91,6 @@ def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
     for g in gpus:
         g.name = trace.device_name(g.device)
     return TraceAnalysis(trace=trace, kernels=kernels, gpus=gpus, rules=rules, patterns=patterns)
-
-
-def _single_gpu_ranks(analyses: list[TraceAnalysis]) -> dict[int, list[TraceAnalysis]]:
-    """The single-GPU traces by the rank they claim, in input order (skew pairs one GPU per rank)."""
-    by_rank: dict[int, list[TraceAnalysis]] = {}
-    for a in analyses:
-        if a.rank is not None and len(a.gpus) == 1:
-            by_rank.setdefault(int(a.rank), []).append(a)
-    return by_rank
-
-
-def rank_skew(analyses: list[TraceAnalysis]) -> tuple[pl.DataFrame, dict[int, float]]:
-    """Per-collective skew between ranks (needs two or more distinct ranks with one GPU each;
-    none when two files claim the same rank: which of them is the peer is unknown)."""
-    by_rank = _single_gpu_ranks(analyses)
-    if len(by_rank) < 2 or any(len(v) > 1 for v in by_rank.values()):
-        return pl.DataFrame(), {}
-    return collective_skew([(r, v[0].kernels) for r, v in by_rank.items()])
-
-
-def skew_caveats(analyses: list[TraceAnalysis]) -> list[str]:
-    """Why the cross-rank skew is missing or should be read with care: files claiming the same
-    rank, or ranks that ran different numbers of collectives (traces of different runs, or
-    one cut short)."""
-    by_rank = _single_gpu_ranks(analyses)
-    dup = {r: [a.trace.name for a in v] for r, v in by_rank.items() if len(v) > 1}
-    if dup:
-        return ["no collective skew: several files claim the same rank ("
-                + "; ".join(f"rank {r}: {', '.join(n)}" for r, n in sorted(dup.items())) + ")"]
-    if len(by_rank) < 2:
-        return []
-    counts = {r: v[0].kernels.filter(pl.col("role") == "comm").height for r, v in by_rank.items()}
-    if len(set(counts.values())) > 1:
-        return ["ranks ran different numbers of communication kernels ("
-                + ", ".join(f"rank {r}: {n:,}" for r, n in sorted(counts.items()))
-                + "): traces of different runs, or one cut short? the skew matches the n-th collective of each rank"]
-    return []
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:

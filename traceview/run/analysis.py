@@ -81,6 +81,43 @@ class RunAnalysis:
                      "idle_us": r.gpu.idle_us} for r in self.ranks]
         return pl.DataFrame(rows)
 
+    def skew_table(self) -> pl.DataFrame:
+        """Per collective category: instances, mean/max arrival spread, and per rank the
+        waiting (µs, and as a share of that rank's time in those kernels)."""
+        c = self.collectives
+        if c.height == 0:
+            return pl.DataFrame()
+        per = c.group_by("category", "instance").agg(pl.col("start_spread_us").first())
+        skew = per.group_by("category").agg(pl.len().alias("collectives"),
+                                            pl.col("start_spread_us").mean().alias("mean_skew_us"),
+                                            pl.col("start_spread_us").max().alias("max_skew_us"))
+        wait = (c.group_by("category", "rank").agg(pl.col("wait_us").sum(), pl.col("dur_us").sum().alias("time_us"))
+                .with_columns((pl.col("wait_us") / pl.col("time_us")).alias("wait_share")))
+        wide = wait.pivot(on="rank", index="category", values=["wait_us", "wait_share"])
+        ranks = sorted(c["rank"].unique().to_list())
+        cols = [f"{m}_{r}" for m in ("wait_us", "wait_share") for r in ranks if f"{m}_{r}" in wide.columns]
+        return skew.join(wide.select("category", *cols), on="category", how="left").sort("category")
+
+    def by_rank_layer(self) -> pl.DataFrame:
+        """Rank x layer, per iteration (µs): exposed communication and waiting in that layer."""
+        frames = [r.layers.with_columns(pl.lit(r.rank, dtype=pl.Int64).alias("rank"),
+                                        pl.lit(r.iteration_count, dtype=pl.Int64).alias("_n"))
+                  for r in self.ranks if r.layers.height and r.rank is not None]
+        if not frames:
+            return pl.DataFrame()
+        lay = (pl.concat(frames, how="diagonal_relaxed").group_by("rank", "layer")
+               .agg((pl.col("exposed_comm_us").sum() / pl.col("_n").first()).alias("exposed_comm_us_per_iteration"),
+                    (pl.col("expert_us").sum() / pl.col("_n").first()).alias("expert_us_per_iteration")))
+        c = self.collectives
+        if c.height:
+            n_it = {t.rank: t.iterations for t in self.times}
+            w = (c.group_by("rank", "layer").agg(pl.col("wait_us").sum())
+                 .with_columns((pl.col("wait_us") / pl.col("rank").replace_strict(n_it, default=1))
+                               .alias("wait_us_per_iteration")).drop("wait_us"))
+            lay = lay.join(w, on=["rank", "layer"], how="full", coalesce=True).with_columns(
+                pl.col("wait_us_per_iteration").fill_null(0.0), pl.col("exposed_comm_us_per_iteration").fill_null(0.0))
+        return lay.sort("rank", pl.col("layer").cast(pl.Int64, strict=False), "layer", nulls_last=True)
+
     def to_pandas(self):
         """The per-rank and per-collective tables as pandas DataFrames (needs pandas + pyarrow)."""
         return self.ranks_table().to_pandas(), self.collectives.to_pandas()
@@ -95,6 +132,7 @@ class RunAnalysis:
             "reason": self.reason,
             "caveats": list(self.caveats),
             "clock_offsets_us": {str(k): v for k, v in (m.offsets_us.items() if m else [])},
+            "base_time_shift_us": {str(k): v for k, v in (m.base_shift_us.items() if m else [])},
             "end_spread_us": ({"median": m.end_spread_median_us, "p95": m.end_spread_p95_us} if m else None),
             "ranks": [_rank_json(t) for t in self.times] if self.times else self.ranks_table().to_dicts(),
             "collectives": {"instances": (self.collectives["instance"].n_unique() if m else 0),
@@ -139,13 +177,16 @@ def reduce_run(summaries: Iterable[RankSummary], errors: Iterable[TraceError] = 
         return run
     m = match(ranks)
     run.matching = m
+    cut = [f"rank {r.rank}" for r in ranks if any("truncated" in w or "cut short" in w for w in r.warnings)]
+    cut_note = f"; {', '.join(cut)}: trace cut short" if cut else ""
     if m.instances.height == 0:
-        run.reason = "no collective matched across ranks" + (f" ({'; '.join(m.unmatched[:3])})" if m.unmatched else "")
+        run.reason = ("no collective matched across ranks" + (f" ({'; '.join(m.unmatched[:3])})" if m.unmatched else "")
+                      + cut_note)
         return run
     iter_us = sorted(float((r.iterations["end"] - r.iterations["start"]).median()) if r.iterations.height
                      else r.gpu.span_us for r in ranks)[len(ranks) // 2]
-    worst = max(m.offsets_us.items(), key=lambda kv: abs(kv[1] - m.base_shift_us.get(kv[0], 0.0)))
-    residual = abs(worst[1] - m.base_shift_us.get(worst[0], 0.0))
+    worst = max(m.offsets_us.items(), key=lambda kv: abs(kv[1]))
+    residual = abs(worst[1])
     if residual > iter_us:
         run.reason = (f"rank {worst[0]}'s clock would be {residual / 1000:.1f} ms off, more than an iteration "
                       f"({iter_us / 1000:.1f} ms): traces of different runs? (no cross-rank numbers)")
@@ -153,13 +194,14 @@ def reduce_run(summaries: Iterable[RankSummary], errors: Iterable[TraceError] = 
     groups = m.instances.select("it", "category").unique().height
     if m.unmatched and len(m.unmatched) > groups:
         run.reason = ("the ranks' collectives do not line up (" + "; ".join(m.unmatched[:4])
-                      + (" ..." if len(m.unmatched) > 4 else "") + "): traces of different runs, or cut short?")
+                      + (" ..." if len(m.unmatched) > 4 else "") + "): traces of different runs, or cut short?"
+                      + cut_note)
         return run
     run.cross_rank = True
     if m.unmatched:
         run.caveats.append(f"{len(m.unmatched)} collective group(s) not matched (kernel counts differ): "
                            + "; ".join(m.unmatched[:4]) + (" ..." if len(m.unmatched) > 4 else "")
-                           + "; their kernels count as transfer")
+                           + "; their kernels count as transfer" + cut_note)
     if m.end_spread_median_us is not None and m.end_spread_median_us > 0.05 * iter_us:
         run.caveats.append(f"collective end times still spread {m.end_spread_median_us / 1000:.3f} ms (median) after "
                            "clock alignment: the wait/transfer split is unreliable")

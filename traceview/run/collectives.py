@@ -36,12 +36,16 @@ class Matching:
     """The matched instances (long format) and how the clocks were aligned."""
 
     instances: pl.DataFrame              # one row per (instance, rank)
-    offsets_us: dict[int, float]         # subtracted from each rank's times (base difference + residual)
-    base_shift_us: dict[int, float]      # the part of the offset that came from baseTimeNanoseconds
+    offsets_us: dict[int, float]         # each rank's clock offset to the reference rank, from collective ends
+    base_shift_us: dict[int, float]      # added to each rank's times for its baseTimeNanoseconds
     end_spread_median_us: float | None   # after alignment: median over instances of (max end - min end)
     end_spread_p95_us: float | None
     unmatched: list[str] = field(default_factory=list)  # groups left out, in words
     unmatched_kernels: dict[int, int] = field(default_factory=dict)
+
+    def to_common(self, rank: int) -> float:
+        """What to add to a rank's own times to put them on the run's clock."""
+        return self.base_shift_us.get(rank, 0.0) - self.offsets_us.get(rank, 0.0)
 
 
 def match(ranks: list[RankSummary]) -> Matching:
@@ -87,7 +91,7 @@ def match(ranks: list[RankSummary]) -> Matching:
         residual = {int(r): float(o) for r, o in offs.iter_rows()}
     else:
         residual = {r.rank: 0.0 for r in ranks}
-    offsets = {rk: base_shift[rk] + residual.get(rk, 0.0) for rk in base_shift}
+    offsets = {rk: residual.get(rk, 0.0) for rk in base_shift}
     matched = matched.with_columns(pl.col("rank").replace_strict(residual, default=0.0).alias("_off")).with_columns(
         (pl.col("ts") - pl.col("_off")).alias("arrival"), (pl.col("end") - pl.col("_off")).alias("end_aligned")
     ).drop("_off")

@@ -53,6 +53,9 @@ class RankSummary:
     exposed_end: np.ndarray
     #: per (iteration, layer, microbatch): expert (grouped GEMM) time, compute, exposed comm
     layers: pl.DataFrame
+    #: compute busy pieces (union of compute kernels), disjoint, sorted: the run timeline draws them
+    compute_start: np.ndarray = field(default_factory=lambda: np.empty(0))
+    compute_end: np.ndarray = field(default_factory=lambda: np.empty(0))
     sources: dict[str, str] = field(default_factory=dict)
     num_microbatches: int = 1
     #: how many GPUs the file held (a run pairs one GPU per rank)
@@ -89,9 +92,11 @@ def summarize(analysis) -> list[RankSummary]:
     else:
         source = identity_from_name(trace.name).source if trace.rank is not None else None
     out = []
+    by_layer = analysis.segments("layer")
     for g in analysis.gpus:
         d = k.filter(pl.col("device") == g.device).sort("ts")
-        out.append(_summarize_device(trace, g, d, base, source, seg, len(analysis.gpus)))
+        out.append(_summarize_device(trace, g, d, base, source, seg, len(analysis.gpus),
+                                     by_layer.filter(pl.col("device") == g.device)))
     return out
 
 
@@ -102,7 +107,8 @@ def _iteration_ordinals(d: pl.DataFrame) -> pl.DataFrame:
     return firsts.with_row_index("it").with_columns(pl.col("it").cast(pl.Int64))
 
 
-def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, n_gpus) -> RankSummary:
+def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, n_gpus,
+                      by_layer: pl.DataFrame) -> RankSummary:
     its = _iteration_ordinals(d)
     d = d.join(its.select("iteration", "it"), on="iteration", how="left").with_columns(pl.col("it").fill_null(-1))
     ts, end = d["ts"].to_numpy(), d["end"].to_numpy()
@@ -139,12 +145,13 @@ def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, 
     comm_table = comm_table.with_columns(pl.Series("win_launch_gap_us", gap_us),
                                          pl.Series("win_launch_gap_layer", gap_layer, dtype=pl.Utf8))
     window_compute = _window_compute(d, win_lo, cts)
-    layers = _layer_table(d)
+    layers = _layer_table(d, by_layer, its)
     return RankSummary(
         file=str(trace.path), name=trace.name, rank=trace.rank, world_size=trace.world_size, rank_source=source,
         device=g.device, gpu=g, base_time_ns=base, warnings=list(trace.warnings), iterations=iterations,
         comm=comm_table, window_compute=window_compute, exposed_start=exposed[0], exposed_end=exposed[1],
-        layers=layers, sources=dict(seg.sources), num_microbatches=seg.num_microbatches, gpus_in_file=n_gpus)
+        layers=layers, compute_start=compute[0], compute_end=compute[1], sources=dict(seg.sources),
+        num_microbatches=seg.num_microbatches, gpus_in_file=n_gpus)
 
 
 def _measure_in_windows(sets: iv.Intervals, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -222,12 +229,20 @@ def _iteration_table(its: pl.DataFrame, compute, exposed, idle, idle_no_queue) -
     })
 
 
-def _layer_table(d: pl.DataFrame) -> pl.DataFrame:
+def _layer_table(d: pl.DataFrame, by_layer: pl.DataFrame, its: pl.DataFrame) -> pl.DataFrame:
+    """Per (iteration, layer, micro-batch): expert GEMM time and kernels, and the exposed
+    communication of the layer as ``segments("layer")`` measures it (the fair split)."""
     g = d.filter(pl.col("layer") != NONE)
     if g.height == 0:
         return pl.DataFrame(schema={"it": pl.Int64, "layer": pl.Utf8, "microbatch": pl.Utf8, "expert_us": pl.Float64,
-                                    "expert_kernels": pl.UInt32})
-    return (g.group_by("it", "layer", "microbatch")
-            .agg((pl.col("dur") * (pl.col("category").cast(pl.Utf8) == EXPERT_CATEGORY)).sum().alias("expert_us"),
-                 (pl.col("category").cast(pl.Utf8) == EXPERT_CATEGORY).sum().cast(pl.UInt32).alias("expert_kernels"))
-            .sort("it", "layer", "microbatch"))
+                                    "expert_kernels": pl.UInt32, "exposed_comm_us": pl.Float64})
+    t = (g.group_by("it", "layer", "microbatch")
+         .agg((pl.col("dur") * (pl.col("category").cast(pl.Utf8) == EXPERT_CATEGORY)).sum().alias("expert_us"),
+              (pl.col("category").cast(pl.Utf8) == EXPERT_CATEGORY).sum().cast(pl.UInt32).alias("expert_kernels")))
+    if by_layer.height and "exposed_comm_us" in by_layer.columns:
+        ex = (by_layer.join(its.select("iteration", "it"), on="iteration", how="left")
+              .with_columns(pl.col("it").fill_null(-1)).select("it", "layer", "microbatch", "exposed_comm_us"))
+        t = t.join(ex, on=["it", "layer", "microbatch"], how="left")
+    else:
+        t = t.with_columns(pl.lit(0.0).alias("exposed_comm_us"))
+    return t.with_columns(pl.col("exposed_comm_us").fill_null(0.0)).sort("it", "layer", "microbatch")

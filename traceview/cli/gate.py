@@ -24,6 +24,9 @@ from .progress import LoadProgress
               help="Fail when exposed communication is more than this share of communication time (e.g. 10%).")
 @click.option("--max-exposed-comm-ms", "max_exposed_comm_ms", metavar="MS",
               help="Fail when exposed communication is more than this time (2.5, 2.5ms, 800us).")
+@click.option("--max-wait", "max_wait", metavar="PCT",
+              help="A run (several rank traces): fail a rank whose exposed waiting for the other ranks is more than "
+                   "this share of its iteration (e.g. 5%); the line names the straggler.")
 @click.option("--per", type=click.Choice(PER_CHOICES), default=None,
               help="Check each GPU (default), each micro-batch, each layer of each micro-batch and iteration, "
                    "or each iteration.")
@@ -52,7 +55,7 @@ from .progress import LoadProgress
 @jobs_option
 @max_bytes_option
 @handle_errors
-def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, per, baseline, max_regression, min_regression_ms,
+def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, max_wait, per, baseline, max_regression, min_regression_ms,
              config_file, no_config, strict, fmt, output, junit_file, github, rules_file, segments_file, jobs, max_bytes):
     """Check traces against thresholds and exit 0 (pass), 1 (a check failed) or 2 (input not usable).
 
@@ -67,7 +70,7 @@ def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, per, baseline, max_re
     else:
         found = gate_config.discover(".")
         cfg = gate_config.load(found, required=False) if found else {}
-    flags = dict(max_exposed_comm=max_exposed_comm, max_exposed_comm_ms=max_exposed_comm_ms, per=per,
+    flags = dict(max_exposed_comm=max_exposed_comm, max_exposed_comm_ms=max_exposed_comm_ms, max_wait=max_wait, per=per,
                  baseline=baseline, max_regression=max_regression, min_regression_ms=min_regression_ms,
                  strict=strict)
     thresholds = gate_config.thresholds(cfg, flags)

@@ -238,3 +238,27 @@ def test_gate_max_wait_fails_the_ranks_that_waited_and_names_the_straggler(gener
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["gate", str(SOURCE), "--max-wait", "5%", "--no-config"])
     assert r.exit_code == 0 and "SKIP  exposed waiting for other ranks" in r.stdout
+
+
+# --- diff of two runs -------------------------------------------------------------------------------
+
+def test_diff_of_runs_leads_with_one_table_across_ranks(generated):
+    from click.testing import CliRunner
+
+    from traceview.cli import main
+
+    a, _ = generated("host4", 4, make_run.Injection(2, host_delay_us=6000.0, layer="2"))
+    b, _ = generated("experts8", 8, make_run.Injection(3, expert_stretch=0.5, layer="2"))
+    r = CliRunner().invoke(main, ["diff", str(a), str(b)])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "different numbers of GPUs (base 4, new 8)" in out
+    assert out.index("per rank, ms per iteration") < out.index("traceview diff ·")
+    assert out.count("traceview diff ·") == 3 and "details for the 3 of 4 GPUs" in out
+    r = CliRunner().invoke(main, ["diff", str(a), str(b), "--format", "json"])
+    doc = json.loads(r.stdout)
+    assert len(doc["summary"]) == 4 and doc["warnings"] and len(doc["pairs"]) == 4
+    row = doc["summary"][2]
+    pair = doc["pairs"][2]
+    span = next(t for t in pair["totals_per_iteration"] if t["metric"] == "span_us")
+    assert row["iteration_delta_us"] == pytest.approx(span["delta_us"])

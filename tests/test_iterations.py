@@ -81,3 +81,29 @@ def test_by_iteration_has_duration_column_in_terminal_json_csv():
     assert [round(x["duration_us"] / 1000, 1) for x in t["iterations"]] == [129.0, 123.5]
     assert round(t["gpus"][0]["per_iteration"]["duration_us"] / 1000, 1) == 126.2
     assert t["segments"]["by_iteration"][0]["duration_us"] == pytest.approx(t["iterations"][0]["duration_us"])
+
+
+@needs_shared
+def test_dense_decode_is_diagnosed_host_bound():
+    """GPU idle 72% of the span: most of it with no kernel queued (the CPU was late)."""
+    path = shared("gpu/dense_prefill_decode_ctx1024.json.gz")
+    a = analysis_of(str(path))
+    (row,) = a.iterations.iter_rows(named=True)  # no iteration marks: the whole trace
+    assert row["idle_us"] / row["duration_us"] == pytest.approx(0.719, abs=0.001)
+    assert row["idle_no_queue_us"] == pytest.approx(61_287, abs=5)
+    r = CliRunner().invoke(main, ["analyze", str(path)], env={"COLUMNS": "250"})
+    out = " ".join(r.output.split())
+    assert "whole trace 108.1 ms (no iteration marks)" in out
+    assert "host-bound: no kernel queued for 61.3 ms (56.7% of the trace)" in out
+    # and the same split holds against the reference
+    test_iteration_table_matches_reference(path)
+
+
+def test_tp2_dense_decode_host_bound_per_iteration():
+    a = analysis_of(str(EXTRA / "tp2_dense_decode_rank0.json.gz"))
+    s = a.iteration_summary(0)
+    assert s["iterations"] == 3 and s["idle_no_queue_us"] / s["duration_us"] > 0.3
+    from traceview.report.verdict import severity, verdict_lines
+
+    assert severity(a, a.gpus[0]) == "bad"
+    assert any(l.startswith("host-bound: no kernel queued for 2.209 ms/iter") for l in verdict_lines(a, a.gpus[0]))

@@ -119,3 +119,21 @@ def iteration_metrics(events, iterations):
             "kernels": sum(1 for s, _e, _r, _l in events if a <= s < b),
         }
     return out
+
+
+def overlap_tax(kernels, min_alone=3):
+    """kernels: (category, key, dur, frac under comm) -> {(category, bucket): tax}, brute force."""
+    alone = {}
+    for _c, key, dur, frac in kernels:
+        if frac == 0:
+            alone.setdefault(key, []).append(dur)
+    out = {}
+    for cat, key, dur, frac in kernels:
+        if frac == 0 or len(alone.get(key, [])) < min_alone:
+            continue
+        runs = sorted(alone[key])
+        n = len(runs)
+        median = runs[n // 2] if n % 2 else (runs[n // 2 - 1] + runs[n // 2]) / 2
+        bucket = "≥50%" if frac >= 0.5 else "<50%"
+        out[(cat, bucket)] = out.get((cat, bucket), 0.0) + dur - median
+    return out

@@ -24,7 +24,7 @@ from .metrics import GpuMetrics, all_devices
 from .metrics.iterations import ITERATION_EXTRA, iteration_summary, iteration_table
 from .metrics.segments import segment_table
 from .metrics.skew import collective_skew
-from .metrics.tax import overlap_tax
+from .metrics.tax import overlap_tax_with_notes
 from .segment import LevelPatterns, Segmentation, segment
 
 
@@ -60,11 +60,15 @@ class TraceAnalysis:
 
     def overlap_tax(self) -> pl.DataFrame:
         """How much slower compute kernels ran beside communication than alone."""
-        return self._tax
+        return self._tax[0]
+
+    def overlap_tax_notes(self) -> list[str]:
+        """What the overlap tax could not compare, or why it was not measured (no shapes)."""
+        return self._tax[1]
 
     @functools.cached_property
-    def _tax(self) -> pl.DataFrame:
-        return overlap_tax(self.kernels, self.trace.events)
+    def _tax(self) -> tuple[pl.DataFrame, list[str]]:
+        return overlap_tax_with_notes(self.kernels, self.trace.events)
 
     @functools.cached_property
     def iterations(self) -> pl.DataFrame:

@@ -45,6 +45,7 @@ def trace_dict(a: TraceAnalysis, with_segments: bool = True) -> dict[str, Any]:
     extra = {}
     if with_segments:
         extra = {"segments": segments_dict(a), "overlap_tax": a.overlap_tax().to_dicts(),
+                 "overlap_tax_notes": a.overlap_tax_notes(),
                  "iterations": a.iterations.to_dicts()}
     return {
         "file": str(t.path),

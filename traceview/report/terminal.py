@@ -172,16 +172,28 @@ def render_segments(a: TraceAnalysis, by: str, console: Console) -> None:
 
 def render_tax(a: TraceAnalysis, console: Console) -> None:
     tax = a.overlap_tax()
+    notes = a.overlap_tax_notes()
+    title = f"{clean(a.trace.name)}: overlap tax (same kernel and shapes, alone vs beside communication)"
     if tax.height == 0:
+        if not notes:
+            reason = ("no communication kernels" if all(g.comm_us <= 0 for g in a.gpus)
+                      else "no kernel ran beside communication")
+            notes = [f"overlap tax: {reason}"]
+        console.print(Text(title, style="bold"))
+        for n in notes:
+            console.print(Text("  " + clean(n), style="yellow"))
         return
-    t = Table(title=f"{clean(a.trace.name)}: overlap tax (same kernel and shapes, alone vs beside communication)",
-              title_justify="left", header_style="bold")
-    for col in ("gpu", "category", "kernels", "with comm ms", "alone estimate ms", "tax ms", "slowdown"):
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for col in ("gpu", "category", "under comm", "kernels", "with comm ms", "alone estimate ms", "tax ms",
+                "slowdown"):
         t.add_column(col, justify="left" if col == "category" else "right")
     for r in tax.iter_rows(named=True):
-        t.add_row(str(r["device"]), clean(r["category"]), str(r["kernels_with_comm"]), fmt_ms(r["time_with_comm_us"]),
-                  fmt_ms(r["alone_estimate_us"]), fmt_ms(r["tax_us"]), fmt_pct(r["slowdown"]))
+        t.add_row(str(r["device"]), clean(r["category"]), r["overlap"], str(r["kernels_with_comm"]),
+                  fmt_ms(r["time_with_comm_us"]), fmt_ms(r["alone_estimate_us"]), fmt_ms(r["tax_us"]),
+                  fmt_pct(r["slowdown"]))
     console.print(t)
+    for n in notes:
+        console.print(Text("  " + clean(n), style="yellow"))
 
 
 def render_skew(skew, offsets: dict, console: Console, caveats: list[str] | None = None) -> None:

@@ -96,8 +96,12 @@ def _overlap_cost(a: "TraceAnalysis", g: "GpuMetrics", s: dict) -> list[str]:
     mb = a.segments("microbatch").filter((pl.col("device") == g.device) & (pl.col("microbatch") != NONE))
     cover = float(mb["cover_other_mb_us"].fill_nan(0.0).sum()) / n if mb.height else 0.0
     tax = a.overlap_tax().filter(pl.col("device") == g.device)
-    tax_text = (f"overlap tax {_ms(float(tax['tax_us'].sum()) / n)} ms{per} (kernels beside communication ran "
-                f"slower than alone)" if tax.height else "overlap tax not measured (see --tax)")
+    if tax.height:
+        tax_text = (f"overlap tax {_ms(float(tax['tax_us'].sum()) / n)} ms{per} (kernels beside communication ran "
+                    f"slower than alone)")
+    else:
+        tax_text = "an overlap tax not measured here (" + ("; ".join(a.overlap_tax_notes()) or
+                                                           "no kernel compared") + ")"
     mbs = a.segmentation.num_microbatches
     return [f"{mbs} micro-batches: the other micro-batch's compute hides {_ms(cover)} ms{per} of communication; "
             f"it costs {tax_text} and {s['kernels']:.0f} kernel launches{per} (each op launched once per "

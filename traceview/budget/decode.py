@@ -18,7 +18,9 @@ from . import flops as F
 from .gpus import GPUSpec
 from .models import ModelConfig
 from .ops import (
+    DEFAULT_CONVENTION,
     OpCost,
+    check_convention,
     allreduce_cost,
     attention_costs,
     dense_mlp_cost,
@@ -44,6 +46,7 @@ class DecodeBudget:
 
     model: str
     gpu: str
+    convention: str
     batch: int
     kv_len: int
     tp: int
@@ -104,12 +107,22 @@ def compute_decode(
     expert_efficiency: float = GROUPED_GEMM_EFFICIENCY,
     gemm_precision: str = "fp8",
     attn_precision: str = "bf16",
+    experts_per_gpu: float = 2,
+    convention: str = DEFAULT_CONVENTION,
 ) -> DecodeBudget:
     """The seed's ``decoding_time`` for one GPU type and batch size.
 
     ``tp`` None applies ``choose_decode_tp``.  ``comm_sm`` defaults to 0 (decode communication
     occupies no SMs in the seed), whatever the GPU's prefill reservation is.
+
+    ``convention`` ``zartbot-2025`` gives the article's tables (FLOPs plus the KV-cache read).
+    ``complete`` (default) takes each op at max(FLOPs, HBM bytes): the attention op reads the
+    FP8 KV cache and its weights, the dense MLP and shared expert their weights, the routed
+    experts the weights of those of the GPU's ``experts_per_gpu`` experts that receive rows
+    (the article's decode deployment, section 3.2: 2 per GPU); its all-reduce moves batch x dim
+    x 2 bytes (the article's expression uses kv_len).
     """
+    conv = check_convention(convention)
     for key, value in (("batch", batch), ("kv_len", kv_len)):
         if not value > 0:
             raise UsageError(f"{key} must be positive (got {value})")
@@ -121,42 +134,56 @@ def compute_decode(
     # q_len 1 per sequence, all keys cached (kv_cache_rate 1), batch sequences.
     attn = attention_costs(
         model, gpu, 1, kv_len, batch=batch, kv_cache_rate=1.0, absorbed=absorbed, comm_sm=comm_sm,
-        gemm_precision=gemm_precision, attn_precision=attn_precision,
+        gemm_precision=gemm_precision, attn_precision=attn_precision, convention=conv,
     )
     tp1 = attn[0].ms + attn[1].ms
-    ar = allreduce_cost(gpu, F.tp_allreduce_bytes(model, kv_len))
-    tp4 = tp1 / 4 + ar.ms
-    tp8 = tp1 / 8 + ar.ms
-    chosen = choose_decode_tp(tp1, tp4) if tp is None else tp
-    attn_tp = tp1 if chosen == 1 else tp1 / chosen + ar.ms
-    kv = kv_load_cost(model, gpu, kv_len, batch)
-    kv16 = kv_load_cost(model, gpu, kv_len, batch, bytes_per_value=2)
-    mlp = dense_mlp_cost(model, gpu, batch, comm_sm=comm_sm, precision=gemm_precision)
+    ar = allreduce_cost(gpu, F.tp_allreduce_bytes(model, kv_len if conv != "complete" else batch), convention=conv)
 
-    ops: list[OpCost] = [op.scaled(1 / chosen) for op in attn]
+    def at_tp(n: int) -> tuple[float, list[OpCost]]:
+        if n == 1:
+            return tp1, list(attn)
+        if conv != "complete":
+            return tp1 / n + ar.ms, [op.scaled(1 / n) for op in attn]
+        split = attention_costs(model, gpu, 1, kv_len, batch=batch, kv_cache_rate=1.0, absorbed=absorbed,
+                                comm_sm=comm_sm, tp=n, gemm_precision=gemm_precision, attn_precision=attn_precision,
+                                convention=conv)
+        return split[0].ms + split[1].ms + ar.ms, split
+
+    tp4, tp8 = at_tp(4)[0], at_tp(8)[0]
+    chosen = choose_decode_tp(tp1, tp4) if tp is None else tp
+    attn_tp, attn_ops = at_tp(chosen)
+    kv = kv_load_cost(model, gpu, kv_len, batch, convention=conv)
+    kv16 = kv_load_cost(model, gpu, kv_len, batch, bytes_per_value=2, convention=conv)
+    mlp = dense_mlp_cost(model, gpu, batch, comm_sm=comm_sm, precision=gemm_precision, convention=conv)
+    # the article adds the KV read to the attention; the complete attention op already reads it
+    kv_extra = kv.ms if conv != "complete" else 0.0
+
+    ops: list[OpCost] = attn_ops
     if chosen > 1:
         ops.append(ar)
-    ops.append(kv)
+    if conv != "complete":
+        ops.append(kv)
     shared_ms = routed_ms = dispatch_ms = combine_ms = 0.0
     if model.is_moe and model.n_moe_layers > 0:
         shared, routed, dispatch, combine = moe_costs(
-            model, gpu, shared_rows=batch * model.n_shared_experts, routed_rows=batch * model.n_activated_experts,
-            dispatch_bytes=F.decode_dispatch_bytes(model, batch), comm_sm=comm_sm, precision=gemm_precision,
-            efficiency=expert_efficiency,
+            model, gpu, shared_tokens=batch, routed_rows=batch * model.n_activated_experts,
+            local_experts=experts_per_gpu, dispatch_bytes=F.decode_dispatch_bytes(model, batch), comm_sm=comm_sm,
+            precision=gemm_precision, efficiency=expert_efficiency, convention=conv,
         )
         ops += [shared, routed, dispatch, combine]
         shared_ms, routed_ms, dispatch_ms, combine_ms = shared.ms, routed.ms, dispatch.ms, combine.ms
     else:
         ops.append(mlp)
 
-    dense_mla = tp1 + kv.ms
-    sparse_mla = attn_tp + kv.ms
+    dense_mla = tp1 + kv_extra
+    sparse_mla = attn_tp + kv_extra
     n_dense, n_moe = model.n_dense_layers, model.n_moe_layers
     tpot_o = (dense_mla + mlp.ms) * n_dense + (sparse_mla + shared_ms + routed_ms) * n_moe
     tpot = tpot_o + (dispatch_ms + combine_ms) * n_moe
     return DecodeBudget(
         model=model.name,
         gpu=gpu.name,
+        convention=conv,
         batch=batch,
         kv_len=kv_len,
         tp=chosen,

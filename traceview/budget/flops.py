@@ -183,3 +183,92 @@ def expert_params(m: ModelConfig, bias: bool = False) -> float:
     """Parameters of one expert: 3 * dim * moe_inter_dim (the seed: 44.05M with biases)."""
     p = 3 * m.dim * m.moe_inter_dim
     return p + (2 * m.moe_inter_dim + m.dim if bias else 0)
+
+
+# --- bytes moved to and from HBM (the complete convention) -----------------------------------
+# Each GEMM of ``rows`` x ``k`` -> ``n`` reads its weight (k x n), its input (rows x k) and
+# writes its output (rows x n).  Weights are read once per batch, whatever the batch size: at
+# small batches that read, not the FLOPs, bounds a step (what the seed's decode model omits).
+
+
+class AttentionBytes(NamedTuple):
+    """HBM bytes of one attention block, split like ``AttentionFlops``: ``gemm`` (projection
+    weights and their activations) and ``attention`` (the KV cache read, queries, outputs and,
+    for MLA, the output projection)."""
+
+    total: float
+    gemm: float
+    attention: float
+
+
+def gemm_bytes(rows: float, k: float, n: float, *, weight: float = 2, act: float = 2, out: float = 2) -> float:
+    """One GEMM: weight k x n, input rows x k, output rows x n (bytes per value given)."""
+    return weight * k * n + act * rows * k + out * rows * n
+
+
+def attention_bytes(
+    m: ModelConfig, q_len: float, kv_len: float, *, batch: float = 1, kv_cache_rate: float = 0.0,
+    absorbed: bool = False, weight: float = 2, act: float = 2, kv: float = 2,
+) -> AttentionBytes:
+    """Bytes of the attention block for ``batch`` sequences of q_len queries over kv_len keys.
+
+    The GEMMs match ``attention_flops`` term by term (absorbed MLA: the absorbed matrices, as its
+    FLOPs count them).  The core reads each sequence's cache once: MLA the 576-wide latent,
+    GQA the K and V heads; the standard (prefill) MLA reads the up-projected K and V."""
+    q, k, b = q_len * batch, kv_len * batch, batch
+    w = dict(weight=weight, act=act)
+    kv_new = k * (1 - kv_cache_rate)  # keys whose projection is computed now
+    h = m.n_heads
+    if m.is_mla:
+        qi = _q_in(m)
+        lat = m.kv_lora_rank + m.qk_rope_head_dim
+        g = gemm_bytes(q, m.dim, m.q_lora_rank, **w) if m.q_lora_rank > 0 else 0.0
+        g += gemm_bytes(kv_new, m.dim, lat, **w)
+        if absorbed:
+            g += gemm_bytes(q, qi, h * m.qk_rope_head_dim, **w) + gemm_bytes(q, qi, h * m.kv_lora_rank, **w)
+            core = kv * b * kv_len * lat + act * q * h * lat + 2 * q * h * m.kv_lora_rank
+            core += gemm_bytes(q, h * m.kv_lora_rank, m.dim, **w)
+        else:
+            g += gemm_bytes(q, qi, h * (m.qk_nope_head_dim + m.qk_rope_head_dim), **w)
+            g += gemm_bytes(k, m.kv_lora_rank, h * (m.qk_nope_head_dim + m.v_head_dim), **w)
+            qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+            core = act * (q * h * qk + k * h * (qk + m.v_head_dim)) + 2 * q * h * m.v_head_dim
+            core += gemm_bytes(q, h * m.v_head_dim, m.dim, **w)
+        return AttentionBytes(g + core, g, core)
+    hd = m.head_dim
+    g = (gemm_bytes(q, m.dim, h * hd, **w) + gemm_bytes(kv_new, m.dim, 2 * m.n_kv_heads * hd, **w)
+         + gemm_bytes(q, h * hd, m.dim, **w))
+    core = kv * k * 2 * m.n_kv_heads * hd + act * q * h * hd + 2 * q * h * hd
+    return AttentionBytes(g + core, g, core)
+
+
+def dense_mlp_bytes(m: ModelConfig, tokens: float, *, weight: float = 2, act: float = 2) -> float:
+    """SwiGLU MLP: the gate/up GEMM (dim -> 2 x inter) and the down GEMM (inter -> dim)."""
+    return (gemm_bytes(tokens, m.dim, 2 * m.inter_dim, weight=weight, act=act)
+            + gemm_bytes(tokens, m.inter_dim, m.dim, weight=weight, act=act))
+
+
+def expert_bytes(m: ModelConfig, rows: float, experts: float, *, width: int | None = None, weight: float = 2,
+                 act: float = 2) -> float:
+    """``experts`` experts (the ones that received rows) over ``rows`` token-expert rows in all:
+    each expert's weights once (3 x dim x width) plus the rows' activations."""
+    w = m.moe_inter_dim if width is None else width
+    return (experts * 3 * m.dim * w * weight
+            + gemm_bytes(rows, m.dim, 2 * w, weight=0, act=act) + gemm_bytes(rows, w, m.dim, weight=0, act=act))
+
+
+def shared_expert_flops(m: ModelConfig, tokens: float) -> float:
+    """The shared expert(s) over ``tokens``: 3 * tokens * dim * shared width * 2 / 1e9 (equal to
+    ``expert_flops(tokens * n_shared_experts)`` when the shared width is n_shared x moe width)."""
+    return 3 * tokens * m.dim * m.shared_inter_dim * 2 / GFLOP
+
+
+def expected_experts_hit(experts: float, rows: float) -> float:
+    """Expected number of ``experts`` that receive at least one of ``rows`` rows routed uniformly
+    at random: E x (1 - (1 - 1/E)^rows).  Without per-expert counts in the trace this is how
+    many experts' weights a grouped GEMM must read (at 1024 rows over 128 experts: 127.97)."""
+    if experts <= 0 or rows <= 0:
+        return 0.0
+    if experts == 1:
+        return 1.0
+    return experts * (1 - (1 - 1 / experts) ** rows)

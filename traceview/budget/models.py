@@ -45,6 +45,7 @@ class ModelConfig:
     v_head_dim: int = 0
     # MoE
     moe_inter_dim: int = 0
+    shared_inter_dim: int = 0  # total width of the shared expert(s); 0 -> n_shared_experts x moe_inter_dim
     n_routed_experts: int = 0
     n_shared_experts: int = 0
     n_activated_experts: int = 0
@@ -63,6 +64,8 @@ class ModelConfig:
             object.__setattr__(self, "head_dim", width)
         if not self.is_moe:
             object.__setattr__(self, "n_dense_layers", self.n_layers)
+        if self.shared_inter_dim == 0 and self.n_shared_experts:
+            object.__setattr__(self, "shared_inter_dim", self.n_shared_experts * self.moe_inter_dim)
         for f in ("dim", "inter_dim", "n_layers", "n_heads"):
             if getattr(self, f) <= 0:
                 raise UsageError(f"model {self.name!r}: {f} must be positive")

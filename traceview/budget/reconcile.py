@@ -38,7 +38,9 @@ import polars as pl
 from ..errors import UsageError
 from .gpus import GPUSpec, get_gpu
 from .models import ModelConfig, load_model
-from .ops import allreduce_cost, alltoall_cost, attention_costs, dense_mlp_cost, expert_cost, kv_load_cost
+from .flops import expected_experts_hit
+from .ops import (DEFAULT_CONVENTION, ZARTBOT_2025, _compute_op, allreduce_cost, alltoall_cost, attention_costs,
+                  check_convention, dense_mlp_cost, expert_cost, kv_load_cost, shared_expert_cost)
 
 CLASSES = ("mla", "routed_experts", "shared_expert", "dense_mlp", "dispatch", "combine", "all_reduce")
 ATTN_PHASE = re.compile(r"(?i)attn|attention|mla")
@@ -149,8 +151,9 @@ def _op_roofline(op: str, dims: str, cls: str, elem: int) -> tuple[float, float]
         bb, m, k = a
         return 2.0 * bb * m * k * b[2], float(elem * (n(a) + n(b) + bb * m * b[2]))
     if op == "aten::_grouped_mm" and len(a) == 2 and len(b) == 3:
-        r, k = a
-        return 2.0 * r * k * b[2], float(elem * (n(a) + n(b) + r * b[2]))
+        r, k = a  # only the experts that receive rows need their weights read (expected number)
+        hit = expected_experts_hit(b[0], r) / b[0] if b[0] else 1.0
+        return 2.0 * r * k * b[2], float(elem * (n(a) + n(b) * hit + r * b[2]))
     if any(f in op for f in FLASH_OPS) and len(a) == 4 and len(b) == 4:
         v = _first_shape(dims, 2) or b
         if any(f in op for f in FLASH_BSHD):
@@ -168,6 +171,7 @@ def _segment_shapes(ops: pl.DataFrame, model: ModelConfig, world_size: int, elem
     """Token counts and sizes of one segment, from its launching ops' input dims (each op once),
     plus per-class FLOPs and bytes of those ops (for the roofline bound)."""
     tokens, attn, rows, bytes_ = [], None, [], {"dispatch": 0.0, "combine": 0.0, "all_reduce": 0.0}
+    local_experts: list[int] = []
     roof: dict[str, list[float]] = {}
     # one row per launching op; its class is that of its modeled kernel (an op can also launch
     # helper kernels, e.g. a grouped GEMM's argument preparation)
@@ -200,6 +204,8 @@ def _segment_shapes(ops: pl.DataFrame, model: ModelConfig, world_size: int, elem
             attn = {"batch": a[0], "q_len": 1, "kv_len": b[2], "heads": a[1], "absorbed": True}
         elif op == "aten::_grouped_mm" and a and len(a) == 2 and a[-1] == model.dim:
             rows.append(a[0])
+            if b and len(b) == 3:
+                local_experts.append(b[0])
         elif cls in bytes_ and a and a[-1] == model.dim:
             nel = 1
             for x in a:
@@ -208,6 +214,7 @@ def _segment_shapes(ops: pl.DataFrame, model: ModelConfig, world_size: int, elem
     crossing = (world_size - 1) / world_size if world_size > 1 else 1.0
     return {
         "tokens": _mode(tokens), "rows": sum(rows) if rows else None,
+        "local_experts": max(local_experts) if local_experts else None,
         "attn_batch": attn["batch"] if attn else None, "q_len": attn["q_len"] if attn else None,
         "kv_len": attn["kv_len"] if attn else None, "heads": attn["heads"] if attn else None,
         "absorbed": attn["absorbed"] if attn else None,
@@ -223,50 +230,56 @@ def _roofline_ms(gpu: GPUSpec, gflop: float, nbytes: float, precision: str) -> f
 
 
 def _link_ms(gpu: GPUSpec, nbytes: float, link: str) -> float:
+    """Bytes at the link's datasheet peak (SI: GB/s = 1e6 bytes per ms)."""
     bw = gpu.nvlink_gbps if link == "nvlink" else gpu.scaleout_gbps
-    return nbytes / (1024 * 1024) / bw
+    return nbytes / (bw * 1e6)
 
 
 def _model_segment(s: dict, present: set[str], model: ModelConfig, gpu: GPUSpec, phase: str, precision: str,
-                   link: str) -> dict[str, tuple[float, float | None]]:
-    """class -> (model_ms by the seed's formulas, roofline_ms from the ops' own shapes)."""
+                   link: str, convention: str = DEFAULT_CONVENTION, elem: int = 2
+                   ) -> dict[str, tuple[float, float | None]]:
+    """class -> (model_ms under ``convention``, roofline_ms from the ops' own shapes)."""
     comm_sm = None if phase == "prefill" else 0
-    out: dict[str, tuple[float, float]] = {}
+    conv = check_convention(convention)
+    out: dict[str, tuple[float, float | None]] = {}
     roof = {c: _roofline_ms(gpu, fl / 1e9, by, precision if c != "mla" else "bf16")
             for c, (fl, by, _n) in s["_roof"].items() if fl or by}
     T = s["tokens"]
+    tp = max(1, round(model.n_heads / s["heads"])) if s["heads"] else 1
     if "mla" in present and s["q_len"]:
-        tp = max(1, round(model.n_heads / s["heads"])) if s["heads"] else 1
         decode = bool(s["absorbed"]) or s["q_len"] == 1
         gemm, attn = attention_costs(model, gpu, s["q_len"], s["kv_len"], batch=s["attn_batch"],
                                      absorbed=bool(s["absorbed"]), kv_cache_rate=1.0 if decode else 0.0, tp=tp,
-                                     comm_sm=comm_sm, gemm_precision=precision, attn_precision="bf16")
-        attn_ms = attn.ms
+                                     comm_sm=comm_sm, gemm_precision=precision, attn_precision="bf16",
+                                     kv_bytes=elem, convention=conv)
         if not decode and s["q_len"] == s["kv_len"] and attn.gflop:  # causal prefill: half of q x kv
             h = model.n_heads / tp
             core = 2 * h * s["q_len"] * s["kv_len"] * (model.qk_rope_head_dim + model.qk_nope_head_dim
-                                                        + model.v_head_dim) * s["attn_batch"] / 1e9
-            attn_ms *= (attn.gflop - core / 2) / attn.gflop
-        mla_ms = gemm.ms + attn_ms
-        if decode:  # reading the KV cache from HBM (bf16 here), as the seed's decode budget adds
+                                                        + model.v_head_dim if model.is_mla else 2 * model.head_dim)
+            core *= s["attn_batch"] / 1e9
+            attn = _compute_op(attn.name, gpu, attn.gflop - core / 2, attn.bytes, attn.precision, conv,
+                               comm_sm=comm_sm)
+        mla_ms = gemm.ms + attn.ms
+        if decode and conv == ZARTBOT_2025:  # the article adds reading the KV cache (here bf16)
             mla_ms += kv_load_cost(model, gpu, s["kv_len"], s["attn_batch"] / tp, bytes_per_value=2).ms
         out["mla"] = (mla_ms, roof.get("mla"))
     if "routed_experts" in present and s["rows"] and model.is_moe:
-        c = expert_cost(model, gpu, s["rows"], comm_sm=comm_sm, precision=precision)
+        local = s.get("local_experts") or model.n_routed_experts
+        c = expert_cost(model, gpu, s["rows"], comm_sm=comm_sm, precision=precision,
+                        experts=expected_experts_hit(local, s["rows"]), convention=conv)
         out["routed_experts"] = (c.ms, roof.get("routed_experts"))
-    if "shared_expert" in present and T and model.is_moe:
-        c = expert_cost(model, gpu, T, name="shared_expert", comm_sm=comm_sm, precision=precision)
-        out["shared_expert"] = (c.ms * max(1, model.n_shared_experts), roof.get("shared_expert"))
+    if "shared_expert" in present and T and model.is_moe and model.shared_inter_dim:
+        c = shared_expert_cost(model, gpu, T, comm_sm=comm_sm, precision=precision, convention=conv)
+        out["shared_expert"] = (c.ms, roof.get("shared_expert"))
     if "dense_mlp" in present and T:
-        tp = max(1, round(model.n_heads / s["heads"])) if s["heads"] else 1
-        c = dense_mlp_cost(model, gpu, T, comm_sm=comm_sm, precision=precision)
-        out["dense_mlp"] = (c.ms / tp, roof.get("dense_mlp"))
+        c = dense_mlp_cost(model, gpu, T, comm_sm=comm_sm, precision=precision, tp=tp, convention=conv)
+        out["dense_mlp"] = (c.ms, roof.get("dense_mlp"))
     for cls in ("dispatch", "combine"):
         if cls in present and s[f"{cls}_bytes"]:
-            c = alltoall_cost(gpu, s[f"{cls}_bytes"], name=cls, link=link)
+            c = alltoall_cost(gpu, s[f"{cls}_bytes"], name=cls, link=link, convention=conv)
             out[cls] = (c.ms, _link_ms(gpu, c.bytes, link))
     if "all_reduce" in present and s["all_reduce_bytes"]:
-        c = allreduce_cost(gpu, s["all_reduce_bytes"])
+        c = allreduce_cost(gpu, s["all_reduce_bytes"], convention=conv)
         out["all_reduce"] = (c.ms, _link_ms(gpu, c.bytes, "nvlink"))
     return out
 
@@ -289,7 +302,8 @@ def _apply_overrides(s: dict, tokens: int | None, kv_len: int | None, batch: int
 
 def reconcile(analysis, model: ModelConfig | str, gpu: GPUSpec | str, *, phase: str | None = None,
               precision: str = "auto", gpus_per_node: int = 8, gpu_file: str | None = None,
-              tokens: int | None = None, kv_len: int | None = None, batch: int | None = None) -> Reconciliation:
+              tokens: int | None = None, kv_len: int | None = None, batch: int | None = None,
+              convention: str = DEFAULT_CONVENTION) -> Reconciliation:
     """Measured vs modeled time per budget class, per segment and per iteration.
 
     Shapes come from the trace (``record_shapes``); ``tokens`` (per micro-batch), ``kv_len``
@@ -325,7 +339,8 @@ def reconcile(analysis, model: ModelConfig | str, gpu: GPUSpec | str, *, phase: 
         key = tuple(row[c] for c in keys)
         present = set(measured.filter(*[pl.col(c) == v for c, v in zip(keys, key)])["class"].to_list())
         seg_phase = phase or (own if staged and own else ph)  # several stages: each segment its own
-        for cls, (mms, pms) in _model_segment(row, present, model, gpu, seg_phase, precision, link).items():
+        for cls, (mms, pms) in _model_segment(row, present, model, gpu, seg_phase, precision, link, convention,
+                                              1 if precision == "fp8" else 2).items():
             model_rows.append(dict(zip(keys, key)) | {"class": cls, "model_ms": mms, "peak_ms": pms})
     shapes = pl.DataFrame([{k2: v for k2, v in r.items() if k2 != "_roof"} for r in shape_rows], infer_schema_length=None)
     modeled = pl.DataFrame(model_rows, schema={"device": pl.Int64, **{c: pl.Utf8 for c in keys[1:]},

@@ -212,9 +212,11 @@ def attention_bytes(
 ) -> AttentionBytes:
     """Bytes of the attention block for ``batch`` sequences of q_len queries over kv_len keys.
 
-    The GEMMs match ``attention_flops`` term by term (absorbed MLA: the absorbed matrices, as its
-    FLOPs count them).  The core reads each sequence's cache once: MLA the 576-wide latent,
-    GQA the K and V heads; the standard (prefill) MLA reads the up-projected K and V."""
+    The GEMMs match ``attention_flops`` (absorbed MLA reads the weights as stored, applying
+    wkv_b per head, as decode kernels do; its FLOPs stay the article's materialised count).  The core reads each sequence's cache: absorbed MLA as the article's two
+    products (scores over the 576-wide latent, values over its 512 values: the latent is read
+    twice, and the score matrix written and read), GQA the K and V heads once (a fused kernel);
+    the standard (prefill) MLA reads the up-projected K and V."""
     q, k, b = q_len * batch, kv_len * batch, batch
     w = dict(weight=weight, act=act)
     kv_new = k * (1 - kv_cache_rate)  # keys whose projection is computed now
@@ -225,9 +227,17 @@ def attention_bytes(
         g = gemm_bytes(q, m.dim, m.q_lora_rank, **w) if m.q_lora_rank > 0 else 0.0
         g += gemm_bytes(kv_new, m.dim, lat, **w)
         if absorbed:
-            g += gemm_bytes(q, qi, h * m.qk_rope_head_dim, **w) + gemm_bytes(q, qi, h * m.kv_lora_rank, **w)
-            core = kv * b * kv_len * lat + act * q * h * lat + 2 * q * h * m.kv_lora_rank
-            core += gemm_bytes(q, h * m.kv_lora_rank, m.dim, **w)
+            # weights as stored (wq_b, and wkv_b applied per head: W_UK to the query, W_UV to the
+            # output), as absorbed decode kernels use them; not the materialised products
+            g += gemm_bytes(q, qi, h * (m.qk_nope_head_dim + m.qk_rope_head_dim), **w)
+            g += weight * m.kv_lora_rank * h * m.qk_nope_head_dim + act * q * h * m.qk_nope_head_dim
+            g += 2 * q * h * m.kv_lora_rank
+            # the article's two products, each reading its operand: scores over the 576-wide
+            # latent, values over its 512-wide part; the score matrix written then read (bf16)
+            core = kv * b * kv_len * (lat + m.kv_lora_rank) + act * q * h * lat + 2 * q * h * m.kv_lora_rank
+            core += 2 * 2 * q * h * kv_len
+            core += weight * m.kv_lora_rank * h * m.v_head_dim + act * q * h * m.kv_lora_rank + 2 * q * h * m.v_head_dim
+            core += gemm_bytes(q, h * m.v_head_dim, m.dim, **w)
         else:
             g += gemm_bytes(q, qi, h * (m.qk_nope_head_dim + m.qk_rope_head_dim), **w)
             g += gemm_bytes(k, m.kv_lora_rank, h * (m.qk_nope_head_dim + m.v_head_dim), **w)
@@ -272,3 +282,19 @@ def expected_experts_hit(experts: float, rows: float) -> float:
     if experts == 1:
         return 1.0
     return experts * (1 - (1 - 1 / experts) ** rows)
+
+
+def mla_down_projections(m: ModelConfig, q_len: float, kv_len: float, *, batch: float = 1,
+                         kv_cache_rate: float = 0.0, weight: float = 2, act: float = 2) -> tuple[float, float]:
+    """(GFLOP, bytes) of MLA's query and KV down-projections (``wq_a``, ``wkv_a``): plain
+    (replicated) linears under tensor parallelism, so every TP rank does all of them.  (0, 0)
+    for non-MLA models."""
+    if not m.is_mla:
+        return 0.0, 0.0
+    q, kv_new = q_len * batch, kv_len * batch * (1 - kv_cache_rate)
+    lat = m.kv_lora_rank + m.qk_rope_head_dim
+    macs = kv_new * m.dim * lat + (q * m.dim * m.q_lora_rank if m.q_lora_rank > 0 else 0)
+    nbytes = gemm_bytes(kv_new, m.dim, lat, weight=weight, act=act)
+    if m.q_lora_rank > 0:
+        nbytes += gemm_bytes(q, m.dim, m.q_lora_rank, weight=weight, act=act)
+    return macs * 2 / GFLOP, nbytes

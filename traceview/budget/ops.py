@@ -172,10 +172,17 @@ def attention_costs(
     attn = fl.attention * share
     by = F.attention_bytes(model, q_len, kv_len, batch=batch, kv_cache_rate=kv_cache_rate, absorbed=absorbed,
                            weight=value_bytes(gemm_precision), act=value_bytes(gemm_precision), kv=kv_bytes)
-    latent = kv_bytes * batch * kv_len * model.kv_values_per_token if model.is_mla else 0.0
+    latent = (kv_bytes * batch * kv_len * (model.kv_values_per_token + model.kv_lora_rank)
+              if model.is_mla and absorbed else 0.0)  # every TP rank reads its sequences' whole latent
     attn_bytes = (by.attention - latent) / tp + latent
+    gemm_bytes = by.gemm / tp
+    if tp > 1 and check_convention(convention) == COMPLETE:  # wq_a / wkv_a are replicated, not split
+        down_f, down_b = F.mla_down_projections(model, q_len, kv_len, batch=batch, kv_cache_rate=kv_cache_rate,
+                                                weight=value_bytes(gemm_precision), act=value_bytes(gemm_precision))
+        gemm += down_f * (1 - 1 / tp)
+        gemm_bytes += down_b * (1 - 1 / tp)
     return [
-        _compute_op(f"{kind}.gemm", gpu, gemm, by.gemm / tp, gemm_precision, convention, comm_sm=comm_sm),
+        _compute_op(f"{kind}.gemm", gpu, gemm, gemm_bytes, gemm_precision, convention, comm_sm=comm_sm),
         _compute_op(f"{kind}.attn", gpu, attn, attn_bytes, attn_precision, convention, comm_sm=comm_sm),
     ]
 

@@ -20,7 +20,8 @@ from .progress import LoadProgress
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="The HTML file to write (one self-contained file; opens offline).")
 @click.option("--model", help="Add measured vs modeled budget: a model name (deepseek-v3, ...) or a config.json.")
-@click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...).")
+@click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...) [default: from the trace's "
+                                        "deviceProperties].")
 @click.option("--max-events", default=20_000, show_default=True, type=click.IntRange(100, 2_000_000),
               help="Kernel boxes drawn, shared among the GPUs' timelines (each GPU gets at least "
                    "min(N, 500), so a timeline stays readable); beyond its share a GPU's short kernels are "
@@ -40,8 +41,8 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, se
     from ..report.html import write_html
 
     load_rules(rules_file)
-    if (model or gpu_name) and not (model and gpu_name):
-        raise UsageError("--model and --gpu go together")
+    if gpu_name and not model:
+        raise UsageError("--gpu goes with --model (the budget model to reconcile against)")
     out = Path(output)
     if not out.parent.is_dir():
         raise TraceError(out, "the output's directory does not exist")
@@ -67,7 +68,7 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, se
     sys.exit(EXIT_INPUT if failed else 0)
 
 
-def reconcile_all(good: list[TraceAnalysis], model: str, gpu: str) -> tuple[dict | None, str | None]:
+def reconcile_all(good: list[TraceAnalysis], model: str, gpu: str | None) -> tuple[dict | None, str | None]:
     """Per analysis, ``traceview.budget.reconcile.reconcile(a, model, gpu)``; where the budget
     code is missing, (None, why) so the page says the part is unavailable."""
     try:
@@ -76,5 +77,5 @@ def reconcile_all(good: list[TraceAnalysis], model: str, gpu: str) -> tuple[dict
         return None, f"the budget reconciliation is not available here ({type(e).__name__})"
     from ..budget import get_gpu, load_model
 
-    m, g = load_model(model), get_gpu(gpu)  # bad names: UsageError -> one line, exit 2
+    m, g = load_model(model), get_gpu(gpu) if gpu else None  # bad names: UsageError -> one line, exit 2
     return {id(a): reconcile(a, m, g) for a in good}, None

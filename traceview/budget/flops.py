@@ -279,8 +279,8 @@ def expected_experts_hit(experts: float, rows: float) -> float:
     many experts' weights a grouped GEMM must read (at 1024 rows over 128 experts: 127.97)."""
     if experts <= 0 or rows <= 0:
         return 0.0
-    if experts == 1:
-        return 1.0
+    if experts <= 1:  # one expert, or a share of one (more GPUs than experts): all of it is read
+        return float(experts)
     return experts * (1 - (1 - 1 / experts) ** rows)
 
 

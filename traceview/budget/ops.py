@@ -242,6 +242,8 @@ def shared_expert_cost(
     moe_intermediate for DeepSeek, ``shared_expert_intermediate_size`` for Qwen2-MoE)."""
     if not model.is_moe:
         raise UsageError(f"model {model.name!r} has no experts")
+    if not model.shared_inter_dim:  # Qwen3-MoE, Mixtral, GPT-OSS: no shared expert
+        return OpCost("shared_expert", 0.0, 0.0, 0.0, precision)
     g = F.shared_expert_flops(model, tokens)
     b = F.expert_bytes(model, tokens, 1, width=model.shared_inter_dim, weight=value_bytes(precision),
                        act=value_bytes(precision))

@@ -89,6 +89,10 @@ class Reconciliation:
         if "stage" in self.segments.columns:
             notes.append(f"stages modeled separately ({', '.join(sorted(set(self.segments['stage'].to_list())))}), "
                          "each with its own shapes; the table sums them")
+        if "capacity_rows" in self.shapes.columns and self.shapes["capacity_rows"].drop_nulls().len():
+            notes.append("routed experts: the grouped GEMMs run over a fixed-capacity buffer (rows for every rank's "
+                         "tokens' top-k); the kernel skips the masked rows, so model and roofline count the balanced "
+                         "tokens x top-k rows")
         if not self.model.is_mla:
             notes.append(f"{self.model.name} has no MLA: the 'mla' class is its attention (projections + core)")
         if self.summary.filter(pl.col("class").is_in(list(_COMM))).height:
@@ -174,7 +178,7 @@ def _mode(values: list[int]) -> int | None:
     return max(set(values), key=values.count) if values else None
 
 
-def _op_roofline(op: str, dims: str, cls: str, elem: int) -> tuple[float, float]:
+def _op_roofline(op: str, dims: str, cls: str, elem: int, rows_scale: float = 1.0) -> tuple[float, float]:
     """(FLOPs, bytes) of one launching op, from its input shapes; (0, 0) if unknown."""
     a, b = _first_shape(dims, 0), _first_shape(dims, 1)
     if not a or not b:
@@ -195,8 +199,9 @@ def _op_roofline(op: str, dims: str, cls: str, elem: int) -> tuple[float, float]
         return 2.0 * bb * m * k * b[2], float(elem * (n(a) + n(b) + bb * m * b[2]))
     if op == "aten::_grouped_mm" and len(a) == 2 and len(b) == 3:
         r, k = a  # only the experts that receive rows need their weights read (expected number)
+        r = r * rows_scale  # a fixed-capacity buffer: only the real rows are computed
         hit = expected_experts_hit(b[0], r) / b[0] if b[0] else 1.0
-        return 2.0 * r * k * b[2], float(elem * (n(a) + n(b) * hit + r * b[2]))
+        return 2.0 * r * k * b[2], float(elem * (r * k + n(b) * hit + r * b[2]))
     if any(f in op for f in FLASH_OPS) and len(a) == 4 and len(b) == 4:
         v = _first_shape(dims, 2) or b
         if any(f in op for f in FLASH_BSHD):
@@ -210,7 +215,7 @@ def _op_roofline(op: str, dims: str, cls: str, elem: int) -> tuple[float, float]
     return 0.0, 0.0
 
 
-def _segment_shapes(ops: pl.DataFrame, model: ModelConfig, world_size: int, elem: int = 2) -> dict:
+def _segment_shapes(ops: pl.DataFrame, model: ModelConfig, world_size: int, elem: int = 2, ep: int = 1) -> dict:
     """Token counts and sizes of one segment, from its launching ops' input dims (each op once),
     plus per-class FLOPs and bytes of those ops (for the roofline bound)."""
     tokens, attn, rows, bytes_ = [], None, [], {"dispatch": 0.0, "combine": 0.0, "all_reduce": 0.0}
@@ -265,8 +270,22 @@ def _segment_shapes(ops: pl.DataFrame, model: ModelConfig, world_size: int, elem
             bytes_[cls] += nel * 2  # bf16 hidden states; small fp32 metadata tensors are not counted
     crossing = (world_size - 1) / world_size if world_size > 1 else 1.0
     steps = max(1, attn_ops)  # e.g. decode steps without iteration labels: model one, times steps
+    capacity = None
+    tok = _mode(tokens)
+    if rows and tok and ep > 1 and model.is_moe and sum(rows) // steps == tok * ep * model.n_activated_experts:
+        # a fixed-capacity buffer (room for every rank's tokens' top-k): the kernel skips the masked
+        # rows, so count the balanced tokens x top-k rows, in the roofline too
+        capacity = sum(rows) // steps
+        scale = tok * model.n_activated_experts / capacity
+        rows = [tok * model.n_activated_experts * steps]
+        acc = [0.0, 0.0, 0.0]
+        for op, dims, cls in uniq.select("op", "dims", "class").iter_rows():
+            if cls == "routed_experts" and op is not None and dims is not None:
+                fl, by = _op_roofline(op, dims, cls, elem, scale)
+                acc = [acc[0] + fl, acc[1] + by, acc[2] + 1]
+        roof["routed_experts"] = acc
     return {
-        "steps": steps, "_widths": gemm_widths,
+        "steps": steps, "_widths": gemm_widths, "capacity_rows": capacity,
         "tokens": _mode(tokens), "rows": sum(rows) // steps if rows else None,
         "local_experts": max(local_experts) if local_experts else None,
         "attn_batch": attn["batch"] if attn else None, "q_len": attn["q_len"] if attn else None,
@@ -405,6 +424,7 @@ def reconcile(analysis, model: ModelConfig | str, gpu: GPUSpec | str | None = No
         precision = "fp8" if (fp8 or 0) > 0.5 else "bf16"
     elem = 1 if precision == "fp8" else 2
     ws = analysis.trace.world_size or 1
+    ep = ws if ws > 1 else max(1, len(getattr(analysis, "gpus", []) or []))  # one file may hold several GPUs
     link = "nvlink" if ws <= gpus_per_node else "scaleout"
     # a trace holding several stages (a prefill pass, then decode steps) is modeled stage by
     # stage, each with its own shapes and phase: lumping them would model decode with prefill shapes
@@ -418,7 +438,7 @@ def reconcile(analysis, model: ModelConfig | str, gpu: GPUSpec | str | None = No
     widths: list[int] = []
     own_q: list[int | None] = []  # the trace's query tokens per sequence, before any override
     for key, seg in k.partition_by(keys, as_dict=True, maintain_order=True).items():
-        s = _segment_shapes(seg, model, ws, elem)
+        s = _segment_shapes(seg, model, ws, elem, ep)
         own_phase.append(None if s["q_len"] is None else "decode" if s["q_len"] == 1 else "prefill")
         own_q.append(s["q_len"])
         widths += s["_widths"]
@@ -504,6 +524,10 @@ def _sanity(summary: pl.DataFrame, model: ModelConfig, gpu: GPUSpec, phase: str 
             out.append(f"{r['class']}: efficiency {r['efficiency']:.1%} is above 100% of {gpu.name}'s peak: the "
                        "hardware that ran this is faster than the spec, or the bytes/FLOPs read from the trace are "
                        "too few: check --gpu")
+        if (r["class"] in _MAIN and r["model_ms"] is not None and r["peak_ms"] is not None
+                and r["model_ms"] < r["peak_ms"] * (1 - 1e-9)):
+            out.append(f"{r['class']}: the model ({r['model_ms']:.3f} ms) is below the roofline of the trace's own ops "
+                       f"({r['peak_ms']:.3f} ms): it counts less work than the trace ran: check {hint}")
         v = r["vs_model"]
         if r["class"] in _MAIN and v is not None and v > 0 and (v > RATIO_LIMIT or v < 1 / RATIO_LIMIT):
             out.append(f"{r['class']}: model/measured {v:.0%} is beyond {RATIO_LIMIT:g}x either way: "

@@ -267,7 +267,7 @@ def _print_table(model: ModelConfig, gpus: list[GPUSpec], phase: str, results: S
         table.add_row(label, layers, *cells)
     width = max(100, 26 + 8 + sum(max(len(h), 10) + 3 for h in headers))
     console = Console(width=width if not sys.stdout.isatty() else None, highlight=False)
-    console.print(title + f" [{results[0].convention} convention]", soft_wrap=True)
+    console.print(title + f" ({results[0].convention} convention)", soft_wrap=True)
     console.print(table)
     if phase == "decode" and results[0].convention == "zartbot-2025":  # the article's model: what it leaves out
         console.print("note: as in the seed, decode counts FLOPs and the KV-cache read, not reading the weights "
@@ -287,5 +287,5 @@ def _print_list(gpu_file: Path | None, fmt: str) -> None:
     click.echo("gpus:")
     for name, g in gpus.items():
         fp8 = f"{g.fp8_tflops:g}" if g.fp8_tflops is not None else "-"
-        click.echo(f"  {name:<8} sm {g.sm:>3}  bf16 {g.bf16_tflops:>6g}  fp8 {fp8:>6}  HBM {g.hbm_gb:g} GB "
+        click.echo(f"  {name:<10} sm {g.sm:>3}  bf16 {g.bf16_tflops:>6g}  fp8 {fp8:>6}  HBM {g.hbm_gb:g} GB "
                    f"{g.hbm_gbps:g} GB/s  NVLink {g.nvlink_gbps:g}  scale-out {g.scaleout_gbps:g}")

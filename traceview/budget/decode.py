@@ -1,4 +1,4 @@
-"""The decode budget of seeds/001 (section 3): per-GPU batch ``batch`` decoding over ``kv_len``
+"""The decode budget of zartbot (2025-03) (section 3): per-GPU batch ``batch`` decoding over ``kv_len``
 keys with absorbed MLA, giving TPOT with and without overlap and the per-layer communication
 slack ("TimeBudget") that the two-micro-batch schedule can hide the all-to-all in.
 
@@ -35,7 +35,7 @@ GROUPED_GEMM_EFFICIENCY = 0.7
 
 @dataclass(frozen=True)
 class DecodeBudget:
-    """Every column of the seed's decode tables (times in ms per layer unless named otherwise).
+    """Every column of the article's decode tables (times in ms per layer unless named otherwise).
 
     ``attn_tp1_ms`` = batch x (GEMM/fp8 + attention/bf16); ``attn_tp{4,8}_ms`` = TP1/n + AR;
     ``attn_tp_ms`` is the chosen ``tp``.  ``dense_mla_ms`` = TP1 + KV load (dense layers),
@@ -80,7 +80,7 @@ class DecodeBudget:
 
     @property
     def label(self) -> str:
-        """The seed's column label, e.g. ``H20(TP4)``."""
+        """The article's column label, e.g. ``H20(TP4)``."""
         return f"{self.gpu}(TP{self.tp})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +90,7 @@ class DecodeBudget:
 
 
 def choose_decode_tp(attn_tp1_ms: float, attn_tp4_ms: float) -> int:
-    """The seed's rule: TP1 unless TP4 is faster, then TP4.  (Its H20-3e TP8 is a memory choice
+    """The article's rule: TP1 unless TP4 is faster, then TP4.  (Its H20-3e TP8 is a memory choice
     made by name; pass ``tp=8`` for it.)"""
     return 4 if attn_tp1_ms > attn_tp4_ms else 1
 
@@ -110,10 +110,10 @@ def compute_decode(
     experts_per_gpu: float = 2,
     convention: str = DEFAULT_CONVENTION,
 ) -> DecodeBudget:
-    """The seed's ``decoding_time`` for one GPU type and batch size.
+    """The article's ``decoding_time`` for one GPU type and batch size.
 
     ``tp`` None applies ``choose_decode_tp``.  ``comm_sm`` defaults to 0 (decode communication
-    occupies no SMs in the seed), whatever the GPU's prefill reservation is.
+    occupies no SMs in the article), whatever the GPU's prefill reservation is.
 
     ``convention`` ``zartbot-2025`` gives the article's tables (FLOPs plus the KV-cache read).
     ``complete`` (default) takes each op at max(FLOPs, HBM bytes): the attention op reads the
@@ -230,14 +230,14 @@ def max_decode_batch(
     mem_util: float = 0.9,
     other_params_gb: float | None = None,
 ) -> float:
-    """Largest per-GPU decode batch whose KV cache fits (the seed's ``_decoding_batchsize``).
+    """Largest per-GPU decode batch whose KV cache fits (the article's ``_decoding_batchsize``).
 
     Memory left = hbm_gb x mem_util - other weights - MLA weights x n_layers / tp - expert
     weights x n_moe_layers x experts_per_gpu (FP8, 1 byte per parameter, millions / 1024 read
-    as GB as in the seed); each sequence holds (kv_len + decode_len) x 576 x n_layers x tp
+    as GB as in the article); each sequence holds (kv_len + decode_len) x 576 x n_layers x tp
     values (TP ranks each keep the full latent cache).  ``other_params_gb`` (embeddings, lm_head,
-    dense MLPs, gates) defaults to a count from the model; the seed used 2.91.  Parameter counts
-    follow the seed's sources: standard MLA and experts with biases (187.17M, 44.05M), absorbed
+    dense MLPs, gates) defaults to a count from the model; the article used 2.91.  Parameter counts
+    follow the article's sources: standard MLA and experts with biases (187.17M, 44.05M), absorbed
     MLA without (598.15M).
     """
     mla_m = F.mla_params(model, absorbed=absorbed, bias=not absorbed) / 1e6

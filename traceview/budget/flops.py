@@ -1,7 +1,7 @@
 """FLOP and byte counts per operator: pure functions of the model shapes, no hardware.
 
-FLOPs are 2 x MACs, returned in GFLOP (1e9) as the seed does; bytes are plain bytes (the timing
-layer converts them with the seed's MiB convention).  Formulas follow seeds/001 line for line,
+FLOPs are 2 x MACs, returned in GFLOP (1e9) as the article does; bytes are plain bytes (the timing
+layer converts them with the article's MiB convention).  Formulas follow zartbot (2025-03) line for line,
 including its choices: the KV-cache hit rate only discounts the KV down-projection, attention is
 counted over the full q_len x kv_len rectangle (no causal halving), and in the standard MLA the
 output projection ``wo`` is counted with the attention (BF16) part.
@@ -33,7 +33,7 @@ GFLOP = 1e9
 
 
 class AttentionFlops(NamedTuple):
-    """GFLOP of one attention block: ``gemm`` (projections, run in FP8 by the seed) and
+    """GFLOP of one attention block: ``gemm`` (projections, run in FP8 by the article) and
     ``attention`` (score/value products and, for MLA, the output projection; BF16)."""
 
     total: float
@@ -53,7 +53,7 @@ def _q_in(m: ModelConfig) -> int:
 
 
 def mla_flops(m: ModelConfig, q_len: float, kv_len: float, kv_cache_rate: float = 0.0) -> AttentionFlops:
-    """Standard (non-absorbed) MLA, the seed's ``mla_flops``: prefill's form.
+    """Standard (non-absorbed) MLA, the article's ``mla_flops``: prefill's form.
 
     ``kv_cache_rate`` is the fraction of the kv_len keys whose latent is already cached, so only
     their down-projection (``wkv_a``) is skipped.  1 token over 1 key on DeepSeek-V3:
@@ -74,7 +74,7 @@ def mla_flops(m: ModelConfig, q_len: float, kv_len: float, kv_cache_rate: float 
 
 
 def mla_absorbed_flops(m: ModelConfig, q_len: float, kv_len: float, kv_cache_rate: float = 0.0) -> AttentionFlops:
-    """MLA with W_UK absorbed into the query and W_UV into ``wo`` (the seed's
+    """MLA with W_UK absorbed into the query and W_UV into ``wo`` (the article's
     ``mla_matabsob_flops``): decode's form, an MQA over the 576-wide latent."""
     h = m.n_heads
     q_down = q_len * m.dim * m.q_lora_rank if m.q_lora_rank > 0 else 0
@@ -119,7 +119,7 @@ def dense_mlp_flops(m: ModelConfig, tokens: float) -> float:
 def expert_flops(m: ModelConfig, tokens: float) -> float:
     """One expert (routed or shared) over ``tokens`` rows: 3 * tokens * dim * moe_inter_dim * 2 / 1e9.
 
-    For routed experts pass token-expert rows (tokens x top-k), as the seed does."""
+    For routed experts pass token-expert rows (tokens x top-k), as the article does."""
     return 3 * tokens * m.dim * m.moe_inter_dim * 2 / GFLOP
 
 
@@ -133,7 +133,7 @@ def prefill_dispatch_bytes(
 ) -> float:
     """Bytes one node sends across the scale-out network for one MoE dispatch in prefill.
 
-    The seed: each of the node's gpus_per_node/tp DP groups sends its seq_len tokens (FP8) to
+    The article: each of the node's gpus_per_node/tp DP groups sends its seq_len tokens (FP8) to
     the dispatch_nodes - 1 other nodes it routes to.  Combine sends 2x (BF16)."""
     return (dispatch_nodes - 1) * (gpus_per_node / tp) * seq_len * m.dim * bytes_per_value
 
@@ -152,7 +152,7 @@ def kv_cache_bytes(m: ModelConfig, kv_len: float, batch: float = 1, bytes_per_va
 def mla_params(m: ModelConfig, absorbed: bool = False, bias: bool = False) -> float:
     """Parameters of one attention block (MLA; GQA falls back to q/k/v/o).
 
-    The seed quotes 187.17M for standard MLA (ptflops with bias=True Linear layers) and
+    The article quotes 187.17M for standard MLA (ptflops with bias=True Linear layers) and
     598.147M for the absorbed form (no bias)."""
     if not m.is_mla:
         hd = m.head_dim
@@ -180,7 +180,7 @@ def mla_params(m: ModelConfig, absorbed: bool = False, bias: bool = False) -> fl
 
 
 def expert_params(m: ModelConfig, bias: bool = False) -> float:
-    """Parameters of one expert: 3 * dim * moe_inter_dim (the seed: 44.05M with biases)."""
+    """Parameters of one expert: 3 * dim * moe_inter_dim (the article: 44.05M with biases)."""
     p = 3 * m.dim * m.moe_inter_dim
     return p + (2 * m.moe_inter_dim + m.dim if bias else 0)
 
@@ -188,7 +188,7 @@ def expert_params(m: ModelConfig, bias: bool = False) -> float:
 # --- bytes moved to and from HBM (the complete convention) -----------------------------------
 # Each GEMM of ``rows`` x ``k`` -> ``n`` reads its weight (k x n), its input (rows x k) and
 # writes its output (rows x n).  Weights are read once per batch, whatever the batch size: at
-# small batches that read, not the FLOPs, bounds a step (what the seed's decode model omits).
+# small batches that read, not the FLOPs, bounds a step (what the article's decode model omits).
 
 
 class AttentionBytes(NamedTuple):

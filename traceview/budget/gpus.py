@@ -1,4 +1,4 @@
-"""GPU specs for the budget: the ``GPUSpec`` dataclass (the seed's ``GPU_perf``) and its loaders.
+"""GPU specs for the budget: the ``GPUSpec`` dataclass (the article's ``GPU_perf``) and its loaders.
 
 Specs are data (``data/gpus.toml``), selectable by name case-insensitively and overridable or
 extendable from a user TOML file of the same format.
@@ -29,11 +29,11 @@ LINKS: tuple[str, ...] = ("nvlink", "scaleout", "hbm")
 
 @dataclass(frozen=True)
 class GPUSpec:
-    """One GPU's peaks and the seed's derating (``GPU_perf``).
+    """One GPU's peaks and the article's derating (``GPU_perf``).
 
     Rates are effective: ``peak * discount * (sm - comm_sm) / sm`` for tensor FLOPs (SMs given to
     communication kernels do no math), ``peak * discount`` for bandwidths.  ``comm_sm`` is the
-    prefill reservation; the phase functions pass ``comm_sm=0`` for decode as the seed does.
+    prefill reservation; the phase functions pass ``comm_sm=0`` for decode as the article does.
     """
 
     name: str
@@ -79,15 +79,15 @@ class GPUSpec:
         return self.peak_tflops(precision) * self.discount * (self.sm - reserved) / self.sm
 
     def fp8_rate(self, comm_sm: int | None = None) -> float:
-        """The seed's ``get_fp8_flops``."""
+        """The article's ``get_fp8_flops``."""
         return self.flops_rate("fp8", comm_sm)
 
     def bf16_rate(self, comm_sm: int | None = None) -> float:
-        """The seed's ``get_fp16_flops``."""
+        """The article's ``get_fp16_flops``."""
         return self.flops_rate("bf16", comm_sm)
 
     def hbm_rate(self) -> float:
-        """Effective memory bandwidth, GB/s (the seed's ``get_mem_bw``)."""
+        """Effective memory bandwidth, GB/s (the article's ``get_mem_bw``)."""
         return self.hbm_gbps * self.discount
 
     def nvlink_rate(self) -> float:
@@ -95,7 +95,7 @@ class GPUSpec:
         return self.nvlink_gbps * self.discount
 
     def scaleout_rate(self) -> float:
-        """Effective scale-out bandwidth per GPU, GB/s (the seed's ``get_pcie_bw``)."""
+        """Effective scale-out bandwidth per GPU, GB/s (the article's ``get_pcie_bw``)."""
         return self.scaleout_gbps * self.discount
 
     def link_rate(self, link: Link | str) -> float:

@@ -23,7 +23,7 @@ __all__ = ["ModelConfig", "load_model", "model_from_hf", "list_models"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shapes the FLOP/byte formulas need, named after the seed's ``ModelArgs``.
+    """The shapes the FLOP/byte formulas need, named after the article's ``ModelArgs``.
 
     ``name`` and ``description`` do not take part in equality: two configs are equal when
     their shapes are.  MLA models have ``kv_lora_rank > 0``; MoE models ``n_routed_experts > 0``

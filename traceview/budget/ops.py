@@ -115,7 +115,7 @@ def total_ms(ops: Iterable[OpCost]) -> float:
 def compute_ms(
     gpu: GPUSpec, gflop: float, precision: str = "fp8", *, comm_sm: int | None = None, efficiency: float = 1.0
 ) -> float:
-    """GFLOP over the effective TFLOP/s, read as ms; ``efficiency`` divides further (the seed's
+    """GFLOP over the effective TFLOP/s, read as ms; ``efficiency`` divides further (the article's
     0.7 for small grouped GEMMs in decode)."""
     if not efficiency > 0:
         raise UsageError(f"efficiency must be positive (got {efficiency})")
@@ -136,7 +136,7 @@ def transfer_ms(gpu: GPUSpec, nbytes: float, link: str = "scaleout", *, n_gpus: 
 
 
 def hbm_load_ms(gpu: GPUSpec, nbytes: float) -> float:
-    """GiB over the effective HBM GB/s, x 1000 -> ms (the seed's KV-cache load)."""
+    """GiB over the effective HBM GB/s, x 1000 -> ms (the article's KV-cache load)."""
     return nbytes / GIB / gpu.hbm_rate() * 1000
 
 
@@ -219,7 +219,7 @@ def expert_cost(
     """Routed-expert GEMMs over ``rows`` token-expert rows landing on this GPU.  ``experts`` is
     how many experts' weights are read (those that received rows); default: the expected number
     hit when the rows spread uniformly over all routed experts.  ``efficiency`` 0.7 is the
-    seed's grouped-GEMM factor for decode (it derates the FLOPs, not the bytes)."""
+    article's grouped-GEMM factor for decode (it derates the FLOPs, not the bytes)."""
     if not model.is_moe:
         raise UsageError(f"model {model.name!r} has no experts")
     hit = F.expected_experts_hit(model.n_routed_experts, rows) if experts is None else experts
@@ -254,7 +254,7 @@ def allreduce_cost(
     gpu: GPUSpec, nbytes: float, *, name: str = "tp_allreduce", link: str = "nvlink", precision: str = "bf16",
     convention: str = DEFAULT_CONVENTION,
 ) -> OpCost:
-    """A tensor-parallel all-reduce of ``nbytes`` (the seed: size / NVLink bandwidth, independent
+    """A tensor-parallel all-reduce of ``nbytes`` (the article: size / NVLink bandwidth, independent
     of the TP degree).  Use ``flops.tp_allreduce_bytes(model, tokens)`` for the attention output."""
     return OpCost(name, 0.0, nbytes, transfer_ms(gpu, nbytes, link, convention=convention), precision, link)
 
@@ -308,7 +308,7 @@ def kv_load_cost(
     convention: str = ZARTBOT_2025,
 ) -> OpCost:
     """Reading one layer's KV cache for ``batch`` sequences of ``kv_len`` keys from HBM (GiB
-    convention of the seed; SI under ``complete``, where the attention op already counts it)."""
+    convention of the article; SI under ``complete``, where the attention op already counts it)."""
     nbytes = F.kv_cache_bytes(model, kv_len, batch, bytes_per_value)
     precision = "fp8" if bytes_per_value == 1 else "bf16"
     ms = hbm_load_ms(gpu, nbytes) if check_convention(convention) == ZARTBOT_2025 else nbytes / (gpu.hbm_rate() * 1e6)

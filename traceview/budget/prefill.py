@@ -1,10 +1,10 @@
-"""The prefill budget of seeds/001 (section 2): per-layer op times, the per-DP-group total with
+"""The prefill budget of zartbot (2025-03) (section 2): per-layer op times, the per-DP-group total with
 and without communication overlap, and per-node throughput.
 
-The seed's deployment: DP groups of ``tp`` GPUs each prefill ``seq_len`` tokens; the first
+The article's deployment: DP groups of ``tp`` GPUs each prefill ``seq_len`` tokens; the first
 ``n_dense_layers`` run MLA at TP1 plus the dense MLP, the MoE layers run MLA at TP``tp`` plus the
 shared and routed experts (EP over all tp x dp GPUs) and the dispatch/combine all-to-all over
-the scale-out network.  As the seed's tables were computed, MLA uses q_len = kv_len = seq_len
+the scale-out network.  As the article's tables were computed, MLA uses q_len = kv_len = seq_len
 with the KV-cache hit rate discounting only the KV down-projection, and the dense MLP runs all
 seq_len tokens.
 """
@@ -27,7 +27,7 @@ __all__ = ["PrefillBudget", "compute_prefill"]
 
 @dataclass(frozen=True)
 class PrefillBudget:
-    """Every column of the seed's prefill tables (times in ms, per DP group of seq_len tokens).
+    """Every column of the article's prefill tables (times in ms, per DP group of seq_len tokens).
 
     ``attn_tp1_ms`` is the table's "MLA TP1", ``attn_tp_ms`` its "MLA TP<tp>" (TP1 / tp + the
     all-reduce; equal to TP1 when tp = 1).  ``sum_overlap_ms`` assumes dispatch/combine fully
@@ -89,12 +89,12 @@ def compute_prefill(
     expert_efficiency: float = 1.0,
     convention: str = DEFAULT_CONVENTION,
 ) -> PrefillBudget:
-    """The seed's ``prefill_time_sum`` for one GPU type (defaults: its TP4 x DP8 case).
+    """The article's ``prefill_time_sum`` for one GPU type (defaults: its TP4 x DP8 case).
 
-    ``num_nodes`` defaults to tp x dp / gpus_per_node (4 in the seed; fractional when the
+    ``num_nodes`` defaults to tp x dp / gpus_per_node (4 in the article; fractional when the
     deployment is smaller than a node, i.e. per-node throughput of a node filled with such
     groups).  ``dispatch_nodes`` - the nodes one token's experts span - defaults to
-    min(topk_group, nodes) (4 in the seed: node-limited routing).  ``comm_sm`` defaults to the
+    min(topk_group, nodes) (4 in the article: node-limited routing).  ``comm_sm`` defaults to the
     GPU's prefill reservation (H800 24, H20 10).  ``convention`` ``zartbot-2025`` gives the
     article's tables; ``complete`` (default) also counts each op's HBM bytes (``ops`` module).
     """

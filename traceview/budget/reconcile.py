@@ -16,15 +16,20 @@ budget model's classes and the model is evaluated for the *same shapes*, read fr
   all_reduce       comm.all_reduce                                 bytes of the reduced tensor
   unmodeled        every other compute kernel (norms, elementwise, routing, ...): listed, not hidden
 
-``model_ms`` follows the seed's formulas and conventions (rates x 0.85 discount, comm SMs
-reserved in prefill, decode adds the KV-cache load).  ``peak_ms`` is a hard lower bound from
-the launching ops' own shapes: for every GEMM / attention op, max(FLOPs at the datasheet peak,
-bytes moved at the HBM peak) (a roofline); for all-to-all and all-reduce, bytes at the link's
-peak.  So ``efficiency = peak_ms / measured_ms`` is the fraction of what the hardware could
-do and must lie in (0, 1]; ``vs_model = model_ms / measured_ms`` compares with the seed.
-Attention over a causal prefill counts half of the q x kv products (what the kernel does);
-the seed's prefill tables count all of them.  All-to-all bytes count only what crosses to
-other ranks ((world - 1) / world of what is sent, equal splits assumed).
+``model_ms`` is the budget model under the chosen convention (default ``complete``: each op
+at max(FLOPs, HBM bytes of weights, KV cache and activations), so never below the roofline of
+the same shapes; ``zartbot-2025``: the article's FLOP-only formulas).  ``peak_ms`` is a hard
+lower bound from the launching ops' own shapes: for every GEMM / attention op, max(FLOPs at the
+datasheet peak, bytes moved at the HBM peak) (a roofline); for all-to-all and all-reduce, bytes
+at the link's peak.  So ``efficiency = peak_ms / measured_ms`` is the fraction of what the
+hardware could do and must lie in (0, 1] (above is a warning); ``vs_model = model_ms /
+measured_ms``.  Attention over a causal prefill counts half of the q x kv products (what the
+kernel does); the article's prefill tables count all of them.  All-to-all bytes count only what
+crosses to other ranks ((world - 1) / world of what is sent, equal splits assumed).
+
+The GPU spec comes from the trace's ``deviceProperties`` unless given; sanity warnings name the
+option that is likely wrong; serving figures put the measured step (TPOT, time per prefill
+chunk) and tokens/s next to the modeled step with and without the all-to-all hidden.
 """
 
 from __future__ import annotations
@@ -594,7 +599,7 @@ def _serving(analysis, k: pl.DataFrame, segs: pl.DataFrame, shape_rows: list[dic
 
 def _slack(segs: pl.DataFrame, k: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """Per layer and micro-batch: compute that can hide the all-to-all minus the all-to-all
-    (the seed's TimeBudget = MLA + shared - (dispatch + combine)), modeled and measured."""
+    (the article's TimeBudget = MLA + shared - (dispatch + combine)), modeled and measured."""
     # per layer only: a segment without a layer holds many layers, the model one
     w = segs.filter(pl.col("class").is_in(["mla", "shared_expert", "dispatch", "combine"]) & (pl.col("layer") != "(none)"))
     if w.height == 0:

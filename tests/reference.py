@@ -179,3 +179,21 @@ def overlap_tax(kernels, min_alone=3):
         bucket = "≥50%" if frac >= 0.5 else "<50%"
         out[(cat, bucket)] = out.get((cat, bucket), 0.0) + dur - median
     return out
+
+
+def step_time_ms(trace_path, device=0):
+    """Serving step time from the raw trace: the span of one GPU's kernels (first start to last
+    end) over the number of ProfilerStep annotations (at least 1).  Plain json, no traceview."""
+    import gzip
+    import json
+
+    opener = gzip.open if str(trace_path).endswith(".gz") else open
+    with opener(trace_path, "rt") as f:
+        doc = json.load(f)
+    events = doc["traceEvents"] if isinstance(doc, dict) else doc
+    kernels = [e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X"
+               and (e.get("args", {}).get("device", e.get("pid")) == device)]
+    start = min(e["ts"] for e in kernels)
+    end = max(e["ts"] + e["dur"] for e in kernels)
+    steps = len({e["name"] for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")})
+    return (end - start) / 1000 / max(1, steps)

@@ -34,7 +34,10 @@ from .progress import LoadProgress
                                   "Repeatable.")
 @click.option("--tax/--no-tax", default=None, help="Show the overlap tax table (default: with --by).")
 @click.option("--model", help="Reconcile against the budget model: a model name (deepseek-v3, ...) or a config.json.")
-@click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...).")
+@click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...) [default: from the trace's "
+                                        "deviceProperties; a --gpu that contradicts it is used with a warning].")
+@click.option("--convention", type=click.Choice(["complete", "zartbot-2025"]), default="complete", show_default=True,
+              help="Budget model: complete (FLOPs and HBM bytes per op) or zartbot-2025 (the article's FLOP-only model).")
 @click.option("--gpu-file", type=click.Path(dir_okay=False), help="TOML file of extra/overriding GPU specs.")
 @click.option("--phase", type=click.Choice(["prefill", "decode"]), help="Budget phase (default: from the trace's shapes).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp8"]), default="auto", show_default=True,
@@ -47,8 +50,8 @@ from .progress import LoadProgress
 @jobs_option
 @max_bytes_option
 @handle_errors
-def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, model, gpu_name, gpu_file, phase,
-                precision, tokens, kv_len, n_seqs, rules_file, jobs, max_bytes):
+def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, model, gpu_name, convention, gpu_file,
+                phase, precision, tokens, kv_len, n_seqs, rules_file, jobs, max_bytes):
     """Where the GPU time goes: busy compute/comm/memory, overlap, exposed communication,
     idle, per stream and per kernel category, for each rank and GPU.
 
@@ -61,12 +64,13 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
         raise UsageError("--format csv writes one table: --table and --by do not go together")
     budget = None
     if model or gpu_name:
-        if not (model and gpu_name):
-            raise UsageError("--model and --gpu go together")
+        if not model:
+            raise UsageError("--gpu goes with --model (the budget model to reconcile against)")
         from ..budget import get_gpu, load_model
 
-        budget = dict(model=load_model(model), gpu=get_gpu(gpu_name, gpu_file), phase=phase, precision=precision,
-                      tokens=tokens, kv_len=kv_len, batch=n_seqs)
+        budget = dict(model=load_model(model), gpu=get_gpu(gpu_name, gpu_file) if gpu_name else None, phase=phase,
+                      precision=precision, tokens=tokens, kv_len=kv_len, batch=n_seqs, convention=convention,
+                      gpu_file=gpu_file)
     patterns = segment_patterns(segments_file)
     files = expand_paths(paths)
     # the event tables are needed only by segments, the overlap tax, budgets and JSON: without

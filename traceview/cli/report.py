@@ -20,7 +20,10 @@ from .progress import LoadProgress
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="The HTML file to write (one self-contained file; opens offline).")
 @click.option("--model", help="Add measured vs modeled budget: a model name (deepseek-v3, ...) or a config.json.")
-@click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...).")
+@click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...) [default: from the trace's "
+                                        "deviceProperties].")
+@click.option("--convention", type=click.Choice(["complete", "zartbot-2025"]), default="complete", show_default=True,
+              help="Budget model: complete (FLOPs and HBM bytes per op) or zartbot-2025 (the article's FLOP-only model).")
 @click.option("--max-events", default=20_000, show_default=True, type=click.IntRange(100, 2_000_000),
               help="Kernel boxes drawn, shared among the GPUs' timelines (each GPU gets at least "
                    "min(N, 500), so a timeline stays readable); beyond its share a GPU's short kernels are "
@@ -31,7 +34,7 @@ from .progress import LoadProgress
 @jobs_option
 @max_bytes_option
 @handle_errors
-def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, segments_file, jobs, max_bytes):
+def report_cmd(paths, output, model, gpu_name, convention, max_events, title, rules_file, segments_file, jobs, max_bytes):
     """Write an HTML report: per-GPU timelines with exposed communication marked, per
     micro-batch and per layer overlap, kernel categories, top and unclassified kernels.
 
@@ -40,8 +43,8 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, se
     from ..report.html import write_html
 
     load_rules(rules_file)
-    if (model or gpu_name) and not (model and gpu_name):
-        raise UsageError("--model and --gpu go together")
+    if gpu_name and not model:
+        raise UsageError("--gpu goes with --model (the budget model to reconcile against)")
     out = Path(output)
     if not out.parent.is_dir():
         raise TraceError(out, "the output's directory does not exist")
@@ -60,7 +63,7 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, se
     run = run_from_analyses(results) if len(files) > 1 else None
     recs, note = (None, None)
     if model:
-        recs, note = reconcile_all(good, model, gpu_name)
+        recs, note = reconcile_all(good, model, gpu_name, convention)
     try:
         rep = write_html(good, out, max_events=max_events, reconciliations=recs, budget_note=note, title=title,
                          run=run)
@@ -72,7 +75,8 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, se
     sys.exit(EXIT_INPUT if failed else 0)
 
 
-def reconcile_all(good: list[TraceAnalysis], model: str, gpu: str) -> tuple[dict | None, str | None]:
+def reconcile_all(good: list[TraceAnalysis], model: str, gpu: str | None,
+                  convention: str = "complete") -> tuple[dict | None, str | None]:
     """Per analysis, ``traceview.budget.reconcile.reconcile(a, model, gpu)``; where the budget
     code is missing, (None, why) so the page says the part is unavailable."""
     try:
@@ -81,5 +85,5 @@ def reconcile_all(good: list[TraceAnalysis], model: str, gpu: str) -> tuple[dict
         return None, f"the budget reconciliation is not available here ({type(e).__name__})"
     from ..budget import get_gpu, load_model
 
-    m, g = load_model(model), get_gpu(gpu)  # bad names: UsageError -> one line, exit 2
-    return {id(a): reconcile(a, m, g) for a in good}, None
+    m, g = load_model(model), get_gpu(gpu) if gpu else None  # bad names: UsageError -> one line, exit 2
+    return {id(a): reconcile(a, m, g, convention=convention) for a in good}, None

@@ -520,7 +520,12 @@ def _reconciliation(page: _Page, results: list[TraceAnalysis], recs: dict[int, A
         fig = reconciliation_figure(summary, title)
         if fig:
             page.figure(fig)
-        page.add(_frame_table(summary))
+        if hasattr(rec, "table"):  # the JSON's column names, warnings and notes, as the terminal prints them
+            page.add(_frame_table(rec.table(), raw_names=True))
+            page.add("".join(f'<p>{esc(line)}</p>' for line in rec.serving_lines()))
+            page.add("".join(f'<p class="note"><b>warning:</b> {esc(w)}</p>' for w in rec.warnings))
+        else:
+            page.add(_frame_table(summary))
         if hasattr(rec, "notes"):
             page.add("".join(f'<p class="note">{esc(n)}</p>' for n in rec.notes()))
 
@@ -528,9 +533,10 @@ def _reconciliation(page: _Page, results: list[TraceAnalysis], recs: dict[int, A
 _RATIO_COLUMNS = ("efficiency", "vs_model")
 
 
-def _frame_table(df: pl.DataFrame, limit: int = 200) -> str:
-    """Any polars table as an escaped HTML table (ratios as percentages, other floats to 3 decimals)."""
-    headers = [(esc(c.replace("_", " ")), df.schema[c].is_numeric()) for c in df.columns]
+def _frame_table(df: pl.DataFrame, limit: int = 200, raw_names: bool = False) -> str:
+    """Any polars table as an escaped HTML table (ratios as percentages, other floats to 3 decimals);
+    ``raw_names`` keeps the column names as the JSON spells them."""
+    headers = [(esc(c if raw_names else c.replace("_", " ")), df.schema[c].is_numeric()) for c in df.columns]
     rows = []
     for r in df.head(limit).iter_rows(named=True):
         cells = []

@@ -265,21 +265,27 @@ def render_rank_layers(run, console: Console) -> None:
 
 
 def render_reconciliation(a: TraceAnalysis, rec, console: Console) -> None:
-    """Measured vs modeled per budget class (per iteration), then the per-layer slack."""
+    """Measured vs modeled per budget class (per iteration), then the per-layer slack; warnings,
+    notes and column names are those of the JSON (``Reconciliation.table/warnings/notes``)."""
     from ..budget.reconcile import CLASSES
 
     t = Table(title=f"{clean(a.trace.name)}: measured vs modeled ({clean(rec.model.name)} on {clean(rec.gpu.name)}, "
                     f"{rec.phase}; ms per iteration)", title_justify="left", header_style="bold")
-    for col in ("gpu", "class", "kernels", "measured", "model (seed)", "roofline", "efficiency", "model/measured"):
+    table = rec.table()
+    for col in table.columns:
         t.add_column(col, justify="left" if col == "class" else "right")
-    for r in rec.summary.iter_rows(named=True):
-        label = r["class"] if r["class"] in CLASSES else ("unmodeled compute" if r["class"] == "unmodeled"
-                                                          else "unmodeled memory/comm")
-        t.add_row(str(r["device"]), label, str(r["kernels"]), fmt_ms(r["measured_ms"] * 1000),
-                  fmt_ms(r["model_ms"] * 1000 if r["model_ms"] is not None else None),
-                  fmt_ms(r["peak_ms"] * 1000 if r["peak_ms"] is not None else None),
-                  fmt_pct(r["efficiency"]), fmt_pct(r["vs_model"]),
-                  style="dim" if r["class"].startswith("unmodeled") else None)
+    for r in table.iter_rows(named=True):
+        cells = []
+        for col, v in r.items():
+            if col == "class":
+                cells.append(v if v in CLASSES else ("unmodeled compute" if v == "unmodeled" else "unmodeled memory/comm"))
+            elif col.endswith("_ms"):
+                cells.append(fmt_ms(v * 1000 if v is not None else None))
+            elif col in ("efficiency", "vs_model"):
+                cells.append(fmt_pct(v))
+            else:
+                cells.append(str(v))
+        t.add_row(*cells, style="dim" if r["class"].startswith("unmodeled") else None)
     console.print(t)
     sh = rec.shapes.filter(pl_col_not_none("layer"))
     if sh.height:
@@ -288,6 +294,10 @@ def render_reconciliation(a: TraceAnalysis, rec, console: Console) -> None:
         rows = sorted({v for v in sh["rows"].to_list() if v}) if "rows" in sh.columns else []
         console.print(Text(f"  shapes from the trace: tokens per micro-batch {tok or '?'}, kv_len {kv or '?'}, "
                            f"routed rows {rows[:3] + (['…'] if len(rows) > 3 else []) or '-'}"))
+    for line in rec.serving_lines():
+        console.print(Text("  " + line))
+    for w in rec.warnings:
+        console.print(Text("  warning: " + w, style="bold red"))
     for note in rec.notes():
         console.print(Text("  " + note, style="yellow"))
     if rec.slack.height:

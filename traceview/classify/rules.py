@@ -14,9 +14,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..errors import UsageError
+from .names import function_name, own_name
 
 ROLES = ("compute", "comm", "memory")
 UNCLASSIFIED = "unclassified"
+
+
+#: what part of a kernel name a rule's pattern is searched in (see names.py)
+MATCH_ON = ("name", "template")
+_KERNEL_KINDS = ("gpu_memcpy", "gpu_memset")
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,7 @@ class Rule:
     pattern: re.Pattern
     category: str
     kinds: tuple[str, ...] = ()
+    match: str = "name"   # "name": the kernel's own name; "template": with template arguments
 
 
 @dataclass(frozen=True)
@@ -43,10 +50,16 @@ class RuleSet:
     help: dict[str, str] = field(default_factory=dict)
 
     def classify_name(self, name: str, kind: str) -> str:
+        """Category of one GPU event name: the first rule whose pattern is found in the part
+        of the name the rule looks at (memcpy/memset names are used as they are)."""
+        if kind in _KERNEL_KINDS:
+            seen = {"name": name, "template": name}
+        else:
+            seen = {"name": own_name(name), "template": function_name(name)}
         for r in self.rules:
             if r.kinds and kind not in r.kinds:
                 continue
-            if r.pattern.search(name):
+            if r.pattern.search(seen[r.match]):
                 return r.category
         return UNCLASSIFIED
 
@@ -72,8 +85,11 @@ def _parse(data: dict, source: str) -> RuleSet:
         rs.roles[name] = role
         rs.help[name] = str(spec.get("help", ""))
     for i, spec in enumerate(data.get("rule", [])):
+        match = spec.get("match", "name") if isinstance(spec, dict) else "name"
+        if match not in MATCH_ON:
+            raise UsageError(f"{source}: rule {i + 1}: match = {match!r}; use one of {', '.join(MATCH_ON)}")
         rs.rules.append(Rule(_regex(spec, source, f"rule {i + 1}"), _category(spec, source, f"rule {i + 1}"),
-                             tuple(spec.get("kinds", ()))))
+                             tuple(spec.get("kinds", ())), match))
     for i, spec in enumerate(data.get("context", [])):
         rs.context.append(ContextRule(_regex(spec, source, f"context rule {i + 1}"),
                                       _category(spec, source, f"context rule {i + 1}"),

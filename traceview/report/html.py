@@ -32,6 +32,7 @@ from .html_charts import category_figure, layer_figure, microbatch_figure, recon
 from .html_style import EXPOSED, category_color, esc, ms, pct
 from .html_timeline import gpu_timeline
 from .terminal import gpu_label, verdict
+from ..classify.names import demangle
 from .text import short_kernel_name
 
 DEFAULT_MAX_EVENTS = 20_000
@@ -452,7 +453,8 @@ def _kernels(page: _Page, results: list[TraceAnalysis]) -> None:
 
 
 def _kernel_cell(name: str) -> str:
-    full = name if len(name) <= 2000 else name[:2000] + "…"
+    full = demangle(name)  # the whole signature on hover, demangled
+    full = full if len(full) <= 2000 else full[:2000] + "…"
     return f'<span class="k" title="{esc(full)}">{esc(short_kernel_name(name, 140))}</span>'
 
 

@@ -128,7 +128,7 @@ def function_name(name: str) -> str:
     if "(" not in s and " " not in s:
         return s
     head = _strip_params(s)
-    if head == s and "::" not in s and "<" not in s:
+    if "::" not in s and "<" not in s and " " in head and not head.startswith("void "):
         return s  # not a C++ signature ("Memcpy DtoD (Device -> Device)")
     return _strip_return_type(head)
 

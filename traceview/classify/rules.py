@@ -40,12 +40,24 @@ class ContextRule:
     from_categories: frozenset[str]
 
 
+@dataclass(frozen=True)
+class PositionRule:
+    """Dispatch/combine from launch order (see [position] in rules.toml)."""
+
+    from_categories: frozenset[str]
+    experts: frozenset[str]
+    anchors: frozenset[str]
+    before_experts: str
+    after_experts: str
+
+
 @dataclass
 class RuleSet:
     """Ordered name rules, launch-context rules, and each category's role and help text."""
 
     rules: list[Rule] = field(default_factory=list)
     context: list[ContextRule] = field(default_factory=list)
+    position: PositionRule | None = None
     roles: dict[str, str] = field(default_factory=dict)
     help: dict[str, str] = field(default_factory=dict)
 
@@ -94,6 +106,15 @@ def _parse(data: dict, source: str) -> RuleSet:
         rs.context.append(ContextRule(_regex(spec, source, f"context rule {i + 1}"),
                                       _category(spec, source, f"context rule {i + 1}"),
                                       frozenset(spec.get("from", ()))))
+    pos = data.get("position")
+    if pos is not None:
+        if not isinstance(pos, dict):
+            raise UsageError(f"{source}: [position] must be a table")
+        try:
+            rs.position = PositionRule(frozenset(pos["from"]), frozenset(pos["experts"]), frozenset(pos.get("anchors", ())),
+                                       str(pos["before_experts"]), str(pos["after_experts"]))
+        except KeyError as e:
+            raise UsageError(f"{source}: [position] needs {e.args[0]!r}") from None
     return rs
 
 
@@ -141,4 +162,4 @@ def load_rules(user_file: str | Path | None = None) -> RuleSet:
             n = i + 1 if i < len(user.rules) else i - len(user.rules) + 1
             raise UsageError(f"{path}: {kind} {n}: category {r.category!r} is not declared: add it under "
                              f'[categories] ("{r.category}" = {{ role = "compute" }}) or use a known one')
-    return RuleSet(user.rules + base.rules, user.context + base.context, roles, helps)
+    return RuleSet(user.rules + base.rules, user.context + base.context, user.position or base.position, roles, helps)

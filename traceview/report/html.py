@@ -360,6 +360,9 @@ def _segments(page: _Page, results: list[TraceAnalysis]) -> None:
     fig = microbatch_figure(items)
     if fig:
         page.figure(fig)
+    for a in results:
+        for note in a.segmentation.approximate:
+            page.add(f'<p class="muted">{esc(a.trace.name)}: approximate: {esc(note)}</p>')
     any_layer = False
     for a in results:
         src = a.segmentation.sources

@@ -162,6 +162,8 @@ def render_segments(a: TraceAnalysis, by: str, console: Console) -> None:
                   top_text or "-"]
         t.add_row(*cells)
     console.print(t)
+    for note in seg.approximate:
+        console.print(Text(f"  approximate: {clean(note)}", style="yellow"))
 
 
 def render_tax(a: TraceAnalysis, console: Console) -> None:

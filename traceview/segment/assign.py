@@ -221,12 +221,18 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
                 pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
                 & pl.col("name").cast(pl.Utf8).str.contains("DeviceSynchronize|cuCtxSynchronize"))["ts"].to_numpy())
             it = np.searchsorted(bounds, k["launch_ts"].to_numpy())
+            outside = np.zeros(len(it), dtype=bool)
         else:
+            # graph launch i and the eager work after it until launch i + 1; eager work before
+            # the first replay (warm-up, input copies) belongs to no replay
             it = np.searchsorted(bounds, k["launch_ts"].to_numpy(), side="right")
+            outside = it == 0
         # renumber so that the first iteration holding kernels is 1
-        _, it = np.unique(it, return_inverse=True)
-        iteration = pl.DataFrame({"row": rows, "iteration": (it + 1).astype(str)})
-        if len(np.unique(it)) > 1:
+        uniq, it = np.unique(np.where(outside, -1, it), return_inverse=True)
+        it = it - (1 if outside.any() else 0)
+        iteration = pl.DataFrame({"row": rows, "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
+                                 schema={"row": pl.Int64, "iteration": pl.Utf8})
+        if len(np.unique(it[~outside])) > 1:
             out["iteration"] = "inferred"
     it_of_row = dict(zip(iteration["row"].to_list(), iteration["iteration"].to_list()))
     iters = np.array([it_of_row.get(r) or "" for r in rows])

@@ -343,6 +343,7 @@ def _skew(results: list[TraceAnalysis]) -> str:
 
 def _warnings(results: list[TraceAnalysis]) -> str:
     items = [f"<li>{esc(a.trace.name)}: {esc(w)}</li>" for a in results for w in a.trace.warnings]
+    items += [f"<li>{esc(a.trace.name)}: trace health: {esc(h.message)}</li>" for a in results for h in a.health]
     return f'<div class="note"><b>Loader warnings</b><ul class="warn-list">{"".join(items)}</ul></div>' if items else ""
 
 

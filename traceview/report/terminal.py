@@ -44,6 +44,8 @@ def render_analysis(results: list[TraceAnalysis], console: Console, top: int = 8
     for a in results:
         for w in a.trace.warnings:
             console.print(Text(f"warning: {clean(a.trace.name)}: {clean(w)}", style="yellow"))
+        for h in a.health:
+            console.print(Text(f"trace health: {clean(a.trace.name)}: {clean(h.message)}", style="yellow"))
 
 
 def _header(results: list[TraceAnalysis], console: Console) -> None:

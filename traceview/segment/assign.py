@@ -79,8 +79,9 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
         sources.update(inferred)
         if inferred.get("microbatch") == "inferred" and labels["microbatch"].drop_nulls().n_unique() > 1:
             approximate.append("micro-batches inferred from the launch order (no annotation, no micro-batch "
-                               "threads): communication is attributed by its position, compute by the same "
-                               "alternation; per-micro-batch compute and cover figures are approximate")
+                               "threads): communication (or, without it, each expert block) is attributed by "
+                               "its position, the other kernels by the same alternation; per-micro-batch "
+                               "compute and cover figures are approximate")
     if sources["microbatch"] == "none":
         labels = labels.with_columns(pl.lit("mb0").alias("microbatch"))
         sources["microbatch"] = "single"
@@ -243,6 +244,13 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
         out["microbatch"] = "inferred"
     elif mb is None:
         mb_arr = np.full(len(rows), "mb0", dtype=object)
+        # no communication kernels (a one-rank EP run, a graph whose transfers are copies):
+        # micro-batches still show as rounds of layer starts before each expert block
+        anchor = _layer_anchors(cats, k["name"].to_numpy(), is_comm, iters, mb_arr)
+        by_rounds = _microbatches_from_rounds(anchor, cats == "gemm.grouped", iters) if anchor is not None else None
+        if by_rounds is not None:
+            mb_arr = by_rounds
+            out["microbatch"] = "inferred"
     else:
         mb_of_row = dict(zip(labels["row"].to_list(), labels["microbatch"].to_list()))
         mb_arr = np.array([mb_of_row.get(r) or "mb0" for r in rows])
@@ -322,6 +330,24 @@ ATTENTION_AUX = re.compile(r"(?i)metadata|prepare_varlen_num_blocks|plan_kernel|
 
 def _infer_layers(cats: np.ndarray, names: np.ndarray, is_comm: np.ndarray, iters: np.ndarray,
                   mb: np.ndarray) -> np.ndarray | None:
+    """Layer index per kernel: a running count of layer starts (``_layer_anchors``) per
+    (iteration, micro-batch); kernels before the first start are in layer 0."""
+    anchor = _layer_anchors(cats, names, is_comm, iters, mb)
+    if anchor is None:
+        return None
+    n = len(cats)
+    layer = np.empty(n, dtype=object)
+    counters: dict[tuple, int] = {}
+    for i in range(n):
+        key = (iters[i], mb[i])
+        if anchor[i]:
+            counters[key] = counters.get(key, -1) + 1
+        layer[i] = str(max(0, counters.get(key, 0)))
+    return layer
+
+
+def _layer_anchors(cats: np.ndarray, names: np.ndarray, is_comm: np.ndarray, iters: np.ndarray,
+                   mb: np.ndarray) -> np.ndarray | None:
     """Layer index per kernel: a running count of layer starts per (iteration, micro-batch).
 
     A layer starts at each attention *group*: the kernels one attention call launches (main
@@ -354,16 +380,53 @@ def _infer_layers(cats: np.ndarray, names: np.ndarray, is_comm: np.ndarray, iter
         anchor = _repeating(names, gemm, iters)
     elif is_comm.any():
         anchor = is_comm & ~np.concatenate([[False], is_comm[:-1]])
-    if not anchor.any():
+    return anchor if anchor.any() else None
+
+
+def _microbatches_from_rounds(anchor: np.ndarray, grouped: np.ndarray, iters: np.ndarray) -> np.ndarray | None:
+    """Micro-batches of a two-batch-overlap MoE step without communication kernels.
+
+    Serially, every layer start is followed by its experts' grouped GEMMs; under TBO the
+    micro-batches take turns, so layer starts come in *rounds* (one per micro-batch, no expert
+    GEMM between) followed by as many expert blocks.  The number of micro-batches is the usual
+    size of a round that precedes expert GEMMs; within a round of size r the j-th start goes
+    to micro-batch floor(j n / r) (a first round holding the dense layers of every micro-batch
+    splits in order), within the expert block after it the i-th of c grouped GEMMs to floor(i n
+    / c); every other kernel follows the last start or expert GEMM before it.  None when the
+    rounds say one micro-batch."""
+    n = len(anchor)
+    events = [(i, "A" if anchor[i] else "E") for i in range(n) if anchor[i] or grouped[i]]
+    rounds: list[tuple[list[int], list[int]]] = []  # (layer starts, expert GEMMs after them)
+    for i, kind in events:
+        new_iter = rounds and iters[i] != iters[(rounds[-1][1] or rounds[-1][0])[-1]]
+        if kind == "A":
+            if not rounds or rounds[-1][1] or new_iter:
+                rounds.append(([i], []))
+            else:
+                rounds[-1][0].append(i)
+        elif rounds and not new_iter:
+            rounds[-1][1].append(i)
+    sizes = [len(a) for a, e in rounds if e]
+    if not sizes:
         return None
-    layer = np.empty(n, dtype=object)
-    counters: dict[tuple, int] = {}
+    n_mb = min(Counter(sizes).most_common(1)[0][0], 8)
+    if n_mb < 2 or Counter(sizes).most_common(1)[0][1] < 2:
+        return None
+    owner = np.full(n, -1, dtype=np.int64)
+    for starts, experts in rounds:
+        for j, i in enumerate(starts):
+            owner[i] = j * n_mb // len(starts)
+        for j, i in enumerate(experts):
+            owner[i] = j * n_mb // len(experts)
+    out = np.empty(n, dtype=object)
+    cur, last_it = 0, None
     for i in range(n):
-        key = (iters[i], mb[i])
-        if anchor[i]:
-            counters[key] = counters.get(key, -1) + 1
-        layer[i] = str(max(0, counters.get(key, 0)))
-    return layer
+        if iters[i] != last_it:
+            cur, last_it = 0, iters[i]
+        if owner[i] >= 0:
+            cur = int(owner[i])
+        out[i] = f"mb{cur}"
+    return out
 
 
 def _run_starts(mark: np.ndarray, breaks: np.ndarray, iters: np.ndarray, mb: np.ndarray) -> np.ndarray:

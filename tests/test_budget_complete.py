@@ -30,7 +30,8 @@ def test_complete_model_is_never_below_the_roofline(path):
                            & pl.col("peak_ms").is_not_null())
     assert (s["model_ms"] >= s["peak_ms"] * (1 - 1e-9)).all()
     if path.parent.name in ("gpu", "gpu-extra") or path.parent == PROJECT_FIXTURES:  # captures with shapes
-        if "nolabels" not in path.name and "cudagraph" not in path.name:
+        # the label-issue captures (training step, Inductor, split-KV, graph TBO) run no DeepSeek/Qwen2 model
+        if not any(k in path.name for k in ("nolabels", "cudagraph", "train", "inductor", "splitkv")):
             assert both.height > 0, "nothing modeled: the test would pass vacuously"
 
 

@@ -20,6 +20,7 @@ import polars as pl
 from .classify import RuleSet, classify, load_rules
 from .errors import NotATraceError, TraceError
 from .load import DEFAULT_MAX_BYTES, Trace, find_trace_files, load
+from .load.health import HealthIssue, trace_health
 from .metrics import GpuMetrics, all_devices
 from .metrics.iterations import ITERATION_EXTRA, iteration_summary, iteration_table
 from .metrics.segments import segment_table
@@ -36,6 +37,8 @@ class TraceAnalysis:
     gpus: list[GpuMetrics]
     rules: RuleSet = field(repr=False, default=None)  # type: ignore[assignment]
     patterns: LevelPatterns | None = field(repr=False, default=None)
+    #: problems of the recording itself (load/health.py), computed at load time
+    health: list[HealthIssue] = field(default_factory=list)
 
     @functools.cached_property
     def segmentation(self) -> Segmentation:
@@ -127,7 +130,8 @@ def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
     gpus = all_devices(kernels)
     for g in gpus:
         g.name = trace.device_name(g.device)
-    return TraceAnalysis(trace=trace, kernels=kernels, gpus=gpus, rules=rules, patterns=patterns)
+    return TraceAnalysis(trace=trace, kernels=kernels, gpus=gpus, rules=rules, patterns=patterns,
+                         health=trace_health(trace))
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:

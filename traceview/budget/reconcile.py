@@ -569,7 +569,10 @@ def _serving(analysis, k: pl.DataFrame, segs: pl.DataFrame, shape_rows: list[dic
         ph = phase or next((r["_own"] for r in rs if r["_own"]), None)
         if ph is None:
             continue
-        steps = iters if iters else max(r.get("steps") or 1 for r in rs)
+        # the iterations of this stage (a prefill pass and its decode steps are separate iterations)
+        stage_iters = (kk.filter(pl.col("iteration") != "(none)")["iteration"].n_unique()
+                       if "iteration" in kk.columns else 0)
+        steps = (stage_iters or iters) if iters else max(r.get("steps") or 1 for r in rs)
         span_ms = (kk["end"].max() - kk["ts"].min()) / 1000 if "end" in kk.columns else None
         if not span_ms:
             continue

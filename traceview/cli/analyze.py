@@ -26,7 +26,9 @@ from .progress import LoadProgress
               show_default=True, help="Which flat table --format csv prints (ranks, collectives: of a run of several "
                                       "rank files).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout.")
-@click.option("--strict", is_flag=True, help="Treat loader warnings (skipped or repaired events, truncation) as errors.")
+@click.option("--strict", is_flag=True, help="Treat loader warnings (skipped or repaired events, truncation) and trace "
+                                             "health problems (dropped graph replays, no record_shapes, string pids, "
+                                             "interleaved writers) as errors.")
 @click.option("--by", "by", type=click.Choice(["microbatch", "layer", "phase", "iteration", "stage", "stage-phase",
                                                "rank"]),
               multiple=True, help="Add a per-segment table: exposed communication per micro-batch, (layer, micro-batch), "
@@ -85,6 +87,10 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
         for a in good:
             for w in a.trace.warnings:
                 failed.append(TraceError(a.trace.path, f"--strict: {w}"))
+            for h in a.health:
+                if h.key == "dropped_records":
+                    continue  # already failed as the loader warnings it repeats
+                failed.append(TraceError(a.trace.path, f"--strict: trace health: {h.message}"))
     for e in failed:
         error_line(str(e))
     if good:

@@ -20,6 +20,7 @@ import polars as pl
 from .identity import identity_from_name
 from ..errors import NotATraceError, TraceError
 from . import decode, fast
+from .health import no_gpu_activity_reason
 from .trace import GPU_KINDS, KIND_DTYPE, Trace
 
 def parse_size(value: object) -> int | None:
@@ -370,6 +371,9 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
     events = table.frame()
     if events.filter(pl.col("kind").is_in(GPU_KINDS)).height == 0:
         why = "; ".join(n for n in notes if n.endswith(" skipped"))  # e.g. every kernel had "ph": "x"
+        launched = no_gpu_activity_reason(events)  # CPU side launched kernels: say why none are here
+        if launched and not why:
+            raise TraceError(path, launched)
         raise TraceError(path, "no GPU events (kernels, memcpys, memsets) in this trace" + (f" ({why})" if why else ""))
     header = arr.header
     dist = header.get("distributedInfo") or {}

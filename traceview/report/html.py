@@ -31,6 +31,7 @@ from ..analysis import TraceAnalysis
 from .html_charts import category_figure, layer_figure, microbatch_figure, reconciliation_figure
 from .html_style import EXPOSED, category_color, esc, ms, pct
 from .html_timeline import gpu_timeline
+from ..classify.names import demangle
 from .terminal import gpu_label
 from .verdict import BAD_SHARE, WARN_SHARE, severity, verdict, verdict_lines
 from .text import short_kernel_name
@@ -381,6 +382,7 @@ def _skew(run) -> str:
 
 def _warnings(results: list[TraceAnalysis]) -> str:
     items = [f"<li>{esc(a.trace.name)}: {esc(w)}</li>" for a in results for w in a.trace.warnings]
+    items += [f"<li>{esc(a.trace.name)}: trace health: {esc(h.message)}</li>" for a in results for h in a.health]
     return f'<div class="note"><b>Loader warnings</b><ul class="warn-list">{"".join(items)}</ul></div>' if items else ""
 
 
@@ -398,6 +400,9 @@ def _segments(page: _Page, results: list[TraceAnalysis]) -> None:
     fig = microbatch_figure(items)
     if fig:
         page.figure(fig)
+    for a in results:
+        for note in a.segmentation.approximate:
+            page.add(f'<p class="muted">{esc(a.trace.name)}: approximate: {esc(note)}</p>')
     any_layer = False
     for a in results:
         src = a.segmentation.sources
@@ -491,7 +496,8 @@ def _kernels(page: _Page, results: list[TraceAnalysis]) -> None:
 
 
 def _kernel_cell(name: str) -> str:
-    full = name if len(name) <= 2000 else name[:2000] + "…"
+    full = demangle(name)  # the whole signature on hover, demangled
+    full = full if len(full) <= 2000 else full[:2000] + "…"
     return f'<span class="k" title="{esc(full)}">{esc(short_kernel_name(name, 140))}</span>'
 
 

@@ -52,6 +52,7 @@ def trace_dict(a: TraceAnalysis, with_segments: bool = True) -> dict[str, Any]:
         "rank": t.rank,
         "world_size": t.world_size,
         "warnings": list(t.warnings),
+        "health": [h.to_dict() for h in a.health],
         "gpus": [_gpu_dict(a, g) for g in a.gpus],
         "unclassified": [
             {"name": n, "time_us": tu, "count": c} for n, tu, c in a.unclassified().iter_rows()

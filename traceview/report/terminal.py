@@ -27,6 +27,8 @@ def render_analysis(results: list[TraceAnalysis], console: Console, top: int = 8
     for a in results:  # first: a truncated or repaired file changes how every number below reads
         for w in a.trace.warnings:
             console.print(Text(f"warning: {clean(a.trace.name)}: {clean(w)}", style="yellow"))
+        for h in a.health:
+            console.print(Text(f"trace health: {clean(a.trace.name)}: {clean(h.message)}", style="yellow"))
     console.print(_gpu_table(results))
     labels = [gpu_label(a, g.device) for a in results for g in a.gpus]
     for a in results:
@@ -168,6 +170,8 @@ def render_segments(a: TraceAnalysis, by: str, console: Console) -> None:
         cells.append(top_text or "-")
         t.add_row(*cells)
     console.print(t)
+    for note in seg.approximate:
+        console.print(Text(f"  approximate: {clean(note)}", style="yellow"))
 
 
 def render_tax(a: TraceAnalysis, console: Console) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from ..classify.names import display_name
+
 #: C0/C1 controls (ESC included), zero-width and bidi marks/overrides/isolates, word joiners and
 #: other invisible format characters, the BOM, interlinear annotations, unpaired surrogates.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
@@ -27,21 +29,9 @@ def clean(text: object, limit: int | None = None) -> str:
 
 
 def short_kernel_name(name: str, limit: int = 90) -> str:
-    """A readable kernel name: drop 'void ' and the trailing parameter list."""
-    s = clean(name)
-    if s.startswith("void "):
-        s = s[5:]
-    if s.endswith(")"):
-        depth = 0
-        for i in range(len(s) - 1, 0, -1):  # find the '(' matching the final ')'
-            if s[i] == ")":
-                depth += 1
-            elif s[i] == "(":
-                depth -= 1
-                if depth == 0:
-                    s = s[:i]
-                    break
-    return clean(s, limit)
+    """A readable kernel name (``traceview.classify.display_name``: demangled, no return type
+    or parameter list), made safe and shortened."""
+    return clean(display_name(clean(name)), limit)
 
 
 def fmt_ms(us: float | None) -> str:

@@ -106,6 +106,13 @@ def _check_ok(case: dict, a, exp: dict) -> None:
         assert got == whole[: len(got)], "the events kept are not the first ones of the uncut trace"
     if "name" in exp:
         assert exp["name"] in set(a.kernels["name"].cast(pl.Utf8)), "the kernel name did not survive intact"
+    if "rank" in exp:  # header keys read wherever they are in the object
+        assert a.trace.rank == exp["rank"]
+    if "world_size" in exp:
+        assert a.trace.world_size == exp["world_size"]
+    if "device_names" in exp:  # pids given as strings: shown by their names, one device per name
+        assert sorted(a.trace.device_text(g.device) for g in a.gpus) == exp["device_names"]
+        assert sorted(g.name for g in a.gpus) == exp["device_names"]
     if "name_len" in exp:
         names = [n for n in a.kernels["name"].cast(pl.Utf8).unique() if n.startswith(exp["name_start"])]
         assert [len(n) for n in names] == [exp["name_len"]]

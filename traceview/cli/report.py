@@ -51,7 +51,7 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, se
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     for e in failed:
-        error_line(str(e))
+        error_line(e)
     if not good:
         sys.exit(EXIT_INPUT)
     recs, note = (None, None)

@@ -7,14 +7,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ..analysis import TraceAnalysis
-from .text import clean, fmt_ms, fmt_pct, short_kernel_name
+from .text import clean, display_path, fmt_ms, fmt_pct, one_line, short_kernel_name
 
 MAX_GPU_COLUMNS = 4
 
 
 def gpu_label(a: TraceAnalysis, device: int) -> str:
     rank = "?" if a.rank is None else str(a.rank)
-    return f"r{rank}/gpu{device}"
+    name = a.trace.thread_names.get(device)  # a pid given as a string: its name, not an internal id
+    return f"r{rank}/gpu{device}" if name is None else f"r{rank}/{one_line(name, 60)}"
 
 
 def verdict(a: TraceAnalysis, g) -> str:
@@ -43,7 +44,7 @@ def render_analysis(results: list[TraceAnalysis], console: Console, top: int = 8
     _unclassified(results, console)
     for a in results:
         for w in a.trace.warnings:
-            console.print(Text(f"warning: {clean(a.trace.name)}: {clean(w)}", style="yellow"))
+            console.print(Text(f"warning: {display_path(a.trace.name)}: {one_line(w)}", style="yellow"))
 
 
 def _header(results: list[TraceAnalysis], console: Console) -> None:
@@ -53,7 +54,7 @@ def _header(results: list[TraceAnalysis], console: Console) -> None:
         rank = "" if t.rank is None else f" · rank {t.rank}" + ("" if t.world_size is None else f"/{t.world_size}")
         names = sorted({clean(g.name) for g in a.gpus if g.name})
         dev = f" · {', '.join(names)}" if names else ""
-        console.print(Text(f"traceview · {clean(t.name)}{rank}{dev} · {len(a.gpus)} GPU(s), "
+        console.print(Text(f"traceview · {display_path(t.name)}{rank}{dev} · {len(a.gpus)} GPU(s), "
                            f"{a.kernels.height} GPU events", style="bold"))
     else:
         console.print(Text(f"traceview · {len(results)} traces, "
@@ -68,7 +69,8 @@ def _gpu_table(results: list[TraceAnalysis]) -> Table:
     for a in results:
         for g in a.gpus:
             exposed_style = "red" if (g.exposed_comm_ratio or 0) > 0.5 else "green" if g.comm_us > 0 else ""
-            t.add_row(clean(a.trace.name, 40), "-" if a.rank is None else str(a.rank), str(g.device),
+            t.add_row(display_path(a.trace.name, 40), "-" if a.rank is None else str(a.rank),
+                      one_line(a.trace.device_text(g.device), 40),
                       fmt_ms(g.span_us), fmt_ms(g.busy_us), fmt_ms(g.compute_us), fmt_ms(g.comm_us),
                       fmt_ms(g.overlap_us), Text(fmt_ms(g.exposed_comm_us), style=exposed_style),
                       fmt_pct(g.exposed_comm_ratio), fmt_ms(g.memory_us), fmt_ms(g.idle_us))

@@ -466,3 +466,101 @@ def test_hostile_names_in_the_html_report():
         assert "<script>alert(1)" not in html_text and "52;c;" not in html_text
         if label == "name-html":
             assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+
+
+# --- round two: file systems and hostile file names (generated at test time: a corpus folder in
+# git cannot hold symlink loops or file names with newlines portably) ---------------------------------
+
+def _good_bytes() -> bytes:
+    return (CORPUS / next(f for f in BY_FILE if f.endswith("gz-whole.json.gz"))).read_bytes()
+
+
+def _truncated_bytes() -> bytes:
+    """A trace that analyzes with one loader warning, so its file name reaches warning lines too."""
+    return (CORPUS / next(f for f in BY_FILE if f.endswith("cut-ev7-after-comma.json"))).read_bytes()
+
+
+def test_a_directory_names_every_file_it_cannot_read(tmp_path):
+    """A symlink loop and a dangling symlink beside a good rank: each gets its error line, by name and
+    cause, the exit code is 2, and the good rank is still analyzed."""
+    (tmp_path / "rank0.json.gz").write_bytes(_good_bytes())
+    (tmp_path / "rank1.json").symlink_to("rank1.json")
+    (tmp_path / "rank2.json.gz").symlink_to(tmp_path / "gone" / "rank2.json.gz")
+    code, out, err = run_cli("analyze", str(tmp_path))
+    assert code == 2 and "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert lines == [f"traceview: error: {tmp_path / 'rank1.json'}: symlink loop (following the links never reaches a file)",
+                     f"traceview: error: {tmp_path / 'rank2.json.gz'}: dangling symlink (its target "
+                     f"'{tmp_path / 'gone' / 'rank2.json.gz'}' does not exist)"]
+    assert "GPU time" in out
+    code, _out, err = run_cli("analyze", str(tmp_path / "rank1.json"))  # named directly: a loop, not "no such file"
+    assert code == 2 and err.strip().endswith(": symlink loop (following the links never reaches a file)")
+
+
+def test_a_directory_without_traces_lists_what_it_looked_at(tmp_path):
+    (tmp_path / "README.md").write_text("notes")
+    (tmp_path / "MANIFEST.json").write_text('{"ranks": 2}')
+    (tmp_path / "ranks.json").write_text('[{"rank": 0, "file": "rank0.json.gz"}]')
+    code, out, err = run_cli("analyze", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"traceview: error: {tmp_path}: no trace files in this directory (3 files looked at: ")
+    for name in ("MANIFEST.json: JSON without 'traceEvents'", "README.md: not a trace file name",
+                 "ranks.json: a JSON list of records"):
+        assert name in err
+
+
+def test_a_sidecar_list_beside_the_ranks_is_skipped_with_its_reason(tmp_path):
+    from traceview.load import find_trace_files
+
+    (tmp_path / "rank0.json.gz").write_bytes(_good_bytes())
+    (tmp_path / "ranks.json").write_text('[{"rank": 0, "file": "rank0.json.gz"}]')
+    (tmp_path / "sub.json").mkdir()
+    found = find_trace_files(tmp_path)
+    assert list(found) == [tmp_path / "rank0.json.gz"]
+    assert found.skipped == [(tmp_path / "ranks.json", "a JSON list of records without 'ph'/'ts' (a sidecar, not a trace)")]
+    code, out, err = run_cli("analyze", str(tmp_path))
+    assert code == 0 and err == "" and "GPU time" in out
+
+
+HOSTILE_FILE_NAMES = {"newline": b"r0\nwarning: FORGED line.json", "markup": b"[red]r0[red] [link=x]y.json",
+                      "not-utf8": b"r\xff\xfe0.json", "escape": b"r0\x1b[2J\x1b]0;pwned\x07.json"}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_FILE_NAMES))
+def test_hostile_file_names_are_escaped_everywhere(tmp_path, kind):
+    """A file name is as hostile as a kernel name: in the table, CSV, JSON, gate lines, JUnit, GitHub
+    annotations and diff JSON it cannot forge a line, set colours or fail to encode."""
+    import xml.etree.ElementTree as ET
+
+    name = os.fsdecode(HOSTILE_FILE_NAMES[kind])
+    p = tmp_path / name
+    p.write_bytes(_truncated_bytes())
+    base = tmp_path / "base.json.gz"
+    base.write_bytes(_good_bytes())
+    junit = tmp_path / "j.xml"
+    runs = {
+        "table": run_cli("analyze", str(p)),
+        "csv": run_cli("analyze", str(p), "--format", "csv"),
+        "csv-kernels": run_cli("analyze", str(p), "--format", "csv", "--table", "kernels"),
+        "json": run_cli("analyze", str(p), "--format", "json"),
+        "gate": run_cli("gate", "--no-config", "--max-exposed-comm", "50%", "--github", "--junit", str(junit), str(p)),
+        "diff-json": run_cli("diff", str(base), str(p), "--format", "json"),
+        "diff": run_cli("diff", str(base), str(p)),
+        "report": run_cli("report", "-o", str(tmp_path / "r.html"), str(p)),
+    }
+    for what, (code, out, err) in runs.items():
+        assert code in (0, 1), (what, err)
+        assert "internal error" not in err and "Traceback" not in out + err, (what, err)
+        for line in (out + err).splitlines():
+            assert not line.lstrip("│┃ ").startswith("warning: FORGED"), (what, line)
+        assert "\x1b" not in out + err and "pwned\x07" not in out + err, what
+    if kind == "markup":
+        assert "[red]r0[red]" in runs["table"][1]  # printed literally, not a colour
+    doc = json.loads(runs["json"][1])
+    assert doc["traces"][0]["file"].endswith(name if kind != "not-utf8" else "r\\xff\\xfe0.json")
+    json.loads(runs["diff-json"][1])
+    ET.parse(junit)  # well-formed XML
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "\x1b" not in page and "<red>" not in page
+    annotations = [ln for ln in runs["gate"][1].splitlines() if ln.startswith("::")]
+    assert annotations and all("\n" not in a for a in annotations)

@@ -20,6 +20,7 @@ import polars as pl
 from .classify import RuleSet, classify, load_rules
 from .errors import NotATraceError, TraceError
 from .load import DEFAULT_MAX_BYTES, Trace, find_trace_files, load
+from .load.reader import missing_reason
 from .metrics import GpuMetrics, all_devices
 from .metrics.segments import segment_table
 from .metrics.skew import collective_skew
@@ -135,7 +136,7 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if p.is_dir():
             out.extend(ScannedPath(f) for f in find_trace_files(p))
         elif not p.exists():
-            raise TraceError(p, "no such file or directory")
+            raise TraceError(p, missing_reason(p))  # a dangling symlink or a loop says so
         else:
             out.append(p)
     return out

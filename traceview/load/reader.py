@@ -37,7 +37,6 @@ def parse_size(value: object) -> int | None:
 #: TRACEVIEW_MAX_BYTES (a value that is not a size is reported by the CLI's --max-bytes).
 DEFAULT_MAX_BYTES = parse_size(os.environ.get("TRACEVIEW_MAX_BYTES", "")) or 16 << 30
 
-TRACE_SUFFIXES = (".json", ".json.gz")
 _RANK_PATTERNS = (
     re.compile(r"rank[-_]?(\d+)", re.IGNORECASE),
     re.compile(r"(?:^|[-_.])TP[-_]?(\d+)(?:[-_.]|$)"),
@@ -135,7 +134,7 @@ def open_source(path: Path, max_bytes: int = DEFAULT_MAX_BYTES, spill_bytes: int
         raise TraceError(path, "permission denied") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise TraceError(path, "symlink loop (the link points back to itself)") from None
+            raise TraceError(path, "symlink loop (following the links never reaches a file)") from None
         raise TraceError(path, f"cannot read: {e.strerror or e}") from None
     try:
         return _as_utf8(path, src, max_bytes, spill_bytes)
@@ -151,7 +150,7 @@ def missing_reason(path: Path) -> str:
             os.stat(path)
         except OSError as e:
             if e.errno == errno.ELOOP:
-                return "symlink loop (the link points back to itself)"
+                return "symlink loop (following the links never reaches a file)"
         return f"dangling symlink (its target {os.readlink(path)!r} does not exist)"
     return "no such file or directory"
 
@@ -767,13 +766,85 @@ def _lists_frame(buf: decode.ColumnBuffer) -> pl.DataFrame:
     return df
 
 
-def find_trace_files(directory: Path) -> list[Path]:
-    """Trace files directly inside ``directory`` (sorted), by suffix."""
+class TraceFiles(list):
+    """The trace files of a directory (a list of paths, sorted), and ``skipped``: the other
+    files looked at, each with why it was not taken (``(path, reason)``)."""
+
+    def __init__(self, files: list[Path], skipped: list[tuple[Path, str]]) -> None:
+        super().__init__(files)
+        self.skipped = skipped
+
+
+def find_trace_files(directory: Path) -> TraceFiles:
+    """Trace files directly inside ``directory`` (sorted), by suffix.
+
+    A symlink that is dangling or loops is taken (its load says what is wrong with it,
+    by name) rather than dropped; a JSON beside the ranks that is plainly not a trace (a
+    list of records, a small object without ``traceEvents``: a manifest, a config) is
+    skipped, with its reason in ``skipped``.  A directory with no trace at all is an error
+    that lists what was looked at.
+    """
     try:
-        entries = sorted(p for p in directory.iterdir() if p.is_file())
+        entries = sorted(directory.iterdir())
     except PermissionError:
         raise TraceError(directory, "permission denied (cannot list the directory)") from None
-    files = [p for p in entries if p.name.endswith(TRACE_SUFFIXES)]
+    files, skipped, looked = [], [], 0
+    for p in entries:
+        if p.is_dir():
+            continue
+        looked += 1
+        if not p.name.endswith(TRACE_SUFFIXES):
+            skipped.append((p, "not a trace file name (" + ", ".join("*" + x for x in TRACE_SUFFIXES) + ")"))
+            continue
+        if not p.is_file() and not p.is_symlink():  # a socket, a device: nothing to read
+            skipped.append((p, "not a regular file"))
+            continue
+        why = sidecar_reason(p) if p.is_file() else None
+        if why is not None:
+            skipped.append((p, why))
+            continue
+        files.append(p)
     if not files:
-        raise TraceError(directory, "no trace files (*.json, *.json.gz) in this directory")
-    return files
+        shown = "; ".join(f"{q.name}: {why}" for q, why in skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
+        raise TraceError(directory, f"no trace files in this directory ({looked} files looked at"
+                                    + (f": {shown})" if shown else ")"))
+    return TraceFiles(files, skipped)
+
+
+#: The compressed suffixes a directory scan takes besides plain JSON (read by content anyway).
+TRACE_SUFFIXES = (".json", ".json.gz", ".json.zst", ".json.zstd", ".json.bz2", ".json.xz", ".json.lz4")
+
+_SNIFF_BYTES = 64 << 10
+
+
+def sidecar_reason(path: Path) -> str | None:
+    """Why a JSON file beside the ranks is not a trace (a manifest, a config, a list of
+    records), from its first 64 KiB; None when it may be one (the loader decides)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+            whole = len(head) < _SNIFF_BYTES
+            if head[:2] == b"\x1f\x8b":
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                head = d.decompress(head, _SNIFF_BYTES)
+                whole = whole and d.eof
+            elif compression_of(head) is not None or wide_encoding(head[:4]) is not None:
+                return None
+    except (OSError, zlib.error):
+        return None  # unreadable or damaged: the loader says what is wrong, by name
+    text = head.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()
+    if text.startswith(b"{"):
+        if whole and decode._TRACE_EVENTS_KEY.search(text) is None and b"traceEvent" not in text:
+            return "JSON without 'traceEvents' (a sidecar, not a trace)"
+        return None
+    if text.startswith(b"["):
+        first = text[1:].lstrip()
+        if first.startswith(b"]"):
+            return None  # an empty array: the loader says "no GPU events"
+        if not first.startswith(b"{"):
+            return "a JSON list of values, not of trace events (a sidecar, not a trace)"
+        m = re.match(rb'\{\s*"(\w+)"', first)
+        body = first[: first.find(b"}") + 1] if b"}" in first else first[:4096]
+        if m is not None and b'"ph"' not in body and b'"ts"' not in body:
+            return "a JSON list of records without 'ph'/'ts' (a sidecar, not a trace)"
+    return None

@@ -275,39 +275,58 @@ def locate_events(raw: bytes) -> EventArray | None:
         return EventArray(start, last if complete else len(raw), complete, {})
     if not head.startswith(b"{"):
         return None
-    keys = _event_keys(raw)
-    if not keys:
+    start = _first_key(raw)
+    if start is None:
         return None
-    start = keys[-1]
+    # A repeated top-level key: the last one counts (as in JSON.parse).  Looked for just after
+    # the first array opens (``"traceEvents": [], "traceEvents": [...]``) and after it
+    # closes, not through the whole file: the events cannot hold the key (a string's quotes
+    # are escaped), and scanning gigabytes for it would cost more than decoding them.
+    duplicate = False
+    later = _last_key(raw, start, min(len(raw), start + (1 << 20)))
+    if later is not None:
+        start, duplicate = later, True
     prefix = bytes(raw[: start]).lstrip().removeprefix(b"\xef\xbb\xbf")
     found = _array_end(raw, start, prefix)
+    if found is not None:
+        later = _last_key(raw, found[0], len(raw))
+        if later is not None:
+            start, duplicate = later, True
+            prefix = bytes(raw[: start]).lstrip().removeprefix(b"\xef\xbb\xbf")
+            found = _array_end(raw, start, prefix)
     if found is None:
         header = _try_header(prefix + b"]}") or {}
-        return EventArray(start, len(raw), False, header, len(keys) > 1)
-    return EventArray(start, found[0], True, found[1], len(keys) > 1)
+        return EventArray(start, len(raw), False, header, duplicate)
+    return EventArray(start, found[0], True, found[1], duplicate)
 
 
-_ESCAPED_KEY = re.compile(rb'"((?:[^"\\\n]|\\.){0,256}\\(?:[^"\\\n]|\\.){0,256})"\s*:\s*\[')
-
-
-def _event_keys(raw) -> list[int]:
-    """Offsets just after the ``[`` of every ``"traceEvents": [`` (a key spelled with JSON
-    escapes, ``"traceEvent\\u0073"``, included when no plain one is found)."""
-    out, pos = [], 0
-    while (pos := raw.find(b'"traceEvents"', pos)) >= 0:  # (a string cannot hold it: its quotes are escaped)
-        m = _TRACE_EVENTS_KEY.match(raw, pos)
-        if m is not None:
-            out.append(m.end())
-        pos += 13
-    if out:
-        return out
+def _first_key(raw) -> int | None:
+    """The offset just after the ``[`` of the first ``"traceEvents": [`` (a key spelled with
+    JSON escapes, ``"traceEvent\\u0073"``, when there is no plain one)."""
+    m = _TRACE_EVENTS_KEY.search(raw)
+    if m is not None:
+        return m.end()
     for m in _ESCAPED_KEY.finditer(raw):
         try:
             if json.loads(b'"' + m.group(1) + b'"') == "traceEvents":
-                out.append(m.end())
+                return m.end()
         except ValueError:
             continue
-    return out
+    return None
+
+
+def _last_key(raw, lo: int, hi: int) -> int | None:
+    """The offset after the ``[`` of the last plain ``"traceEvents": [`` in ``raw[lo:hi]``."""
+    last, pos = None, lo
+    while (pos := raw.find(b'"traceEvents"', pos, hi)) >= 0:
+        m = _TRACE_EVENTS_KEY.match(raw, pos)
+        if m is not None:
+            last = m.end()
+        pos += 13
+    return last
+
+
+_ESCAPED_KEY = re.compile(rb'"((?:[^"\\\n]|\\.){0,256}\\(?:[^"\\\n]|\\.){0,256})"\s*:\s*\[')
 
 
 def _array_end(raw, start: int, prefix: bytes) -> tuple[int, dict] | None:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import types
 import zlib
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -93,6 +94,27 @@ class Source:
 
     def blank(self) -> bool:
         return _NON_SPACE.search(self.raw) is None
+
+    def drop_nul_tail(self) -> int:
+        """Forget the NUL bytes the data ends with (a file zero-filled after a crash: NUL is
+        never valid JSON text), reading only that tail; how many there were."""
+        n = end = len(self.raw)
+        while end > 0 and self.raw[end - 1: end] == b"\0":
+            begin = max(0, end - (1 << 20))
+            end = begin + len(self.raw[begin:end].rstrip(b"\0"))
+            if end > begin:
+                break
+        if end == n:
+            return 0
+        if isinstance(self.raw, mmap.mmap):
+            old = self.raw
+            self.raw = mmap.mmap(self._fd, end, access=mmap.ACCESS_READ) if end else b""
+            old.close()
+        elif isinstance(self.raw, bytearray):
+            del self.raw[end:]
+        else:
+            self.raw = self.raw[:end]
+        return n - end
 
     def close(self) -> None:
         if self._fd is not None:
@@ -523,10 +545,23 @@ def load(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, workers: i
         return _load(Path(path), max_bytes, workers, progress, chunk_bytes, damage)
     except RecursionError:  # the JSON decoders recurse once per nesting level
         raise TraceError(path, "JSON nested too deeply (limit: a few hundred levels)") from None
+    except MemoryError:  # (a memory limit: ulimit -v, a container) named, with the file's size
+        raise TraceError(path, f"out of memory while loading it ({_size_text(path)}; a memory limit such as "
+                               "ulimit -v or a container's is too small for it)") from None
+    except BrokenProcessPool:  # a decoding worker was killed (the kernel's OOM killer, a signal)
+        raise TraceError(path, f"a decoding worker process died while decoding it ({_size_text(path)}; "
+                               "killed for memory? try --jobs 1 or more memory)") from None
     except TraceError as e:
         if damage and damage[0].explains_failure and "gzip" not in e.reason:  # the damage is the cause
             raise TraceError(e.path, f"{e.reason}; {damage[0].what}") from None  # (damaged, not "not a trace")
         raise
+
+
+def _size_text(path) -> str:
+    try:
+        return f"{os.path.getsize(path):,} bytes on disk"
+    except OSError:
+        return "size unknown"
 
 
 def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | None,
@@ -536,8 +571,11 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
         if src.gzip_damage:
             damage.append(src.gzip_damage)
             notes.append(src.gzip_damage.warning)
+        nuls = src.drop_nul_tail()
+        if nuls:
+            notes.append(f"the file ends in {nuls} NUL bytes (zero-filled after a crash?): ignored them")
         if src.blank():
-            raise TraceError(path, "file is empty")
+            raise TraceError(path, "file is empty" + (f" (but for {nuls} NUL bytes)" if nuls else ""))
         raw = src.raw
         arr = decode.locate_events(raw)
         if arr is None:

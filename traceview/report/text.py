@@ -30,7 +30,10 @@ def clean(text: object, limit: int | None = None) -> str:
 
     Tabs and newlines are kept (callers that need one line use ``one_line``).
     """
-    s = _CONTROL.sub("", _ANSI.sub("", fs_text(text)))
+    s = str(text)
+    if limit is not None and len(s) > 4 * limit + 4096:  # a 500 MB name: only its start can be shown
+        s = s[: 4 * limit + 4096]
+    s = _CONTROL.sub("", _ANSI.sub("", fs_text(s)))
     if limit is not None and len(s) > limit:
         s = s[: limit - 1] + "…"
     return s
@@ -38,7 +41,7 @@ def clean(text: object, limit: int | None = None) -> str:
 
 def short_kernel_name(name: str, limit: int = 90) -> str:
     """A readable kernel name: drop 'void ' and the trailing parameter list."""
-    s = clean(name)
+    s = clean(name if len(name) <= 1 << 16 else name[: 1 << 16])  # (a huge name: shown by its start)
     if s.startswith("void "):
         s = s[5:]
     if s.endswith(")"):

@@ -564,3 +564,99 @@ def test_hostile_file_names_are_escaped_everywhere(tmp_path, kind):
     assert "\x1b" not in page and "<red>" not in page
     annotations = [ln for ln in runs["gate"][1].splitlines() if ln.startswith("::")]
     assert annotations and all("\n" not in a for a in annotations)
+
+
+# --- round two: scale and memory (scaled-down versions of scripts/make_scale_cases.py) ----------------
+
+@functools.lru_cache(maxsize=None)
+def _scale_cases():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_scale_cases", ROOT / "scripts" / "make_scale_cases.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _reference_device(a, device) -> dict:
+    from reference import gpu_metrics
+
+    k = a.kernels.filter(pl.col("device") == device)
+    return gpu_metrics(list(zip(k["ts"].to_list(), k["end"].to_list(), k["role"].cast(pl.Utf8).to_list())))
+
+
+def test_many_streams_on_one_gpu_analyze_and_report(tmp_path):
+    """20,000 streams on one GPU (the full case is 200,000): per-stream busy time for each, the
+    report's timeline keeps 48 lanes and says so, all within the watchdog."""
+    from traceview.report.html import render_html
+
+    mod = _scale_cases()
+    p = mod.many_streams(tmp_path / "streams.json", 20_000)
+    with watchdog(60):
+        a = traceview.analyze(p)
+        html_text = render_html([a]).html
+    (g,) = a.gpus
+    assert len(g.streams) == 20_000
+    k = a.kernels
+    assert g.streams[1000] == pytest.approx(float(k.filter(pl.col("stream") == 1000)["dur"].sum()))
+    ref = _reference_device(a, 0)
+    assert g.busy_us == pytest.approx(ref["busy_us"]) and g.compute_us == pytest.approx(ref["compute_us"])
+    assert "20,000 streams on this GPU: the 47 busiest have a lane each" in html_text
+
+
+def test_many_devices_each_measured(tmp_path):
+    """2,000 devices (the full case is 10,000): one GpuMetrics each, equal to the reference."""
+    mod = _scale_cases()
+    p = mod.many_devices(tmp_path / "devices.json", 2_000, per_device=3)
+    with watchdog(60):
+        a = traceview.analyze(p)
+    assert [g.device for g in a.gpus] == list(range(2_000))
+    for g in (a.gpus[0], a.gpus[1234], a.gpus[-1]):
+        ref = _reference_device(a, g.device)
+        for key in ("span_us", "busy_us", "compute_us", "idle_us"):
+            assert getattr(g, key) == pytest.approx(ref[key]), key
+        assert g.events == 3
+
+
+def test_a_huge_kernel_name_is_kept_and_every_command_finishes(tmp_path):
+    """An 8 MB kernel name (the full case is 500 MB): kept whole, classified, shown shortened."""
+    mod = _scale_cases()
+    p = mod.huge_name(tmp_path / "name.json", 8 << 20)
+    with watchdog(60):
+        a = traceview.analyze(traceview.load(p, workers=2, chunk_bytes=1 << 20))
+        code, out, err = run_cli("analyze", str(p))
+    assert max(len(n) for n in a.kernels["name"].cast(pl.Utf8).to_list()) == 8 << 20
+    assert code == 0 and err == "" and max(len(line) for line in out.splitlines()) < 300
+
+
+def test_nul_bytes_after_a_valid_head_under_a_memory_limit(tmp_path):
+    """256 MiB of NUL bytes after one kernel (a file zero-filled after a crash), under a 4 GiB
+    address-space limit: analyzed, with the NULs named in a warning."""
+    mod = _scale_cases()
+    p = mod.nuls_after_head(tmp_path / "nuls.json", 256 << 20)
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+            "from traceview.cli import main; sys.argv = ['traceview', 'analyze', sys.argv[1]]; main()")
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert f"warning: nuls.json: the file ends in {256 << 20} NUL bytes" in r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_a_worker_that_dies_or_memory_that_runs_out_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from traceview.load import reader
+
+    p = tmp_path / "rank0.json.gz"
+    p.write_bytes(_good_bytes())
+    for exc, words in ((BrokenProcessPool("A process in the process pool was terminated abruptly"),
+                        "a decoding worker process died while decoding it"),
+                       (MemoryError(), "out of memory while loading it")):
+        def boom(*_a, exc=exc, **_k):
+            raise exc
+
+        monkeypatch.setattr(reader, "_load", boom)
+        code, out, err = run_cli("analyze", str(p))
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in out + err
+        assert err.startswith(f"traceview: error: {p}: {words} (") and "bytes on disk" in err

@@ -660,3 +660,21 @@ def test_a_worker_that_dies_or_memory_that_runs_out_is_one_line_naming_the_file(
         code, out, err = run_cli("analyze", str(p))
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in out + err
         assert err.startswith(f"traceview: error: {p}: {words} (") and "bytes on disk" in err
+
+
+def test_the_whole_corpus_through_gate_diff_and_report():
+    """Every corpus case, old and new, through gate and diff in one run each (and the round-two
+    families through report): exit 0/1/2, each error one line naming its file, no traceback, no
+    internal error."""
+    files = [str(CORPUS / c["file"]) for c in CASES]
+    with watchdog(300):
+        runs = [run_cli("gate", "--no-config", "--max-exposed-comm", "50%", *files)]
+        new = [f for f in files if Path(f).name.split("-", 1)[1].startswith(("exp-", "enc-", "z-"))]
+        for family in ("-exp-pid-two-gpus", "-enc-utf-16-gz", "-z-zstd-named-gz", "-z-tar-gz-run"):
+            runs.append(run_cli("diff", str(CORPUS / CASES[0]["file"]), next(f for f in new if family in f)))
+        runs.append(run_cli("report", "-o", os.devnull, *new))
+    for code, out, err in runs:
+        assert code in (0, 1, 2) and "Traceback" not in out + err and "internal error" not in err, err
+        for line in err.splitlines():
+            if line.startswith("traceview: error: "):
+                assert any(line.startswith(f"traceview: error: {f}: ") for f in files), line

@@ -616,6 +616,9 @@ def test_many_devices_each_measured(tmp_path):
         for key in ("span_us", "busy_us", "compute_us", "idle_us"):
             assert getattr(g, key) == pytest.approx(ref[key]), key
         assert g.events == 3
+    with watchdog(60):
+        code, out, _err = run_cli("analyze", str(p))
+    assert code == 0 and out.count("… and 1,936 more GPUs (--format csv lists every one)") == 2  # table + verdicts
 
 
 def test_a_huge_kernel_name_is_kept_and_every_command_finishes(tmp_path):

@@ -21,6 +21,7 @@ from .classify import RuleSet, classify, load_rules
 from .errors import NotATraceError, TraceError
 from .load import DEFAULT_MAX_BYTES, Trace, find_trace_files, load
 from .load.health import HealthIssue, trace_health
+from .load.reader import missing_reason
 from .metrics import GpuMetrics, all_devices
 from .metrics.iterations import ITERATION_EXTRA, iteration_summary, iteration_table
 from .metrics.segments import segment_table
@@ -145,7 +146,7 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if p.is_dir():
             out.extend(ScannedPath(f) for f in find_trace_files(p))
         elif not p.exists():
-            raise TraceError(p, "no such file or directory")
+            raise TraceError(p, missing_reason(p))  # a dangling symlink or a loop says so
         else:
             out.append(p)
     return out

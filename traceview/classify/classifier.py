@@ -6,7 +6,7 @@ import polars as pl
 
 from ..load.trace import Trace
 from .launch import attach_launches, enclosing_ranges
-from .rules import ROLES, RuleSet, load_rules
+from .rules import ROLES, RuleSet, load_rules, searchable
 
 ROLE_DTYPE = pl.Enum(list(ROLES))
 
@@ -63,7 +63,7 @@ def _apply_context(trace: Trace, gpu: pl.DataFrame, rules: RuleSet) -> pl.DataFr
     names = enc["name"].unique()
     hit_cols = []
     for i, rule in enumerate(rules.context):
-        matched = [n for n in names.to_list() if rule.pattern.search(n)]
+        matched = [n for n in names.to_list() if rule.pattern.search(searchable(n))]
         hit_cols.append(pl.col("name").is_in(matched).any().alias(f"ctx{i}"))
     hits = enc.group_by("point").agg(hit_cols)
     cat_of_point = points.select(pl.col("row").alias("point"), "category").join(hits, on="point")

@@ -64,6 +64,7 @@ class RuleSet:
     def classify_name(self, name: str, kind: str) -> str:
         """Category of one GPU event name: the first rule whose pattern is found in the part
         of the name the rule looks at (memcpy/memset names are used as they are)."""
+        name = searchable(name)
         if kind in _KERNEL_KINDS:
             seen = {"name": name, "template": name}
         else:
@@ -80,6 +81,7 @@ class RuleSet:
 
     def matches_context(self, name: str) -> bool:
         """Could a context rule use this CPU range's name? (pre-filters CPU ops)."""
+        name = searchable(name)
         return any(c.pattern.search(name) for c in self.context)
 
 
@@ -163,3 +165,15 @@ def load_rules(user_file: str | Path | None = None) -> RuleSet:
             raise UsageError(f"{path}: {kind} {n}: category {r.category!r} is not declared: add it under "
                              f'[categories] ("{r.category}" = {{ role = "compute" }}) or use a known one')
     return RuleSet(user.rules + base.rules, user.context + base.context, user.position or base.position, roles, helps)
+
+
+#: Names longer than this are matched on their first and last halves of it: real kernel names
+#: are a few KB at most, and a pattern's backtracking over a 500 MB name would never end.
+SEARCHABLE_CHARS = 1 << 16
+
+
+def searchable(name: str) -> str:
+    if len(name) <= SEARCHABLE_CHARS:
+        return name
+    half = SEARCHABLE_CHARS // 2
+    return name[:half] + " … " + name[-half:]

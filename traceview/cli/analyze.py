@@ -12,7 +12,7 @@ from ..analysis import TraceAnalysis, analyze_many, expand_paths
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
-from ..report.text import clean_frame
+from ..report.text import clean_frame, json_dumps
 from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
                      segment_patterns, segments_option)
 from .progress import LoadProgress
@@ -92,7 +92,7 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
                     continue  # already failed as the loader warnings it repeats
                 failed.append(TraceError(a.trace.path, f"--strict: trace health: {h.message}"))
     for e in failed:
-        error_line(str(e))
+        error_line(e)
     if good:
         from ..run import run_from_analyses
 
@@ -115,7 +115,7 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None,
             for t, a in zip(doc["traces"], good):
                 if id(a) in recs:
                     t["reconciliation"] = recs[id(a)].to_dict()
-            out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+            out.write(json_dumps(doc, orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + "\n")
         elif fmt == "csv":
             if by == ("rank",):
                 out.write(clean_frame(run.by_rank_layer() if run is not None else tables.empty()).write_csv())

@@ -14,10 +14,13 @@ from ..errors import TraceError, UsageError
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
 
-def error_line(message: str) -> None:
-    """One line, whatever the message holds (a file name with a newline, escapes in a trace string)."""
-    from ..report.text import one_line
+def error_line(message: "str | TraceError") -> None:
+    """One line, whatever the message holds (a file name with a newline, escapes in a trace string);
+    a ``TraceError``'s file name is shown with its controls escaped (``\\n``, ``\\xff``)."""
+    from ..report.text import display_path, one_line
 
+    if isinstance(message, TraceError):
+        message = f"{display_path(message.path)}: {one_line(message.reason)}"
     click.echo(f"traceview: error: {one_line(message)}", err=True)
 
 
@@ -29,7 +32,7 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except TraceError as e:
-            error_line(str(e))
+            error_line(e)
             sys.exit(EXIT_INPUT)
         except UsageError as e:
             error_line(str(e))

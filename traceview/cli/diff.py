@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..errors import TraceError
 from ..compare import diff_paths, render_diff
-from ..report.text import one_line
+from ..report.text import display_path, json_dumps, one_line
 from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
                      segment_patterns, segments_option)
 from .gate import write_file
@@ -44,11 +44,11 @@ def diff_cmd(base, new, kernels, top, pairs, fmt, output, rules_file, segments_f
     result, errors = diff_paths([base], [new], rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
                                 patterns=segment_patterns(segments_file), progress=LoadProgress)
     for e in errors:
-        error_line(str(e))
+        error_line(e)
     warned = {g.file: g.warnings for p in result.pairs for g in (p.base, p.new) if g.warnings}
     for file, warnings in warned.items():  # a truncated side makes every per-iteration value suspect
         for w in warnings:
-            click.echo(one_line(f"traceview: warning: {file}: {w}"), err=True)
+            click.echo(f"traceview: warning: {display_path(file)}: {one_line(w)}", err=True)
     if not result.pairs:
         if not errors:
             error_line(f"{base}: no GPU to compare with {new}")
@@ -58,7 +58,7 @@ def diff_cmd(base, new, kernels, top, pairs, fmt, output, rules_file, segments_f
         if not kernels:
             for p in doc["pairs"]:
                 p["kernels"] = None
-        text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
+        text = json_dumps(doc, orjson.OPT_INDENT_2) + "\n"
         if output:
             write_file(output, text)
         else:

@@ -13,6 +13,7 @@ from ..errors import TraceError
 from ..gate import config as gate_config
 from ..gate.checks import PER_CHOICES, run_gate
 from ..gate.junit import github_annotations, step_summary, to_junit
+from ..report.text import json_dumps
 from .common import (error_line, handle_errors, jobs_option, max_bytes_option, rules_option, segment_patterns,
                      segments_option)
 from .progress import LoadProgress
@@ -87,9 +88,9 @@ def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, max_exposed_of_comm, 
                       patterns=segment_patterns(segments_file), progress=LoadProgress)
 
     for e in result.errors:
-        error_line(str(e))
+        error_line(e)
     if fmt == "json":
-        text = orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
+        text = json_dumps(result.to_dict(), orjson.OPT_INDENT_2) + "\n"
     else:
         text = "\n".join(result.lines()) + "\n"
     if output:

@@ -26,9 +26,11 @@ class LoadProgress:
             from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("loading {task.description}"), BarColumn(), DownloadColumn(),
+            self.bar = Progress(TextColumn("loading {task.description}", markup=False), BarColumn(), DownloadColumn(),
                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-            name = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} files"
+            from ..report.text import display_path
+
+            name = display_path(Path(paths[0]).name) if len(paths) == 1 else f"{len(paths)} files"
             self.task = self.bar.add_task(name, total=max(1, total))
 
     def __call__(self, path: Path, done: int, total: int) -> None:

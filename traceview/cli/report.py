@@ -55,7 +55,7 @@ def report_cmd(paths, output, model, gpu_name, convention, max_events, title, ru
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     for e in failed:
-        error_line(str(e))
+        error_line(e)
     if not good:
         sys.exit(EXIT_INPUT)
     from ..run import run_from_analyses

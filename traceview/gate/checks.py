@@ -263,7 +263,10 @@ def _signed_pct(new: float | None, base: float | None) -> str:
 
 
 def _basename(path: str) -> str:
-    return path.replace("\\", "/").rsplit("/", 1)[-1]
+    """The file's name as shown (controls escaped: a name cannot forge a line or annotation)."""
+    from ..report.text import display_path
+
+    return display_path(path.replace("\\", "/").rsplit("/", 1)[-1])
 
 
 # --- evaluation --------------------------------------------------------------------------------

@@ -84,7 +84,10 @@ class GpuSummary:
 
     @property
     def file_name(self) -> str:
-        return Path(self.file).name
+        """The file's name as shown (controls escaped: a name cannot forge a line)."""
+        from ..report.text import display_path
+
+        return display_path(Path(self.file).name)
 
     @property
     def per(self) -> int:

@@ -352,7 +352,8 @@ def _gpu_table(results: list[TraceAnalysis]) -> str:
     rows = []
     for a in results:
         for g in a.gpus:
-            rows.append([esc(a.trace.name), "–" if a.rank is None else str(a.rank), str(g.device), ms(g.span_us),
+            rows.append([esc(a.trace.name), "–" if a.rank is None else str(a.rank), esc(a.trace.device_text(g.device)),
+                         ms(g.span_us),
                          ms(g.busy_us), ms(g.compute_us), ms(g.comm_us), ms(g.overlap_us),
                          f'<span class="exposed">{ms(g.exposed_comm_us)}</span>', pct(g.exposed_comm_ratio),
                          ms(g.memory_us), ms(g.idle_us)])

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..analysis import TraceAnalysis
-from .text import clean, fmt_ms, fmt_pct, short_kernel_name
+from .text import clean, display_path, fmt_ms, fmt_pct, one_line, short_kernel_name
 from .verdict import severity, verdict, verdict_lines  # noqa: F401  (verdict: the one-line form)
 
 SEVERITY_STYLE = {"bad": "red", "warn": "yellow", "ok": "green", "none": ""}
 
 MAX_GPU_COLUMNS = 4
+#: GPUs listed one by one in the terminal (10,000 devices would be minutes of table drawing);
+#: the count of the others is said, and ``--format csv`` lists them all.
+MAX_GPU_ROWS = 64
+
+
+def _shown_gpus(results: list[TraceAnalysis]) -> list[tuple[TraceAnalysis, object]]:
+    out = []
+    for a in results:
+        for g in a.gpus:
+            if len(out) == MAX_GPU_ROWS:
+                return out
+            out.append((a, g))
+    return out
 
 
 def gpu_label(a: TraceAnalysis, device: int) -> str:
     rank = "?" if a.rank is None else str(a.rank)
-    return f"r{rank}/gpu{device}"
+    name = a.trace.thread_names.get(device)  # a pid given as a string: its name, not an internal id
+    return f"r{rank}/gpu{device}" if name is None else f"r{rank}/{one_line(name, 60)}"
 
 
 def render_analysis(results: list[TraceAnalysis], console: Console, top: int = 8) -> None:
@@ -26,20 +42,21 @@ def render_analysis(results: list[TraceAnalysis], console: Console, top: int = 8
     _header(results, console)
     for a in results:  # first: a truncated or repaired file changes how every number below reads
         for w in a.trace.warnings:
-            console.print(Text(f"warning: {clean(a.trace.name)}: {clean(w)}", style="yellow"))
+            console.print(Text(f"warning: {display_path(a.trace.name)}: {one_line(w)}", style="yellow"))
         for h in a.health:
-            console.print(Text(f"trace health: {clean(a.trace.name)}: {clean(h.message)}", style="yellow"))
+            console.print(Text(f"trace health: {display_path(a.trace.name)}: {one_line(h.message)}", style="yellow"))
     console.print(_gpu_table(results))
-    labels = [gpu_label(a, g.device) for a in results for g in a.gpus]
-    for a in results:
-        for g in a.gpus:
-            label = gpu_label(a, g.device)
-            if labels.count(label) > 1:  # two files claim this rank: say which one
-                label += f" ({clean(a.trace.name)})"
-            first, *rest = verdict_lines(a, g)
-            console.print(Text(f"  {label}: {first}", style=SEVERITY_STYLE[severity(a, g)]))
-            for line in rest:
-                console.print(Text(f"    {line}"))
+    labels = Counter(gpu_label(a, g.device) for a in results for g in a.gpus)
+    for a, g in _shown_gpus(results):
+        label = gpu_label(a, g.device)
+        if labels[label] > 1:  # two files claim this rank: say which one
+            label += f" ({clean(a.trace.name)})"
+        first, *rest = verdict_lines(a, g)
+        console.print(Text(f"  {label}: {first}", style=SEVERITY_STYLE[severity(a, g)]))
+        for line in rest:
+            console.print(Text(f"    {line}"))
+    if (more := sum(len(a.gpus) for a in results) - MAX_GPU_ROWS) > 0:
+        console.print(Text(f"  … and {more:,} more GPUs (--format csv lists every one)"))
     console.print(_category_table(results))
     if len(results) == 1:
         console.print(_top_kernels(results[0], top))
@@ -53,7 +70,7 @@ def _header(results: list[TraceAnalysis], console: Console) -> None:
         rank = "" if t.rank is None else f" · rank {t.rank}" + ("" if t.world_size is None else f"/{t.world_size}")
         names = sorted({clean(g.name) for g in a.gpus if g.name})
         dev = f" · {', '.join(names)}" if names else ""
-        console.print(Text(f"traceview · {clean(t.name)}{rank}{dev} · {len(a.gpus)} GPU(s), "
+        console.print(Text(f"traceview · {display_path(t.name)}{rank}{dev} · {len(a.gpus)} GPU(s), "
                            f"{a.kernels.height} GPU events", style="bold"))
     else:
         console.print(Text(f"traceview · {len(results)} traces, "
@@ -65,13 +82,15 @@ def _gpu_table(results: list[TraceAnalysis]) -> Table:
     for col in ("trace", "rank", "gpu", "span", "busy", "compute", "comm", "overlap", "exposed comm",
                 "exposed %", "memory", "idle"):
         t.add_column(col, justify="left" if col == "trace" else "right")
-    for a in results:
-        for g in a.gpus:
-            exposed_style = "red" if (g.exposed_comm_ratio or 0) > 0.5 else "green" if g.comm_us > 0 else ""
-            t.add_row(clean(a.trace.name, 40), "-" if a.rank is None else str(a.rank), str(g.device),
-                      fmt_ms(g.span_us), fmt_ms(g.busy_us), fmt_ms(g.compute_us), fmt_ms(g.comm_us),
-                      fmt_ms(g.overlap_us), Text(fmt_ms(g.exposed_comm_us), style=exposed_style),
-                      fmt_pct(g.exposed_comm_ratio), fmt_ms(g.memory_us), fmt_ms(g.idle_us))
+    for a, g in _shown_gpus(results):
+        exposed_style = "red" if (g.exposed_comm_ratio or 0) > 0.5 else "green" if g.comm_us > 0 else ""
+        t.add_row(display_path(a.trace.name, 40), "-" if a.rank is None else str(a.rank),
+                  one_line(a.trace.device_text(g.device), 40),
+                  fmt_ms(g.span_us), fmt_ms(g.busy_us), fmt_ms(g.compute_us), fmt_ms(g.comm_us),
+                  fmt_ms(g.overlap_us), Text(fmt_ms(g.exposed_comm_us), style=exposed_style),
+                  fmt_pct(g.exposed_comm_ratio), fmt_ms(g.memory_us), fmt_ms(g.idle_us))
+    if (more := sum(len(a.gpus) for a in results) - MAX_GPU_ROWS) > 0:
+        t.caption = f"… and {more:,} more GPUs (--format csv lists every one)"
     return t
 
 

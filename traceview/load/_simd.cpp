@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -40,6 +41,7 @@ constexpr size_t kMaxDepth = 32;        // Kineto events nest ~6 deep; deeper go
 std::unordered_map<std::string, int> g_aliases;  // lower-cased category -> kind code
 bool g_other_phase[256];                         // phases recognized and dropped (not X, B, E)
 bool g_configured = false;
+double g_parse_s = 0, g_walk_s = 0;
 
 struct Columns {
   std::vector<uint8_t> kind;
@@ -381,8 +383,14 @@ bool decode_buffer(Worker& w, size_t len) {
     if (w.parser.allocate(len + (len >> 3), kMaxDepth) != simdjson::SUCCESS) return false;
   }
   element root;
+  auto t0 = std::chrono::steady_clock::now();
   if (w.parser.parse(w.buf.data(), len, false).get(root) != simdjson::SUCCESS) return false;
-  return walk(root, w.cols);
+  auto t1 = std::chrono::steady_clock::now();
+  bool ok = walk(root, w.cols);
+  auto t2 = std::chrono::steady_clock::now();
+  g_parse_s += std::chrono::duration<double>(t1 - t0).count();
+  g_walk_s += std::chrono::duration<double>(t2 - t1).count();
+  return ok;
 }
 
 void reserve_padded(Worker& w, size_t len) {
@@ -516,7 +524,10 @@ PyObject* py_decode_file(PyObject*, PyObject* args) {
   return finish(w, ok);
 }
 
+PyObject* py_timings(PyObject*, PyObject*) { return Py_BuildValue("(dd)", g_parse_s, g_walk_s); }
+
 PyMethodDef kMethods[] = {
+    {"timings", py_timings, METH_NOARGS, "seconds spent parsing and walking (this process, all threads)"},
     {"configure", py_configure, METH_VARARGS, "configure(aliases: dict[str, int], other_phases: str)"},
     {"decode", py_decode, METH_O, "decode(array) -> columns tuple, or None when the piece is not clean"},
     {"decode_file", py_decode_file, METH_VARARGS, "decode_file(path, offset, length) -> columns tuple or None"},

@@ -13,12 +13,14 @@
 #include <Python.h>
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -76,10 +78,11 @@ struct Worker {  // one per thread: the parser's and the buffer's pages are reus
   Columns cols;
 };
 
-thread_local Worker* t_worker = nullptr;
+// Freed when its thread ends (the loader's pool threads end with the load).
+thread_local std::unique_ptr<Worker> t_worker;
 
 Worker& worker() {
-  if (t_worker == nullptr) t_worker = new Worker();  // lives as long as its thread (a process's few)
+  if (!t_worker) t_worker.reset(new Worker());
   return *t_worker;
 }
 
@@ -540,6 +543,9 @@ PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_simd", "simdjson field-picking l
 }  // namespace
 
 PyMODINIT_FUNC PyInit__simd(void) {
+  // The columns of each piece go to Python as bytes objects of a few MB: without this glibc
+  // maps each one freshly (and unmaps it when freed), so every piece pays page faults again.
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
   PyObject* m = PyModule_Create(&kModule);
   if (m == nullptr) return nullptr;
   PyModule_AddStringConstant(m, "SIMDJSON_VERSION", TV_STR(SIMDJSON_VERSION));

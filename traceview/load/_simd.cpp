@@ -43,6 +43,7 @@ constexpr size_t kMaxDepth = 32;        // Kineto events nest ~6 deep; deeper go
 std::unordered_map<std::string, int> g_aliases;  // lower-cased category -> kind code
 bool g_other_phase[256];                         // phases recognized and dropped (not X, B, E)
 bool g_configured = false;
+unsigned g_generation = 0;  // bumped by configure(): per-thread caches of kinds start over
 double g_parse_s = 0, g_walk_s = 0;
 
 struct Columns {
@@ -101,15 +102,14 @@ int field_of(std::string_view k) {
 }
 
 int arg_of(std::string_view k) {
-  if (k == "correlation") return CORR;
-  if (k == "stream") return STREAM;
-  if (k == "device") return DEVICE;
-  if (k == "External id") return EXTID;
-  if (k == "Input Dims") return DIMS;
-  if (k == "bytes") return BYTES;
-  if (k == "grid") return GRID;
-  if (k == "block") return BLOCK;
-  return -1;
+  switch (k.size()) {
+    case 4: return k == "grid" ? GRID : -1;
+    case 5: return k == "bytes" ? BYTES : k == "block" ? BLOCK : -1;
+    case 6: return k == "stream" ? STREAM : k == "device" ? DEVICE : -1;
+    case 10: return k == "Input Dims" ? DIMS : -1;
+    case 11: return k == "correlation" ? CORR : k == "External id" ? EXTID : -1;
+    default: return -1;
+  }
 }
 
 // ``int | None`` of msgspec (absent/null -> not ok); anything else (a float, a string, an
@@ -236,7 +236,26 @@ int32_t code_of(std::unordered_map<std::string, int32_t>& codes, std::vector<std
 
 // Category -> kind code; -1: not kept; -2: not clean (non-ASCII: Python's str.lower() could
 // map it onto a kept category, e.g. the Kelvin sign).
+int kind_lookup(std::string_view cat);
+
+// (categories repeat: the few seen are remembered per thread)
+thread_local std::vector<std::pair<std::string, int>> t_kinds;
+
+thread_local unsigned t_kinds_generation = 0;
+
 int kind_of(std::string_view cat) {
+  if (t_kinds_generation != g_generation) {  // configure() ran since
+    t_kinds.clear();
+    t_kinds_generation = g_generation;
+  }
+  for (const auto& [c, k] : t_kinds)
+    if (c == cat) return k;
+  int k = kind_lookup(cat);
+  if (t_kinds.size() < 64) t_kinds.emplace_back(cat, k);
+  return k;
+}
+
+int kind_lookup(std::string_view cat) {
   char low[32];
   if (cat.size() >= sizeof low) {
     for (unsigned char c : cat)
@@ -465,6 +484,7 @@ PyObject* py_configure(PyObject*, PyObject* args) {
   std::memset(g_other_phase, 0, sizeof g_other_phase);
   for (const char* p = phases; *p; p++) g_other_phase[(unsigned char)*p] = true;
   g_configured = true;
+  g_generation++;
   Py_RETURN_NONE;
 }
 

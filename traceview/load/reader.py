@@ -643,7 +643,9 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
 def _workers(workers: int | None, size: int) -> int:
     if workers is not None:
         return max(1, workers)
-    return max(1, min(os.cpu_count() or 1, 8)) if size >= PARALLEL_MIN_BYTES else 1
+    # (the compiled decoder runs in threads, which cost nothing to start: from two pieces on)
+    least = 2 * decode.CHUNK_BYTES if fast.native.ENABLED else PARALLEL_MIN_BYTES
+    return max(1, min(os.cpu_count() or 1, 8)) if size >= least else 1
 
 
 _NOT_RUN = object()  # the fast path has not been tried on this piece yet
@@ -675,10 +677,12 @@ class _Pieces:
             return
         import multiprocessing
         from collections import deque
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-        # spawn, not fork: forking a process that runs polars thread pools can deadlock
-        self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        if fast.native.ENABLED:  # it releases the GIL while it parses: threads, no processes to start
+            self.pool = ThreadPoolExecutor(self.workers)
+        else:  # spawn, not fork: forking a process that runs polars thread pools can deadlock
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         ahead: deque = deque()
         for offset, length in cuts:
             with _bare_main():

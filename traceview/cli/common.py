@@ -106,7 +106,7 @@ def engine_options(f):
                           "ray://HEAD:10001 (Ray Client), or local (start a private one-machine cluster).")(f)
     return click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                         help="Where each rank file is analysed: local processes (--jobs), or Ray tasks, each on the "
-                             "node that holds the file (paths may be node-local; see docs/run.md). Needs "
+                             "node that holds the file (paths may be node-local; see docs/engines.md). Needs "
                              "pip install \"traceview[ray]\".")(f)
 
 

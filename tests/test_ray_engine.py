@@ -193,3 +193,11 @@ def test_local_engine_in_processes_equals_in_process(decode_local):
 
     summaries, errors = map_run(LocalEngine(jobs=2), DECODE, RankTask())
     assert not errors and reduce_run(summaries, errors).to_dict() == decode_local.to_dict()
+
+
+def test_engine_options_refused_where_they_cannot_work(tmp_path):
+    pytest.importorskip("ray", reason='Ray is not installed here (pip install "traceview[ray]")')
+    r = CliRunner().invoke(main, ["report", str(DECODE[0]), "-o", str(tmp_path / "x.html"), "--engine", "ray"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "--engine local" in r.output
+    r = CliRunner().invoke(main, ["analyze", str(DECODE[0]), "--address", "ray://head:10001"])
+    assert r.exit_code == 2 and "--address is for --engine ray" in r.output

@@ -15,6 +15,9 @@ class TraceError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # it travels back from worker processes and cluster tasks
+        return type(self), (self.path, self.reason)
+
 
 class UsageError(Exception):
     """A bad option value or configuration (not tied to one trace file)."""

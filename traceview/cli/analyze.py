@@ -13,9 +13,9 @@ from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
 from ..report.text import clean_frame, json_dumps
-from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
-                     segment_patterns, segments_option)
-from .progress import LoadProgress
+from .common import (EXIT_INPUT, check_engine, engine_options, error_line, handle_errors, jobs_option,
+                     max_bytes_option, rules_option, segment_patterns, segments_option)
+from .progress import LoadProgress, RankProgress
 
 
 @click.command("analyze")
@@ -50,10 +50,11 @@ from .progress import LoadProgress
 @rules_option
 @segments_option
 @jobs_option
+@engine_options
 @max_bytes_option
 @handle_errors
 def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, model, gpu_name, convention, gpu_file,
-                phase, precision, tokens, kv_len, n_seqs, rules_file, jobs, max_bytes):
+                phase, precision, tokens, kv_len, n_seqs, rules_file, jobs, engine, address, max_bytes):
     """Where the GPU time goes: busy compute/comm/memory, overlap, exposed communication,
     idle, per stream and per kernel category, for each rank and GPU.
 
@@ -74,6 +75,10 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
                       precision=precision, tokens=tokens, kv_len=kv_len, batch=n_seqs, convention=convention,
                       gpu_file=gpu_file)
     patterns = segment_patterns(segments_file)
+    check_engine(engine, address)
+    if engine != "local":
+        return _analyze_on_engine(paths, fmt, output, by or tax or budget or strict or fmt == "csv", rules_file,
+                                  patterns, engine, address, max_bytes)
     files = expand_paths(paths)
     # the event tables are needed only by segments, the overlap tax, budgets and JSON: without
     # them, drop each rank's table once measured (memory bounded by --jobs, not by the ranks)
@@ -147,3 +152,35 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None,
     finally:
         if output:
             out.close()
+
+
+def _analyze_on_engine(paths, fmt, output, unsupported, rules_file, patterns, engine, address, max_bytes) -> None:
+    """The run analysis with its map step on another engine (Ray): summaries only, so the
+    run's per-rank table, straggler and what-if (``RunAnalysis``), not the per-event views."""
+    from ..report.terminal import render_run
+    from ..run import analyze_run
+
+    if unsupported:
+        raise UsageError(f"--engine {engine} gives the run analysis (per-rank table, straggler, what-if): "
+                         "--by, --tax, --model, --strict and --format csv need --engine local")
+    with RankProgress() as progress:
+        run = analyze_run(paths, rules_file, engine=engine, patterns=patterns, progress=progress, address=address,
+                          max_bytes=max_bytes)
+    for e in run.errors:
+        error_line(str(e))
+    out = open(output, "w", encoding="utf-8") if output else sys.stdout
+    try:
+        if fmt == "json":
+            out.write(orjson.dumps({"run": run.to_dict()}, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+                                   | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+        else:
+            console = Console(file=out, width=None if out.isatty() else 160, markup=False, emoji=False)
+            for r in run.ranks:  # the per-rank GPU lines the local engine prints above the run
+                console.print(f"{r.name}: rank {r.rank}, GPU {r.device}: compute {r.gpu.compute_us / 1000:.3f} ms, "
+                              f"comm {r.gpu.comm_us / 1000:.3f} ms, exposed {r.gpu.exposed_comm_us / 1000:.3f} ms, "
+                              f"span {r.gpu.span_us / 1000:.3f} ms")
+            render_run(run, console)
+    finally:
+        if output:
+            out.close()
+    sys.exit(EXIT_INPUT if run.errors or not run.ranks else 0)

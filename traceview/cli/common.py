@@ -100,3 +100,21 @@ def segment_patterns(segments_file):
 def jobs_option(f):
     return click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 256),
                         help="Analyze this many rank files in parallel processes.")(f)
+
+
+def engine_options(f):
+    """``--engine local|ray`` and ``--address``: where each rank file's map step runs."""
+    f = click.option("--address", metavar="ADDR",
+                     help="The Ray cluster for --engine ray: auto (the cluster this machine belongs to, the default), "
+                          "ray://HEAD:10001 (Ray Client), or local (start a private one-machine cluster).")(f)
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Where each rank file is analysed: local processes (--jobs), or Ray tasks, each on the "
+                             "node that holds the file (paths may be node-local; see docs/engines.md). Needs "
+                             "pip install \"traceview[ray]\".")(f)
+
+
+def check_engine(engine: str, address: str | None) -> None:
+    """Refuse an engine that cannot run here before any work (one line, exit 2)."""
+    from ..run.engine import make_engine
+
+    make_engine(engine, address=address)

@@ -59,3 +59,38 @@ def _size(p: Path) -> int:
         return os.path.getsize(p)
     except OSError:
         return 0
+
+
+class RankProgress:
+    """A bar counting rank files done, for engines whose files the driver may not see (Ray):
+    ``expect(n)`` once the files are found, then ``progress(path, 1, 1)`` per file done."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.bar = None
+        if enabled if enabled is not None else sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("analysing ranks"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task("ranks", total=None)
+        self.done = 0
+
+    def expect(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, total=n)
+
+    def __call__(self, path: Path, done: int, total: int) -> None:
+        if done >= total:
+            self.done += 1
+            if self.bar is not None:
+                self.bar.update(self.task, completed=self.done)
+
+    def __enter__(self) -> "RankProgress":
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

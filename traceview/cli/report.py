@@ -10,8 +10,8 @@ import click
 from ..analysis import TraceAnalysis, analyze_many, expand_paths
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
-from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
-                     segment_patterns, segments_option)
+from .common import (EXIT_INPUT, check_engine, engine_options, error_line, handle_errors, jobs_option,
+                     max_bytes_option, rules_option, segment_patterns, segments_option)
 from .progress import LoadProgress
 
 
@@ -32,9 +32,11 @@ from .progress import LoadProgress
 @rules_option
 @segments_option
 @jobs_option
+@engine_options
 @max_bytes_option
 @handle_errors
-def report_cmd(paths, output, model, gpu_name, convention, max_events, title, rules_file, segments_file, jobs, max_bytes):
+def report_cmd(paths, output, model, gpu_name, convention, max_events, title, rules_file, segments_file, jobs, engine,
+               address, max_bytes):
     """Write an HTML report: per-GPU timelines with exposed communication marked, per
     micro-batch and per layer overlap, kernel categories, top and unclassified kernels.
 
@@ -48,6 +50,11 @@ def report_cmd(paths, output, model, gpu_name, convention, max_events, title, ru
     out = Path(output)
     if not out.parent.is_dir():
         raise TraceError(out, "the output's directory does not exist")
+    check_engine(engine, address)
+    if engine != "local":
+        # the page draws every kernel of every rank: it reads event tables, which stay on the nodes
+        raise UsageError(f"report --engine {engine}: the HTML page needs the run page built from summaries "
+                         "(not yet); use analyze --engine ray for the run analysis, or report --engine local")
     files = expand_paths(paths)
     with LoadProgress(files) as progress:
         results = analyze_many(files, rules_file, jobs, max_bytes, segment_patterns(segments_file), progress=progress,

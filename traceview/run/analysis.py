@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import polars as pl
 
@@ -20,6 +20,9 @@ from ..errors import TraceError
 from .attribution import RankTimes, Straggler, WhatIf, expert_imbalance, find_straggler, rank_times, what_if
 from .collectives import Matching, match
 from .summary import RankSummary
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 
 @dataclass
@@ -250,19 +253,24 @@ def summarize_file(path: Path, rules_file: str | None = None, max_bytes: int | N
 
 
 def analyze_run(paths: str | os.PathLike | Iterable[str | os.PathLike], rules_file: str | None = None,
-                jobs: int = 1, engine: str = "local", patterns=None,
-                progress: Callable[[Path, int, int], None] | None = None) -> RunAnalysis:
-    """Analyze a run: a directory of per-rank traces, or the rank files themselves."""
-    from ..analysis import analyze_many, expand_paths
+                jobs: int = 1, engine: "str | Engine" = "local", patterns=None,
+                progress: Callable[[Path, int, int], None] | None = None, address: str | None = None,
+                max_bytes: int | None = None) -> RunAnalysis:
+    """Analyze a run: a directory of per-rank traces, or the rank files themselves.
 
-    if engine != "local":
-        raise TraceError(str(paths), f"unknown engine {engine!r} (local)")
+    ``engine`` says where the map step runs: ``"local"`` (``jobs`` processes here), ``"ray"``
+    (tasks on the Ray cluster at ``address``, default ``"auto"``; files read on the node that
+    has them), or an ``Engine`` object (``engine.py``).  The reduce is the same for all.
+    """
+    from .engine import RankTask, make_engine, map_run
+
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    files = expand_paths(paths)
-    results = analyze_many(files, rules_file, jobs, patterns=patterns, keep_events=False, progress=progress,
-                           summarize=True)
-    return run_from_analyses(results)
+    paths = list(paths)
+    eng = make_engine(engine, jobs, address)
+    rules_text = Path(rules_file).read_text() if rules_file and eng.name != "local" else None
+    summaries, errors = map_run(eng, paths, RankTask(rules_file, max_bytes, patterns, None, rules_text), progress)
+    return reduce_run(summaries, errors)
 
 
 def run_from_analyses(results) -> RunAnalysis:

@@ -212,6 +212,24 @@ def _window(plans: list[_Rank], window: str | None) -> tuple[float, float, str |
     return min(s for s, _ in spans), max(e for _, e in spans), f"iteration {window} only"
 
 
+def _extent(added: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (µs) of each added event, so that a window keeps or drops whole things:
+    an async span's ``b`` and ``e`` together, all the steps of one flow arrow together."""
+    ts = np.array([e.get("ts", np.nan) for e in added], dtype=np.float64)
+    end = ts + np.array([e.get("dur", 0.0) for e in added], dtype=np.float64)
+    flows: dict = {}
+    for i, e in enumerate(added):
+        if e["ph"] == "b":  # device_events writes each span's 'e' right after its 'b'
+            assert added[i + 1]["ph"] == "e" and added[i + 1]["name"] == e["name"]
+            end[i] = ts[i + 1]
+            ts[i + 1] = ts[i]
+        elif e["ph"] in ("s", "t", "f"):
+            flows.setdefault(e["id"], []).append(i)
+    for idx in flows.values():
+        ts[idx], end[idx] = ts[idx].min(), ts[idx].max()
+    return ts, end
+
+
 def _in(ts: np.ndarray, end: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Events kept by a time window: those overlapping it (metadata, with no time, always)."""
     return np.isnan(ts) | ((ts <= hi) & (np.maximum(end, ts) >= lo))
@@ -219,19 +237,20 @@ def _in(ts: np.ndarray, end: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def _budget(plans, added, lo, hi, why, max_events):
     left_out: list[str] = []
-    a_ts = np.array([e.get("ts", np.nan) for e in added], dtype=np.float64)
-    a_end = a_ts + np.array([e.get("dur", 0.0) for e in added], dtype=np.float64)
+    a_ts, a_end = _extent(added)
     all_ts = np.concatenate([p.ts for p in plans] + [a_ts])
     all_end = np.concatenate([p.end for p in plans] + [a_end])
     keep = _in(all_ts, all_end, lo, hi)
     if why:
         left_out.append(f"{why}: {int((~keep).sum()):,} events (original and traceview's) outside it left out")
+    limit_events = max_events
+    max_events -= 1  # room for the note that says what was left out
     if keep.sum() > max_events:
         timed = np.sort(all_ts[keep & ~np.isnan(all_ts)])
         untimed = int((keep & np.isnan(all_ts)).sum())
         room = max(0, max_events - untimed)
         if room == 0:
-            raise UsageError(f"--max-events {max_events:,}: the metadata events alone are {untimed:,}")
+            raise UsageError(f"--max-events {limit_events:,}: the metadata events alone are {untimed:,}")
         # cut at the end of the last whole iteration that fits, else where the budget runs out
         limit = timed[min(room, timed.size) - 1]
         ends = sorted(p.windows[i][1] + p.shift_us for p in plans for i in p.iterations)
@@ -244,7 +263,7 @@ def _budget(plans, added, lo, hi, why, max_events):
             idx = np.searchsorted(timed, new_hi, side="left") - 1
             new_hi = timed[idx] if idx >= 0 else lo
             keep = _in(all_ts, all_end, lo, new_hi)
-        left_out.append(f"--max-events {max_events:,}: {before - int(keep.sum()):,} events after "
+        left_out.append(f"--max-events {limit_events:,}: {before - int(keep.sum()):,} events after "
                         f"ts {new_hi:.3f} µs left out" + (" (at an iteration end)" if fitting else ""))
         hi = new_hi
     return lo, hi, left_out
@@ -274,8 +293,8 @@ def _added(plans: list[_Rank], alignment, multi: bool) -> tuple[list[dict], int]
     for p in plans:
         for orig in p.pids:
             pid = _merged_pid(p, orig) if multi else orig
-            if not isinstance(pid, int) or isinstance(pid, bool):
-                continue
+            if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < 1 << 32:
+                continue  # (a pid a viewer cannot take is left as the profiler wrote it)
             events.append(meta("process_sort_index", pid, {"sort_index": _sort_of(p, orig)}))
             if multi:
                 name = p.pids[orig][1]
@@ -344,8 +363,7 @@ def _write(out: Path, plans: list[_Rank], added: list[dict], lo: float, hi: floa
         raise TraceError(out, "the output's directory does not exist")
     enc = msgspec.json.Encoder()
     dec = msgspec.json.Decoder()
-    a_ts = np.array([e.get("ts", np.nan) for e in added], dtype=np.float64)
-    a_end = a_ts + np.array([e.get("dur", 0.0) for e in added], dtype=np.float64)
+    a_ts, a_end = _extent(added)
     keep_added = _in(a_ts, a_end, lo, hi)
     kept_added = [e for e, k in zip(added, keep_added) if k]
     info = {"version": __version__, "category": CATEGORY,

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..load.decode import CATEGORY_ALIASES
+from ..load.decode import ANNOTATION_CATEGORY
 from .tracks import DeviceTracks
 
-CATEGORY = "traceview"
-assert CATEGORY not in CATEGORY_ALIASES  # the loader must never keep what traceview added
+CATEGORY = ANNOTATION_CATEGORY  # the loader never keeps events of this category
 
 
 def us(t_ns: int) -> float:

@@ -262,8 +262,10 @@ def test_ep2_directory_merged_on_one_clock(ep2_dir, tmp_path):
     finishes = [e for e in added(doc, "f") if e["name"] == "collective"]
     assert len(starts) == len(finishes) == n_comm
     for s, f in zip(sorted(starts, key=lambda e: e["id"]), sorted(finishes, key=lambda e: e["id"])):
-        assert s["ts"] <= f["ts"] and f["args"]["rank"] == f["args"]["late_rank"]
-        assert f["pid"] // 1000 == f["args"]["late_rank"] and s["args"]["wait_us"] >= f["args"]["wait_us"] == 0
+        late, first = s["args"]["late_rank"], s["args"]["first_rank"]
+        assert s["ts"] <= f["ts"] and f["pid"] // 1000 == late and s["pid"] // 1000 == first
+        assert s["args"]["wait_us"][str(late)] == 0 and s["args"]["wait_us"][str(first)] >= 0
+        assert math.isclose(s["args"]["skew_us"], f["ts"] - s["ts"], abs_tol=2e-3)
     # waiting vs transfer: every exposed piece is split between the two
     for pieces in track_events(doc, "exposed comm").values():
         for e in pieces:

@@ -342,14 +342,19 @@ def _collective_flows(plans: list[_Rank], al, ids) -> tuple[list[dict], int]:
         fid = next(ids)
         n += 1
         rows = g.rows(named=True)
+        # args on the arrow's start only: viewers merge a flow's steps and warn of args given twice
+        args = {"instance": int(inst), "kernel": rows[0]["name"], "first_rank": rows[0]["rank"],
+                "late_rank": int(rows[0]["late_rank"]),
+                "skew_us": round(float(rows[-1]["start"] - rows[0]["start"]), 3),
+                "wait_us": {str(r["rank"]): round(float(r["wait_us"]), 3) for r in rows}}
         for i, r in enumerate(rows):
             p = by_rank[r["rank"]]
             ph = "s" if i == 0 else ("f" if i == len(rows) - 1 else "t")
             ev = {"ph": ph, "cat": CATEGORY, "name": "collective", "id": fid, "pid": _merged_pid(p, r["pid"]),
-                  "tid": r["tid"], "ts": us(int(ns(r["ts"] + p.shift_us))),
-                  "args": {"instance": int(inst), "rank": r["rank"], "wait_us": round(float(r["wait_us"]), 3),
-                           "late_rank": int(r["late_rank"])}}
-            if ph != "s":
+                  "tid": r["tid"], "ts": us(int(ns(r["ts"] + p.shift_us)))}
+            if ph == "s":
+                ev["args"] = args
+            else:
                 ev["bp"] = "e"
             out.append(ev)
     return out, n

@@ -204,7 +204,7 @@ def _microbatches(d: pl.DataFrame, layers: pl.DataFrame) -> list[Track]:
     spans_of: dict[str, list[Span]] = {}
     for row in (mb.group_by("iteration", "microbatch").agg(pl.col("ts").min(), pl.col("end").max(), pl.len())
                 .sort("ts").iter_rows(named=True)):
-        name = row["microbatch"] + ("" if row["iteration"] == NONE else f" (iteration {row['iteration']})")
+        name = row["microbatch"]  # (one name per micro-batch: viewers give each async name one row)
         spans_of.setdefault(row["microbatch"], []).append(
             Span(int(ns(row["ts"])), int(ns(row["end"])), name,
                  {"microbatch": row["microbatch"], "iteration": row["iteration"], "kernels": int(row["len"])}))

@@ -79,3 +79,45 @@ def gpu_metrics(events):
         "exposed_memory_us": length(difference(memory, compute + comm)),
         "idle_us": span - busy,
     }
+
+
+def run_wait_transfer(per_rank):
+    """Per rank: (comm, wait, transfer, exposed comm, exposed wait, exposed transfer), the simple way.
+
+    ``per_rank``: {rank: [(start, end, role, iteration, category), ...]} of one GPU per rank,
+    on one clock.  The n-th comm kernel of a category in the k-th iteration (in start order) is
+    one collective on every rank; its transfer is the shortest duration over ranks and lies at
+    the end of each rank's kernel; kernels of groups whose counts differ count whole as transfer.
+    """
+    groups = {}
+    for rank, events in per_rank.items():
+        seen = {}
+        for s, e, role, it, cat in sorted(events):
+            if role != "comm":
+                continue
+            n = seen.get((it, cat), 0)
+            seen[(it, cat)] = n + 1
+            groups.setdefault((it, cat), {}).setdefault(rank, []).append((s, e))
+    windows = {rank: [] for rank in per_rank}
+    for key, by_rank in groups.items():
+        counts = {len(v) for v in by_rank.values()}
+        if len(by_rank) != len(per_rank) or len(counts) != 1:
+            for rank, ks in by_rank.items():
+                windows[rank].extend(ks)
+            continue
+        for i in range(counts.pop()):
+            transfer = min(by_rank[r][i][1] - by_rank[r][i][0] for r in by_rank)
+            for r in by_rank:
+                end = by_rank[r][i][1]
+                windows[r].append((end - transfer, end))
+    out = {}
+    for rank, events in per_rank.items():
+        comm = merge([(s, e) for s, e, role, *_ in events if role == "comm"])
+        compute = merge([(s, e) for s, e, role, *_ in events if role == "compute"])
+        exposed = difference(comm, compute)
+        win = merge(windows[rank])
+        transfer = length(win)
+        exposed_transfer = length(intersection(win, exposed))
+        out[rank] = (length(comm), length(comm) - transfer, transfer, length(exposed),
+                     length(exposed) - exposed_transfer, exposed_transfer)
+    return out

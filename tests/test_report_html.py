@@ -376,10 +376,10 @@ def _check_rendered(driver, path: Path, n_figures: int) -> None:
     assert not severe, severe
     assert len(driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) == n_figures
     assert len(driver.find_elements(By.CSS_SELECTOR, ".main-svg")) >= n_figures
-    # every plot drew its bars, the timelines many of them
+    # every plot drew its bars (heatmaps: their image), the timelines many of them
     bars = driver.execute_script(
         "return Array.from(document.querySelectorAll('.js-plotly-plot'))"
-        ".map(p => p.querySelectorAll('g.point path').length)")
+        ".map(p => p.querySelectorAll('g.point path').length + p.querySelectorAll('g.hm image').length)")
     assert all(b > 0 for b in bars) and max(bars) > 500, bars
     colors, ink = _screenshot_stats(driver)
     assert colors > 40 and ink > 0.05, (colors, ink)
@@ -401,6 +401,16 @@ def test_browser_directory_of_both_ep2_ranks(browser, reports):
     _check_rendered(browser, *reports["ep2"])
     text = browser.find_element("tag name", "body").text
     assert "r0/gpu0" in text and "r1/gpu1" in text
+    # the run page comes first: the straggler card, all ranks on one clock, the heatmaps
+    assert text.index("Run: all ranks together") < text.index("Per-rank detail")
+    assert "is the straggler: last at" in text and "All ranks on one clock" in text
+    # zooming the run timeline moves every rank's lane: they share one x axis
+    lanes = browser.execute_script("""
+        const gd = Array.from(document.querySelectorAll('.js-plotly-plot'))
+                        .find(p => (p.layout.title.text || '').startsWith('All ranks on one clock'));
+        return [gd.layout.yaxis.ticktext, new Set(gd.data.map(t => t.xaxis || 'x')).size,
+                gd.data.find(t => t.name === 'last arrival').x.length];""")
+    assert lanes[0] == ["rank 0", "rank 1"] and lanes[1] == 1 and lanes[2] > 0
 
 
 @needs_browser

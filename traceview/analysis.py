@@ -22,7 +22,6 @@ from .errors import NotATraceError, TraceError
 from .load import DEFAULT_MAX_BYTES, Trace, find_trace_files, load
 from .metrics import GpuMetrics, all_devices
 from .metrics.segments import segment_table
-from .metrics.skew import collective_skew
 from .metrics.tax import overlap_tax
 from .segment import LevelPatterns, Segmentation, segment
 
@@ -49,6 +48,13 @@ class TraceAnalysis:
     def overlap_tax(self) -> pl.DataFrame:
         """How much slower compute kernels ran beside communication than alone."""
         return overlap_tax(self.kernels, self.trace.events)
+
+    @functools.cached_property
+    def rank_summaries(self) -> list:
+        """This trace reduced for the run analysis (``traceview.run``): one ``RankSummary`` per GPU."""
+        from .run.summary import summarize
+
+        return summarize(self)
 
     @property
     def file(self) -> str:
@@ -87,43 +93,6 @@ def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
     return TraceAnalysis(trace=trace, kernels=kernels, gpus=gpus, rules=rules, patterns=patterns)
 
 
-def _single_gpu_ranks(analyses: list[TraceAnalysis]) -> dict[int, list[TraceAnalysis]]:
-    """The single-GPU traces by the rank they claim, in input order (skew pairs one GPU per rank)."""
-    by_rank: dict[int, list[TraceAnalysis]] = {}
-    for a in analyses:
-        if a.rank is not None and len(a.gpus) == 1:
-            by_rank.setdefault(int(a.rank), []).append(a)
-    return by_rank
-
-
-def rank_skew(analyses: list[TraceAnalysis]) -> tuple[pl.DataFrame, dict[int, float]]:
-    """Per-collective skew between ranks (needs two or more distinct ranks with one GPU each;
-    none when two files claim the same rank: which of them is the peer is unknown)."""
-    by_rank = _single_gpu_ranks(analyses)
-    if len(by_rank) < 2 or any(len(v) > 1 for v in by_rank.values()):
-        return pl.DataFrame(), {}
-    return collective_skew([(r, v[0].kernels) for r, v in by_rank.items()])
-
-
-def skew_caveats(analyses: list[TraceAnalysis]) -> list[str]:
-    """Why the cross-rank skew is missing or should be read with care: files claiming the same
-    rank, or ranks that ran different numbers of collectives (traces of different runs, or
-    one cut short)."""
-    by_rank = _single_gpu_ranks(analyses)
-    dup = {r: [a.trace.name for a in v] for r, v in by_rank.items() if len(v) > 1}
-    if dup:
-        return ["no collective skew: several files claim the same rank ("
-                + "; ".join(f"rank {r}: {', '.join(n)}" for r, n in sorted(dup.items())) + ")"]
-    if len(by_rank) < 2:
-        return []
-    counts = {r: v[0].kernels.filter(pl.col("role") == "comm").height for r, v in by_rank.items()}
-    if len(set(counts.values())) > 1:
-        return ["ranks ran different numbers of communication kernels ("
-                + ", ".join(f"rank {r}: {n:,}" for r, n in sorted(counts.items()))
-                + "): traces of different runs, or one cut short? the skew matches the n-th collective of each rank"]
-    return []
-
-
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given, directories replaced by the trace files directly inside them.
 
@@ -145,7 +114,8 @@ class ScannedPath(type(Path())):  # type: ignore[misc]
     """A path found inside a directory rather than named by the user."""
 
 
-def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None) -> TraceAnalysis | TraceError | None:
+def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None,
+                 summarize: bool = False) -> TraceAnalysis | TraceError | None:
     path, rules_file, max_bytes, patterns, workers, keep_events = args
     try:
         a = analyze(path, load_rules(rules_file), max_bytes, patterns, workers,
@@ -154,6 +124,8 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None)
         return None if isinstance(path, ScannedPath) else e
     except TraceError as e:
         return e
+    if summarize:
+        a.rank_summaries  # noqa: B018  (computed while the events are here)
     if not keep_events:
         a.trace.events = None  # type: ignore[assignment]  # (anything that still reads it fails loudly)
     return a
@@ -162,7 +134,8 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None)
 def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1,
                  max_bytes: int = DEFAULT_MAX_BYTES,
                  patterns: LevelPatterns | None = None, keep_events: bool = True,
-                 progress: Callable[[Path, int, int], None] | None = None) -> list[TraceAnalysis | TraceError]:
+                 progress: Callable[[Path, int, int], None] | None = None,
+                 summarize: bool = False) -> list[TraceAnalysis | TraceError]:
     """Analyze several files (ranks), in parallel processes when ``jobs > 1``.
 
     A bad file gives a ``TraceError`` in its place; the good ones are still analyzed.
@@ -170,6 +143,8 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
     ``keep_events=False`` drops each trace's event table once it is measured (GPU metrics,
     classified kernels and warnings stay): memory is then bounded by the files analyzed at
     once, not by the number of ranks; segments, overlap tax and budgets need the events.
+    ``summarize=True`` computes each file's ``rank_summaries`` (the run analysis's input)
+    while its events are still loaded.
     Under ``jobs > 1`` each file's loader gets a share of the cores (``cores // jobs``
     decoding processes), not all of them.  ``progress(path, done, total)`` is called as
     each file loads (with ``jobs > 1``: once per file, when it is done).
@@ -178,12 +153,12 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
     workers = max(1, (os.cpu_count() or 1) // min(jobs, len(paths))) if parallel else None
     work = [(p, rules_file, max_bytes, patterns, workers, keep_events) for p in paths]
     if not parallel:
-        results = [_analyze_one(w, progress) for w in work]
+        results = [_analyze_one(w, progress, summarize) for w in work]
     else:
         # spawn, not fork: forking a process that runs polars thread pools can deadlock
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=spawn) as pool:
-            futures = {pool.submit(_analyze_one, w): path for w, path in zip(work, paths)}
+            futures = {pool.submit(_analyze_one, w, None, summarize): path for w, path in zip(work, paths)}
             if progress is not None:
                 for fut in as_completed(futures):
                     progress(futures[fut], 1, 1)

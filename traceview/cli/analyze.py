@@ -8,7 +8,7 @@ import click
 import orjson
 from rich.console import Console
 
-from ..analysis import TraceAnalysis, analyze_many, expand_paths, rank_skew, skew_caveats
+from ..analysis import TraceAnalysis, analyze_many, expand_paths
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
@@ -22,13 +22,16 @@ from .progress import LoadProgress
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="table: terminal view; json: the documented schema; csv: one flat table (see --table).")
-@click.option("--table", "table_name", type=click.Choice(sorted(tables.TABLES)), default="gpus", show_default=True,
-              help="Which flat table --format csv prints.")
+@click.option("--table", "table_name", type=click.Choice(sorted(tables.TABLES) + list(tables.RUN_TABLES)), default="gpus",
+              show_default=True, help="Which flat table --format csv prints (ranks, collectives: of a run of several "
+                                      "rank files).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout.")
 @click.option("--strict", is_flag=True, help="Treat loader warnings (skipped or repaired events, truncation) as errors.")
-@click.option("--by", "by", type=click.Choice(["microbatch", "layer", "phase", "iteration", "stage", "stage-phase"]),
+@click.option("--by", "by", type=click.Choice(["microbatch", "layer", "phase", "iteration", "stage", "stage-phase",
+                                               "rank"]),
               multiple=True, help="Add a per-segment table: exposed communication per micro-batch, (layer, micro-batch), "
-                                  "phase...  Repeatable.")
+                                  "phase...; rank: rank x layer tables of exposed communication and waiting (a run). "
+                                  "Repeatable.")
 @click.option("--tax/--no-tax", default=None, help="Show the overlap tax table (default: with --by).")
 @click.option("--model", help="Reconcile against the budget model: a model name (deepseek-v3, ...) or a config.json.")
 @click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...).")
@@ -71,7 +74,7 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
     keep_events = bool(by or tax or budget or fmt == "json")
     with LoadProgress(files) as progress:
         results = analyze_many(files, rules_file, jobs, max_bytes, patterns, keep_events=keep_events,
-                               progress=progress)
+                               progress=progress, summarize=len(files) > 1)
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     if strict:
@@ -81,11 +84,15 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
     for e in failed:
         error_line(str(e))
     if good:
-        _emit(good, results, fmt, table_name, output, by, bool(by) if tax is None else tax, budget)
+        from ..run import run_from_analyses
+
+        run = run_from_analyses(results) if len(files) > 1 else None
+        _emit(good, results, fmt, table_name, output, by, bool(by) if tax is None else tax, budget, run)
     sys.exit(EXIT_INPUT if failed else 0)
 
 
-def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None) -> None:
+def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None, run=None) -> None:
+    seg_views = [v for v in by if v != "rank"]
     recs = {}
     if budget:
         from ..budget.reconcile import reconcile
@@ -94,32 +101,36 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None)
     out = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
         if fmt == "json":
-            doc = json_report.analysis_document(results)
+            doc = json_report.analysis_document(results, run=run)
             for t, a in zip(doc["traces"], good):
                 if id(a) in recs:
                     t["reconciliation"] = recs[id(a)].to_dict()
             out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
         elif fmt == "csv":
-            if by:
+            if by == ("rank",):
+                out.write(clean_frame(run.by_rank_layer() if run is not None else tables.empty()).write_csv())
+            elif by:
                 import polars as pl
 
                 frames = [a.segments(by[0]).with_columns(pl.lit(a.trace.name).alias("file"),
                                                          pl.lit(a.rank, dtype=pl.Int64).alias("rank")) for a in good]
                 out.write(clean_frame(pl.concat(frames, how="diagonal_relaxed")).write_csv())
             else:
-                out.write(clean_frame(tables.TABLES[table_name](good)).write_csv())
+                out.write(clean_frame(tables.table(table_name, good, run)).write_csv())
         else:
             # markup/emoji off: a kernel named "[link=...]" or ":skull:" is printed, not interpreted
             console = Console(file=out, width=None if out.isatty() else 160, markup=False, emoji=False)
             terminal.render_analysis(good, console)
-            for view in by:
+            if run is not None:
+                terminal.render_run(run, console)
+                if "rank" in by:
+                    terminal.render_rank_layers(run, console)
+            for view in seg_views:
                 for a in good:
                     terminal.render_segments(a, view, console)
             if tax:
                 for a in good:
                     terminal.render_tax(a, console)
-            if len(good) > 1:
-                terminal.render_skew(*rank_skew(good), console, caveats=skew_caveats(good))
             for a in good:
                 if id(a) in recs:
                     terminal.render_reconciliation(a, recs[id(a)], console)

@@ -47,18 +47,23 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, se
         raise TraceError(out, "the output's directory does not exist")
     files = expand_paths(paths)
     with LoadProgress(files) as progress:
-        results = analyze_many(files, rules_file, jobs, max_bytes, segment_patterns(segments_file), progress=progress)
+        results = analyze_many(files, rules_file, jobs, max_bytes, segment_patterns(segments_file), progress=progress,
+                               summarize=len(files) > 1)
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     for e in failed:
         error_line(str(e))
     if not good:
         sys.exit(EXIT_INPUT)
+    from ..run import run_from_analyses
+
+    run = run_from_analyses(results) if len(files) > 1 else None
     recs, note = (None, None)
     if model:
         recs, note = reconcile_all(good, model, gpu_name)
     try:
-        rep = write_html(good, out, max_events=max_events, reconciliations=recs, budget_note=note, title=title)
+        rep = write_html(good, out, max_events=max_events, reconciliations=recs, budget_note=note, title=title,
+                         run=run)
     except OSError as e:
         raise TraceError(out, f"cannot write: {e.strerror or e}") from None
     size = out.stat().st_size

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import polars as pl
 
+from .identity import identity_from_name
 from ..errors import NotATraceError, TraceError
 from . import decode, fast
 from .trace import GPU_KINDS, KIND_DTYPE, Trace
@@ -37,10 +38,6 @@ def parse_size(value: object) -> int | None:
 DEFAULT_MAX_BYTES = parse_size(os.environ.get("TRACEVIEW_MAX_BYTES", "")) or 16 << 30
 
 TRACE_SUFFIXES = (".json", ".json.gz")
-_RANK_PATTERNS = (
-    re.compile(r"rank[-_]?(\d+)", re.IGNORECASE),
-    re.compile(r"(?:^|[-_.])TP[-_]?(\d+)(?:[-_.]|$)"),
-)
 
 
 def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes | bytearray:
@@ -290,11 +287,8 @@ def _gunzip(path: Path, f, max_bytes: int, out: _Sink) -> GzipDamage | None:
 
 
 def rank_from_filename(path: Path) -> int | None:
-    for pat in _RANK_PATTERNS:
-        m = pat.search(path.name)
-        if m:
-            return int(m.group(1))
-    return None
+    """The rank a serving stack's naming convention puts in the file name (load/identity.py)."""
+    return identity_from_name(path.name).rank
 
 
 #: Files (decompressed) at least this big are decoded by worker processes when cores allow.

@@ -156,7 +156,7 @@ def _per_gpu_budget(max_events: int, n_gpus: int) -> int:
 
 def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_EVENTS,
                 reconciliations: dict[int, Any] | None = None, budget_note: str | None = None,
-                title: str | None = None) -> Report:
+                title: str | None = None, run=None) -> Report:
     """Build the report page for analyzed traces (one per rank).
 
     ``max_events`` is shared among the GPUs' timelines, each getting at least
@@ -178,9 +178,19 @@ def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_E
              'Exposed communication (<span class="exposed">red</span>) is communication that ran while no '
              'compute kernel ran on the same GPU.</p>')
     page.add(_header(results))
+    from .html_run import run_sections
+
+    run_parts, run_figures = run_sections(run)
+    for part in run_parts:
+        if part == "<!--figure-->":
+            page.figure(run_figures.pop(0))
+        else:
+            page.add(part)
+    if run_parts:
+        page.add('<h2>Per-rank detail</h2><p class="sub">Each rank on its own, on its own clock.</p>')
     page.add(_verdicts(results))
     page.add(_gpu_table(results))
-    page.add(_skew(results))
+    page.add(_skew(run))
     warn_html = _warnings(results)
     reduced_slot = len(page.parts)
     page.add("")  # filled below when a timeline was reduced
@@ -316,16 +326,13 @@ def _gpu_table(results: list[TraceAnalysis]) -> str:
     return "<h3>GPU time (ms)</h3>" + _table(headers, rows)
 
 
-def _skew(results: list[TraceAnalysis]) -> str:
-    """Per collective category, how long ranks waited for each other (2+ ranks)."""
-    from ..analysis import rank_skew, skew_caveats
-
-    if len(results) < 2:
+def _skew(run) -> str:
+    """Per collective category, how long ranks waited for each other (a run of 2+ ranks)."""
+    if run is None or not run.cross_rank:
         return ""
-    skew, _offsets = rank_skew(results)
-    notes = "".join(f'<p class="note">{esc(c)}</p>' for c in skew_caveats(results))
+    skew = run.skew_table()
     if skew.height == 0:
-        return notes
+        return ""
     waits = [c for c in skew.columns if c.startswith("wait_us_")]
     headers = [("category", False), ("collectives", True), ("mean skew ms", True), ("max skew ms", True)]
     headers += [(f"rank {esc(c[8:])} waiting ms (% of its time in them)", True) for c in waits]
@@ -336,8 +343,8 @@ def _skew(results: list[TraceAnalysis]) -> str:
         rows.append(row)
     return ("<h3>Waiting for a peer: collective skew between ranks</h3>"
             '<p class="sub">For the same collective on every rank, how much later the last rank arrived than the '
-            "first (clock offsets removed). A rank that arrives early waits inside the communication kernel: "
-            "that time looks like communication but moves no data.</p>" + notes + _table(headers, rows))
+            "first (clocks aligned). A rank that arrives early waits inside the communication kernel: "
+            "that time looks like communication but moves no data.</p>" + _table(headers, rows))
 
 
 def _warnings(results: list[TraceAnalysis]) -> str:

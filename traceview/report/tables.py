@@ -51,3 +51,18 @@ def kernel_table(results: list[TraceAnalysis]) -> pl.DataFrame:
 
 
 TABLES = {"gpus": gpu_table, "categories": category_table, "streams": stream_table, "kernels": kernel_table}
+#: tables of a run (several rank files): read from the RunAnalysis
+RUN_TABLES = ("ranks", "collectives")
+
+
+def empty() -> pl.DataFrame:
+    return pl.DataFrame()
+
+
+def table(name: str, results: list[TraceAnalysis], run=None) -> pl.DataFrame:
+    """The flat table ``name``: a per-file table, or ``ranks``/``collectives`` of the run."""
+    if name in RUN_TABLES:
+        if run is None or (name == "collectives" and not run.cross_rank):
+            return pl.DataFrame()
+        return run.ranks_table() if name == "ranks" else run.collectives
+    return TABLES[name](results)

@@ -178,23 +178,72 @@ def render_tax(a: TraceAnalysis, console: Console) -> None:
     console.print(t)
 
 
-def render_skew(skew, offsets: dict, console: Console, caveats: list[str] | None = None) -> None:
-    for c in caveats or []:
-        console.print(Text(clean(c), style="yellow"))
-    if skew is None or skew.height == 0:
+def render_run(run, console: Console) -> None:
+    """The run view: one row per rank (per iteration), the straggler line, the what-if, the skew."""
+    if run.reason:
+        console.print(Text(f"no cross-rank numbers: {clean(run.reason)}", style="yellow"))
         return
-    t = Table(title="Collective skew between ranks (waiting for a peer, not moving data)", title_justify="left",
-              header_style="bold")
-    wait_cols = [c for c in skew.columns if c.startswith("wait_share_")]
-    for col in ["category", "collectives", "mean skew ms", "max skew ms"] + [f"rank {c[11:]} waiting" for c in wait_cols]:
-        t.add_column(col, justify="left" if col == "category" else "right")
-    for r in skew.iter_rows(named=True):
-        t.add_row(clean(r["category"]), str(r["collectives"]), fmt_ms(r["mean_skew_us"]), fmt_ms(r["max_skew_us"]),
-                  *[fmt_pct(r[c]) for c in wait_cols])
+    for c in run.caveats:
+        console.print(Text(clean(c), style="yellow"))
+    partial = f" ({run.partial_note})" if run.partial else ""
+    t = Table(title=f"Run: {run.ranks_loaded} ranks{partial}, ms per iteration; comm = waiting + transfer, "
+                    "exposed = exposed waiting + exposed transfer", title_justify="left", header_style="bold")
+    for col in ("rank", "iteration", "compute", "comm", "wait", "transfer", "exposed", "exp. wait", "exp. transfer",
+                "exposed % of iter", "idle", "idle, none queued", "arrived last"):
+        t.add_column(col, justify="right")
+    for r in run.times:
+        p = r.per_iteration
+        t.add_row(str(r.rank), fmt_ms(r.iteration_us), fmt_ms(p(r.compute_us)), fmt_ms(p(r.comm_us)),
+                  fmt_ms(p(r.wait_us)), fmt_ms(p(r.transfer_us)), fmt_ms(p(r.exposed_comm_us)),
+                  fmt_ms(p(r.exposed_wait_us)), fmt_ms(p(r.exposed_transfer_us)),
+                  fmt_pct(p(r.exposed_comm_us) / r.iteration_us if r.iteration_us else None), fmt_ms(p(r.idle_us)),
+                  fmt_ms(p(r.idle_no_queue_us)), f"{r.arrived_last}/{r.collectives}")
     console.print(t)
-    if any(abs(v) > 1000 for v in offsets.values()):
-        console.print(Text("clock offsets removed (µs): " + ", ".join(f"rank {k}: {v:.0f}" for k, v in offsets.items()),
-                           style="yellow"))
+    if run.straggler is not None:
+        console.print(Text(clean(run.straggler.verdict), style="bold"))
+    w = run.what_if
+    if w is not None:
+        console.print(Text(f"what-if: iteration {w.iteration_us / 1000:.3f} ms now; {w.without_waiting_us / 1000:.3f} ms "
+                           f"if no rank waited for another; {w.without_exposed_comm_us / 1000:.3f} ms if all exposed "
+                           "communication were hidden too (max over ranks; docs/metrics.md)"))
+    skew = run.skew_table()
+    if skew.height:
+        st = Table(title="Collective skew between ranks (waiting for a peer, not moving data)", title_justify="left",
+                   header_style="bold")
+        ranks = [c[8:] for c in skew.columns if c.startswith("wait_us_")]
+        for col in ["category", "collectives", "mean skew ms", "max skew ms"] + [f"rank {r} waiting ms (%)" for r in ranks]:
+            st.add_column(col, justify="left" if col == "category" else "right")
+        for r in skew.iter_rows(named=True):
+            st.add_row(clean(r["category"]), str(r["collectives"]), fmt_ms(r["mean_skew_us"]), fmt_ms(r["max_skew_us"]),
+                       *[f"{fmt_ms(r['wait_us_' + k])} ({fmt_pct(r['wait_share_' + k])})" for k in ranks])
+        console.print(st)
+    m = run.matching
+    if m is not None:
+        off = m.offsets_us
+        spread = "-" if m.end_spread_median_us is None else f"{m.end_spread_median_us:.1f} µs"
+        console.print(Text(f"clocks: offsets removed (µs) " + ", ".join(f"rank {k}: {v:.1f}" for k, v in off.items())
+                           + f"; collective end times agree to {spread} (median) after alignment", style="dim"))
+
+
+def render_rank_layers(run, console: Console) -> None:
+    """``--by rank``: rank x layer, ms per iteration, exposed communication and waiting."""
+    t = run.by_rank_layer()
+    if t.height == 0:
+        console.print(Text("--by rank: no layers found in these traces", style="yellow"))
+        return
+    layers = sorted(t["layer"].unique().to_list(), key=lambda x: (x == "(none)", int(x) if x.isdigit() else 1 << 30, x))
+    for value, title in (("exposed_comm_us_per_iteration", "exposed communication"),
+                         ("wait_us_per_iteration", "waiting inside communication kernels")):
+        if value not in t.columns:
+            continue
+        tab = Table(title=f"by rank x layer: {title} (ms per iteration)", title_justify="left", header_style="bold")
+        tab.add_column("rank", justify="right")
+        for layer in layers:
+            tab.add_column(f"layer {clean(layer)}", justify="right")
+        for (rank,), g in t.partition_by("rank", as_dict=True, maintain_order=True).items():
+            vals = dict(zip(g["layer"].to_list(), g[value].to_list()))
+            tab.add_row(str(rank), *[fmt_ms(vals.get(layer)) for layer in layers])
+        console.print(tab)
 
 
 def render_reconciliation(a: TraceAnalysis, rec, console: Console) -> None:

@@ -35,6 +35,9 @@ from .tracks import DeviceTracks, build, ns
 #: Default event budget: ~300 bytes per event keeps the JSON around 300 MB, which the
 #: Perfetto UI (wasm, in the browser) still opens; multi-GB JSON makes it run out of memory.
 DEFAULT_MAX_EVENTS = 1_000_000
+#: Arrows bind a little inside their kernel (at its start + this), not exactly on its edge,
+#: where the clock shift's rounding could leave them just outside it.
+BIND_US = 0.05
 PID_STRIDE = 1000          # multi-rank pids: rank * 1000 + k
 ADDED_PID_OFFSET = 500     # the added process of GPU d of a rank: rank * 1000 + 500 + d
 
@@ -88,12 +91,15 @@ def annotate(paths: list[str | os.PathLike], output: str | os.PathLike, ranks: l
     """Write ``output`` (gzip JSON): the traces of ``paths`` plus traceview's tracks."""
     files = _select(expand_paths(paths), ranks, max_bytes)
     multi = len(files) > 1
+    analyses = [(path, analyze(path, rules, max_bytes, patterns), rank) for path, rank in files]
+    alignment = align({_rank_of(a, r, i): a for i, (_p, a, r) in enumerate(analyses)}) if multi else None
     plans = []
-    for slot, (path, rank) in enumerate(files):
-        plans.append(_analyse(path, rank, slot, rules, patterns, max_bytes, with_waits=False))
-    alignment = None
-    if multi:
-        plans, alignment = _align(plans, files, rules, patterns, max_bytes)
+    for slot, (path, a, rank) in enumerate(analyses):
+        r = _rank_of(a, rank, slot)
+        plans.append(_plan(path, a, a.rank if rank is None else rank, slot,
+                           alignment.waits(r) if alignment else None,
+                           alignment.shift_us.get(r, 0.0) if alignment else 0.0))
+        a.trace.events = None  # type: ignore[assignment]  # (the tracks are built: free the events)
     for p in plans:
         _scan(p, max_bytes, shift=p.shift_us)
     lo, hi, why = _window(plans, window)
@@ -134,9 +140,12 @@ def _select(files: list[Path], ranks: list[int] | None, max_bytes: int) -> list[
     return [(v[0], r) for r, v in sorted(claimed.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
 
 
-def _analyse(path: Path, rank: int | None, slot: int, rules, patterns, max_bytes, with_waits: bool,
-             waits: dict[int, float] | None = None) -> _Rank:
-    a = analyze(path, rules, max_bytes, patterns)
+def _rank_of(a, rank: int | None, slot: int) -> int:
+    """The rank a merged trace files ``a`` under (its slot where it names none)."""
+    return rank if rank is not None else (a.rank if a.rank is not None else slot)
+
+
+def _plan(path: Path, a, rank: int | None, slot: int, waits: dict[int, float] | None, shift_us: float) -> _Rank:
     lab = labelled(a.kernels, a.segmentation)
     windows = {}
     its = lab.filter(pl.col("iteration") != NONE).group_by("iteration").agg(
@@ -147,20 +156,8 @@ def _analyse(path: Path, rank: int | None, slot: int, rules, patterns, max_bytes
     comm = a.kernels.filter(pl.col("role") == "comm").select("row", "category", "name", "ts", "end", "dur",
                                                              "device", "pid", "tid")
     base = a.trace.metadata.get("baseTimeNanoseconds")
-    return _Rank(path, a.rank if rank is None else rank, slot, build(a, waits if with_waits else None), comm,
-                 windows, order, base if isinstance(base, int) and not isinstance(base, bool) else None)
-
-
-def _align(plans: list[_Rank], files, rules, patterns, max_bytes):
-    al = align({p.rank: p.comm for p in plans}, {p.rank: p.base_ns for p in plans})
-    out = []
-    for p, (path, rank) in zip(plans, files):
-        w = al.collectives.filter(pl.col("rank") == p.rank) if al.collectives.height else None
-        waits = dict(zip(w["row"].to_list(), w["wait_us"].to_list())) if w is not None else {}
-        q = _analyse(path, rank, p.slot, rules, patterns, max_bytes, with_waits=True, waits=waits)
-        q.shift_us = al.shift_us.get(p.rank, 0.0)
-        out.append(q)
-    return out, al
+    return _Rank(path, rank, slot, build(a, waits), comm, windows, order,
+                 base if isinstance(base, int) and not isinstance(base, bool) else None, shift_us)
 
 
 def _scan(p: _Rank, max_bytes: int, shift: float) -> None:
@@ -331,9 +328,9 @@ def _collective_flows(plans: list[_Rank], al, ids) -> tuple[list[dict], int]:
     """One arrow per collective instance: first arrival -> ... -> last arrival (bound to the
     kernels on the GPU stream tracks), so the late rank is where the arrow ends."""
     by_rank = {p.rank: p for p in plans}
-    where = pl.concat([p.comm.select("row", "pid", "tid", "ts", "end", pl.col("name").cast(pl.Utf8),
+    where = pl.concat([p.comm.select("row", "pid", "tid", "ts", "dur", pl.col("name").cast(pl.Utf8),
                                      pl.lit(p.rank, dtype=pl.Int64).alias("rank")) for p in plans])
-    c = al.collectives.join(where, on=["rank", "row"]).sort("instance", "start")
+    c = al.collectives.join(where, on=["rank", "row"]).sort("instance", "arrival_us", "rank")
     out: list[dict] = []
     n = 0
     for (inst,), g in c.partition_by("instance", as_dict=True, maintain_order=True).items():
@@ -343,15 +340,16 @@ def _collective_flows(plans: list[_Rank], al, ids) -> tuple[list[dict], int]:
         n += 1
         rows = g.rows(named=True)
         # args on the arrow's start only: viewers merge a flow's steps and warn of args given twice
+        last = rows[0]["last_rank"]
         args = {"instance": int(inst), "kernel": rows[0]["name"], "first_rank": rows[0]["rank"],
-                "late_rank": int(rows[0]["late_rank"]),
-                "skew_us": round(float(rows[-1]["start"] - rows[0]["start"]), 3),
+                "late_rank": None if last is None else int(last),
+                "skew_us": round(float(rows[-1]["arrival_us"] - rows[0]["arrival_us"]), 3),
                 "wait_us": {str(r["rank"]): round(float(r["wait_us"]), 3) for r in rows}}
         for i, r in enumerate(rows):
             p = by_rank[r["rank"]]
             ph = "s" if i == 0 else ("f" if i == len(rows) - 1 else "t")
             ev = {"ph": ph, "cat": CATEGORY, "name": "collective", "id": fid, "pid": _merged_pid(p, r["pid"]),
-                  "tid": r["tid"], "ts": us(int(ns(r["ts"] + p.shift_us)))}
+                  "tid": r["tid"], "ts": us(int(ns(r["ts"] + p.shift_us + min(BIND_US, r["dur"] / 2))))}
             if ph == "s":
                 ev["args"] = args
             else:

@@ -65,7 +65,6 @@ class _Rank:
     comm: pl.DataFrame
     windows: dict[str, tuple[float, float]]   # iteration label -> (lo, hi) µs, own clock
     iterations: list[str]
-    base_ns: int | None
     shift_us: float = 0.0
     # filled by the first pass over the file
     ts: np.ndarray | None = None
@@ -91,7 +90,14 @@ def annotate(paths: list[str | os.PathLike], output: str | os.PathLike, ranks: l
     """Write ``output`` (gzip JSON): the traces of ``paths`` plus traceview's tracks."""
     files = _select(expand_paths(paths), ranks, max_bytes)
     multi = len(files) > 1
-    analyses = [(path, analyze(path, rules, max_bytes, patterns), rank) for path, rank in files]
+    analyses = []
+    for path, rank in files:
+        a = analyze(path, rules, max_bytes, patterns)
+        a.segmentation  # noqa: B018  (what the tracks need of the events, computed while they are here)
+        if multi:
+            a.rank_summaries  # noqa: B018  (the run analysis's input)
+        a.trace.events = None  # type: ignore[assignment]  # memory: one rank's events at a time
+        analyses.append((path, a, rank))
     alignment = align({_rank_of(a, r, i): a for i, (_p, a, r) in enumerate(analyses)}) if multi else None
     plans = []
     for slot, (path, a, rank) in enumerate(analyses):
@@ -99,14 +105,13 @@ def annotate(paths: list[str | os.PathLike], output: str | os.PathLike, ranks: l
         plans.append(_plan(path, a, a.rank if rank is None else rank, slot,
                            alignment.waits(r) if alignment else None,
                            alignment.shift_us.get(r, 0.0) if alignment else 0.0))
-        a.trace.events = None  # type: ignore[assignment]  # (the tracks are built: free the events)
     for p in plans:
         _scan(p, max_bytes, shift=p.shift_us)
     lo, hi, why = _window(plans, window)
     added, flows = _added(plans, alignment, multi)
     keep_lo, keep_hi, left_out = _budget(plans, added, lo, hi, why, max_events)
     out = Path(output)
-    n_orig, n_added = _write(out, plans, added, keep_lo, keep_hi, left_out, multi, alignment)
+    n_orig, n_added = _write(out, plans, added, keep_lo, keep_hi, left_out, multi, alignment, max_bytes)
     return Annotated(out, [p.rank for p in plans], n_orig, n_added, left_out,
                      alignment.method if alignment else None)
 
@@ -155,9 +160,7 @@ def _plan(path: Path, a, rank: int | None, slot: int, waits: dict[int, float] | 
     order = sorted(windows, key=lambda k: windows[k][0])
     comm = a.kernels.filter(pl.col("role") == "comm").select("row", "category", "name", "ts", "end", "dur",
                                                              "device", "pid", "tid")
-    base = a.trace.metadata.get("baseTimeNanoseconds")
-    return _Rank(path, rank, slot, build(a, waits), comm, windows, order,
-                 base if isinstance(base, int) and not isinstance(base, bool) else None, shift_us)
+    return _Rank(path, rank, slot, build(a, waits), comm, windows, order, shift_us)
 
 
 def _scan(p: _Rank, max_bytes: int, shift: float) -> None:
@@ -361,7 +364,7 @@ def _collective_flows(plans: list[_Rank], al, ids) -> tuple[list[dict], int]:
 # --- writing --------------------------------------------------------------------------------
 
 def _write(out: Path, plans: list[_Rank], added: list[dict], lo: float, hi: float, left_out: list[str],
-           multi: bool, alignment) -> tuple[int, int]:
+           multi: bool, alignment, max_bytes: int) -> tuple[int, int]:
     if not out.parent.is_dir():
         raise TraceError(out, "the output's directory does not exist")
     enc = msgspec.json.Encoder()
@@ -383,7 +386,7 @@ def _write(out: Path, plans: list[_Rank], added: list[dict], lo: float, hi: floa
                 f.write(b'{"traceviewAnnotate":' + enc.encode(info) + b',"displayTimeUnit":"ms","traceEvents":[\n')
                 suffix = b"]}\n"
             else:
-                lay = source.layout(plans[0].path)
+                lay = source.layout(plans[0].path, max_bytes)
                 body = lay.prefix.lstrip().lstrip(b"\xef\xbb\xbf").lstrip()
                 if lay.is_object:
                     f.write(b'{"traceviewAnnotate":' + enc.encode(info) + b"," + body[1:])
@@ -392,10 +395,10 @@ def _write(out: Path, plans: list[_Rank], added: list[dict], lo: float, hi: floa
                     f.write(b'{"traceviewAnnotate":' + enc.encode(info) + b',"traceEvents":[')
                     suffix = lay.suffix + b"}"
             first = True
+            stride = max(q.max_id for q in plans) + 1
             for p in plans:
                 keep = _in(p.ts, p.end, lo, hi)
-                stride = max(q.max_id for q in plans) + 1
-                for i, (raw, fields) in enumerate(source.events(p.path)):
+                for i, (raw, _fields) in enumerate(source.events(p.path, max_bytes)):
                     if not keep[i]:
                         continue
                     if multi:

@@ -343,3 +343,22 @@ def test_bad_options_one_line_exit_2(tmp_path):
         code, _o, err = run("annotate", *args)
         assert code == 2 and words in err and "Traceback" not in err, err
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_cut_short_and_bare_array_inputs(tmp_path):
+    """A trace cut short by a killed job (the prefill cut at two thirds) and a bare event
+    array: complete, valid output; the cut is stated; the same numbers when read again."""
+    raw = gzip.decompress(TBO0.read_bytes())
+    cut = tmp_path / "cut_rank0.json"
+    cut.write_bytes(raw[: len(raw) * 2 // 3])
+    bare = tmp_path / "bare_rank0.json"
+    bare.write_text(json.dumps(json.loads(raw)["traceEvents"]))
+    for src in (cut, bare):
+        out = tmp_path / (src.stem + ".tv.json.gz")
+        annotate([src], out)
+        doc = read(out)
+        assert validate(doc) == []
+        a, b = traceview.analyze(src), traceview.analyze(out)
+        _same([g.to_dict() for g in a.gpus], [g.to_dict() for g in b.gpus])
+        assert doc["traceviewAnnotate"]["inputs"][0]["warnings"] == a.trace.warnings
+    assert any("truncated" in w for w in read(tmp_path / "cut_rank0.tv.json.gz")["traceviewAnnotate"]["inputs"][0]["warnings"])

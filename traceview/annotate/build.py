@@ -66,6 +66,7 @@ class _Rank:
     windows: dict[str, tuple[float, float]]   # iteration label -> (lo, hi) µs, own clock
     iterations: list[str]
     shift_us: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # what the loader said of the input
     # filled by the first pass over the file
     ts: np.ndarray | None = None
     end: np.ndarray | None = None
@@ -160,7 +161,7 @@ def _plan(path: Path, a, rank: int | None, slot: int, waits: dict[int, float] | 
     order = sorted(windows, key=lambda k: windows[k][0])
     comm = a.kernels.filter(pl.col("role") == "comm").select("row", "category", "name", "ts", "end", "dur",
                                                              "device", "pid", "tid")
-    return _Rank(path, rank, slot, build(a, waits), comm, windows, order, shift_us)
+    return _Rank(path, rank, slot, build(a, waits), comm, windows, order, shift_us, list(a.trace.warnings))
 
 
 def _scan(p: _Rank, max_bytes: int, shift: float) -> None:
@@ -373,7 +374,8 @@ def _write(out: Path, plans: list[_Rank], added: list[dict], lo: float, hi: floa
     keep_added = _in(a_ts, a_end, lo, hi)
     kept_added = [e for e, k in zip(added, keep_added) if k]
     info = {"version": __version__, "category": CATEGORY,
-            "inputs": [{"file": p.path.name, "rank": p.rank, "clock_shift_us": p.shift_us} for p in plans],
+            "inputs": [{"file": p.path.name, "rank": p.rank, "clock_shift_us": p.shift_us, "warnings": p.warnings}
+                       for p in plans],
             "clock_alignment": alignment.method if alignment else None,
             "left_out": left_out or ["nothing"]}
     note = {"ph": "i", "s": "g", "cat": CATEGORY, "name": "traceview annotate", "pid": kept_added[0]["pid"] if kept_added else 0,

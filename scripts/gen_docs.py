@@ -25,7 +25,7 @@ def cli_reference() -> str:
         cmd = main.commands[name]
         if hasattr(cmd, "_help_option"):  # click caches the help option of a command invoked on its own
             cmd._help_option = None
-        sub = click.Context(cmd, info_name=f"traceview {name}", parent=ctx, **settings)
+        sub = click.Context(cmd, info_name=name, parent=ctx, **settings)  # the parent says "traceview"
         out += [f"## traceview {name}", "", "```", cmd.get_help(sub), "```", ""]
     return "\n".join(out)
 

@@ -121,3 +121,61 @@ def run_wait_transfer(per_rank):
         out[rank] = (length(comm), length(comm) - transfer, transfer, length(exposed),
                      length(exposed) - exposed_transfer, exposed_transfer)
     return out
+
+
+def iteration_metrics(events, iterations):
+    """Per iteration window, by brute force over merged lists.
+
+    events: (start, end, role, launch or None) of ONE device; iterations: {name: [starts]} of
+    the events labelled with that iteration.  A window runs from the iteration's first start to
+    the next iteration's first start (the last: to its own last end).  An event is queued from
+    its launch (no launch: from the latest end of the events that started before it) to its start.
+    """
+    events = sorted(events, key=lambda e: e[0])
+    order = sorted(iterations, key=lambda n: min(s for s, _e in iterations[n]))
+    starts = [min(s for s, _e in iterations[n]) for n in order]
+    out = {}
+    for i, name in enumerate(order):
+        a = starts[i]
+        b = starts[i + 1] if i + 1 < len(order) else max(e for _s, e in iterations[name])
+        window = [(a, b)]
+
+        def inside(role):
+            return intersection([(s, e) for s, e, r, _l in events if r == role], window)
+
+        queued, latest = [], events[0][0]
+        for s, e, _r, launch in events:
+            queued.append((launch if launch is not None else latest, s))
+            latest = max(latest, e)
+        compute, comm, memory = inside("compute"), inside("comm"), inside("memory")
+        busy = length(compute + comm + memory)
+        idle_set = difference(window, compute + comm + memory)
+        out[name] = {
+            "duration_us": b - a,
+            "compute_us": length(compute),
+            "comm_us": length(comm),
+            "exposed_comm_us": length(difference(comm, compute)),
+            "idle_us": (b - a) - busy,
+            "idle_no_queue_us": length(difference(idle_set, queued)),
+            "if_hidden_us": (b - a) - length(difference(comm, compute)),
+            "kernels": sum(1 for s, _e, _r, _l in events if a <= s < b),
+        }
+    return out
+
+
+def overlap_tax(kernels, min_alone=3):
+    """kernels: (category, key, dur, frac under comm) -> {(category, bucket): tax}, brute force."""
+    alone = {}
+    for _c, key, dur, frac in kernels:
+        if frac == 0:
+            alone.setdefault(key, []).append(dur)
+    out = {}
+    for cat, key, dur, frac in kernels:
+        if frac == 0 or len(alone.get(key, [])) < min_alone:
+            continue
+        runs = sorted(alone[key])
+        n = len(runs)
+        median = runs[n // 2] if n % 2 else (runs[n // 2 - 1] + runs[n // 2]) / 2
+        bucket = "≥50%" if frac >= 0.5 else "<50%"
+        out[(cat, bucket)] = out.get((cat, bucket), 0.0) + dur - median
+    return out

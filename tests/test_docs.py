@@ -73,3 +73,10 @@ def test_limits_doc_states_the_loader_constants():
 def test_limits_doc_is_linked():
     assert "docs/limits.md" in (ROOT / "README.md").read_text()
     assert "limits.md" in (ROOT / "docs" / "architecture.md").read_text()
+
+
+def test_cli_reference_names_each_command_once():
+    text = (ROOT / "docs" / "cli.md").read_text()
+    assert "traceview traceview" not in text
+    for name in ("analyze", "report", "gate", "diff", "budget"):
+        assert f"Usage: traceview {name} [OPTIONS]" in text

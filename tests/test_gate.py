@@ -59,14 +59,14 @@ def test_measured_exposed_comm_matches_the_facts():
 
 
 def test_threshold_between_passes_tbo_fails_serial():
-    code, out, err = run("gate", TBO0, "--max-exposed-comm", "50%")
+    code, out, err = run("gate", TBO0, "--max-exposed-of-comm", "50%")
     assert code == 0, err
     (line, verdict) = out.strip().splitlines()
-    assert line.startswith("PASS") and "11.3% of comm" in line and "1.461 of 12.937 ms" in line
+    assert line.startswith("PASS") and "11.3% of comm" in line and "0.730 of 6.468 ms/iter" in line
     assert "max 50%" in line and "rank 0 GPU 0" in line and "prefill_tbo_rank0.json.gz" in line
     assert verdict == "gate: PASS (1 check)"
 
-    code, out, err = run("gate", SERIAL0, "--max-exposed-comm", "50%")
+    code, out, err = run("gate", SERIAL0, "--max-exposed-of-comm", "50%")
     assert code == 1 and err == ""
     (line, verdict) = out.strip().splitlines()
     assert line.startswith("FAIL") and "100.0% of comm" in line and "max 50%" in line and "rank 0 GPU 0" in line
@@ -80,10 +80,12 @@ def test_threshold_in_ms_and_several_inputs():
     assert len(lines) == 3
     tbo = next(l for l in lines if "prefill_tbo_rank0" in l)
     serial = next(l for l in lines if "prefill_serial_rank0" in l)
-    assert tbo.startswith("PASS") and "1.461 ms" in tbo and "max 3.000 ms" in tbo
-    assert serial.startswith("FAIL") and "6.052 ms" in serial
-    assert run("gate", TBO0, "--max-exposed-comm-ms", "1500us")[0] == 0
-    assert run("gate", TBO0, "--max-exposed-comm-ms", "1.4ms")[0] == 1
+    assert tbo.startswith("PASS") and "0.730 ms/iter" in tbo and "max 3.000 ms/iter" in tbo
+    assert serial.startswith("FAIL") and "3.026 ms/iter" in serial
+    # per iteration: 1.461 ms over 2 iterations passes a 1 ms gate (a 10-step profile would too)
+    assert run("gate", TBO0, "--max-exposed-comm-ms", "1ms")[0] == 0
+    assert run("gate", TBO0, "--max-exposed-comm-ms", "750us")[0] == 0
+    assert run("gate", TBO0, "--max-exposed-comm-ms", "0.7ms")[0] == 1
 
 
 def test_both_ranks_directory(tmp_path):
@@ -91,7 +93,7 @@ def test_both_ranks_directory(tmp_path):
     d.mkdir()
     for p in (TBO0, TBO1):
         (d / p.name).write_bytes(p.read_bytes())
-    code, out, _ = run("gate", d, "--max-exposed-comm", "20%")
+    code, out, _ = run("gate", d, "--max-exposed-of-comm", "20%")
     assert code == 1
     lines = out.strip().splitlines()
     assert lines[0].startswith("PASS") and "rank 0 GPU 0" in lines[0]
@@ -101,16 +103,16 @@ def test_both_ranks_directory(tmp_path):
 # --- per micro-batch / layer / iteration -----------------------------------------------------------
 
 def test_per_microbatch_gate():
-    code, out, _ = run("gate", TBO1, "--max-exposed-comm-ms", "3.0", "--per", "microbatch", "--format", "json")
+    code, out, _ = run("gate", TBO1, "--max-exposed-comm-ms", "1.5", "--per", "microbatch", "--format", "json")
     assert code == 1
     doc = json.loads(out)
     checks = doc["checks"]
     assert [c["segment"]["microbatch"] for c in checks] == ["mb0", "mb1"]
-    assert [c["status"] for c in checks] == [PASS, FAIL]  # mb0 2.63 ms, mb1 3.98 ms
-    # per micro-batch exposed comm adds up to the GPU's total (6.62 ms)
-    assert sum(c["value"] for c in checks) == pytest.approx(6618.0, rel=1e-4)
+    assert [c["status"] for c in checks] == [PASS, FAIL]  # mb0 1.31 ms/iter, mb1 1.99 ms/iter
+    # per micro-batch exposed comm adds up to the GPU's total (6.62 ms over 2 iterations)
+    assert sum(c["value"] for c in checks) == pytest.approx(6618.0 / 2, rel=1e-4)
     assert checks[1]["where"] == "rank 1 GPU 1 mb1" and "mb1" in checks[1]["message"]
-    code, out, _ = run("gate", TBO1, "--max-exposed-comm", "25%", "--per", "microbatch")
+    code, out, _ = run("gate", TBO1, "--max-exposed-of-comm", "25%", "--per", "microbatch")
     lines = out.strip().splitlines()
     assert lines[0].startswith("PASS") and "mb0" in lines[0] and "18.2% of comm" in lines[0]
     assert lines[1].startswith("FAIL") and "mb1" in lines[1] and "30.4% of comm" in lines[1]
@@ -130,7 +132,7 @@ def test_per_layer_and_iteration():
 
 
 def test_gpu_without_communication_is_skipped():
-    r = run_gate([str(NO_COMM)], Thresholds(max_exposed_comm_pct=10.0))
+    r = run_gate([str(NO_COMM)], Thresholds(max_exposed_of_comm_pct=10.0))
     (c,) = r.checks
     assert c.status == SKIP and r.exit_code == 0 and "no communication" in c.line()
     assert "1 skipped" in r.verdict()
@@ -278,7 +280,7 @@ def test_junit_validates_and_counts(tmp_path):
     xml_path = tmp_path / "report.xml"
     bad = tmp_path / "broken.json"
     bad.write_text("{not json")
-    code, out, err = run("gate", TBO0, SERIAL0, NO_COMM, bad, "--max-exposed-comm", "50%", "--junit", xml_path)
+    code, out, err = run("gate", TBO0, SERIAL0, NO_COMM, bad, "--max-exposed-of-comm", "50%", "--junit", xml_path)
     assert code == 2 and "broken.json" in err  # an input error outranks the failed check
     xml = xml_path.read_text()
     validate_jenkins_junit(xml)
@@ -295,15 +297,15 @@ def test_junit_validates_and_counts(tmp_path):
     serial = suites["traceview gate: prefill_serial_rank0.json.gz"]
     (case,) = serial.findall("testcase")
     (failure,) = case.findall("failure")
-    assert failure.get("type") == "exposed_comm_pct" and "100.0% of comm" in failure.get("message")
-    assert case.get("name") == "exposed_comm_pct [rank 0 GPU 0]" and case.get("classname") == "traceview.gate.prefill_serial_rank0"
+    assert failure.get("type") == "exposed_of_comm_pct" and "100.0% of comm" in failure.get("message")
+    assert case.get("name") == "exposed_of_comm_pct [rank 0 GPU 0]" and case.get("classname") == "traceview.gate.prefill_serial_rank0"
     assert suites["traceview gate: dense_decode_cudagraph.json.gz"].get("skipped") == "1"
     assert suites["traceview gate: broken.json"].find("testcase/error") is not None
 
 
 def test_junit_of_a_passing_baseline_run(baseline_rank0, tmp_path):
     xml_path = tmp_path / "r.xml"
-    code, _, _ = run("gate", TBO0, "--baseline", baseline_rank0, "--junit", xml_path, "--max-exposed-comm", "20%",
+    code, _, _ = run("gate", TBO0, "--baseline", baseline_rank0, "--junit", xml_path, "--max-exposed-of-comm", "20%",
                      "--max-exposed-comm-ms", "2", "--per", "microbatch")
     assert code == 0
     xml = xml_path.read_text()
@@ -316,7 +318,7 @@ def test_junit_of_a_passing_baseline_run(baseline_rank0, tmp_path):
 
 
 def test_junit_escapes_untrusted_strings():
-    r = run_gate([str(SERIAL0)], Thresholds(max_exposed_comm_pct=10.0))
+    r = run_gate([str(SERIAL0)], Thresholds(max_exposed_of_comm_pct=10.0))
     r.checks[0].segment = {"microbatch": 'mb<0>&"\x1b[31m\x07'}
     r.checks[0].file = "a\x00b<c>.json"
     xml = to_junit(r)
@@ -328,7 +330,7 @@ def test_junit_escapes_untrusted_strings():
 def test_github_annotations(tmp_path):
     summary = tmp_path / "summary.md"
     env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)}
-    code, out, _ = run("gate", TBO0, SERIAL0, "--max-exposed-comm", "50%", env=env)
+    code, out, _ = run("gate", TBO0, SERIAL0, "--max-exposed-of-comm", "50%", env=env)
     assert code == 1
     ann = [l for l in out.splitlines() if l.startswith("::")]
     assert len(ann) == 1  # the failed check only
@@ -339,18 +341,18 @@ def test_github_annotations(tmp_path):
     assert message.startswith("FAIL") and "100.0%25 of comm" in message and "max 50%25" in message
     assert "❌" in summary.read_text() and "✅" in summary.read_text()
     # JSON on stdout stays parseable: annotations go to stderr
-    code, out, err = run("gate", SERIAL0, "--max-exposed-comm", "50%", "--format", "json", env=env)
+    code, out, err = run("gate", SERIAL0, "--max-exposed-of-comm", "50%", "--format", "json", env=env)
     assert code == 1 and json.loads(out)["checks"][0]["status"] == FAIL
     assert err.startswith("::error title=")
     # outside GitHub Actions: no annotations unless asked
-    code, out, _ = run("gate", SERIAL0, "--max-exposed-comm", "50%")
+    code, out, _ = run("gate", SERIAL0, "--max-exposed-of-comm", "50%")
     assert "::error" not in out
-    code, out, _ = run("gate", SERIAL0, "--max-exposed-comm", "50%", "--github")
+    code, out, _ = run("gate", SERIAL0, "--max-exposed-of-comm", "50%", "--github")
     assert "::error title=" in out
 
 
 def test_annotations_for_bad_inputs():
-    r = GateResult(Thresholds(max_exposed_comm_pct=1.0))
+    r = GateResult(Thresholds(max_exposed_of_comm_pct=1.0))
     from traceview.errors import TraceError
 
     r.errors.append(TraceError("x,y:z.json", "not a trace\nsecond line"))
@@ -362,41 +364,41 @@ def test_annotations_for_bad_inputs():
 
 def test_json_report(tmp_path):
     out_file = tmp_path / "gate.json"
-    code, out, _ = run("gate", TBO1, "--max-exposed-comm", "20%", "--format", "json", "-o", out_file)
+    code, out, _ = run("gate", TBO1, "--max-exposed-of-comm", "20%", "--format", "json", "-o", out_file)
     assert code == 1 and out == ""
     doc = json.loads(out_file.read_text())
     assert doc["schema"] == "traceview.gate/1" and doc["exit_code"] == 1 and not doc["passed"]
     (c,) = doc["checks"]
-    assert c["check"] == "exposed_comm_pct" and c["value"] == pytest.approx(23.99, abs=0.01)
+    assert c["check"] == "exposed_of_comm_pct" and c["value"] == pytest.approx(23.99, abs=0.01)
     assert c["threshold"] == 20.0 and c["rank"] == 1 and c["device"] == 1 and c["status"] == FAIL
 
 
 # --- configuration ---------------------------------------------------------------------------------
 
 def test_pyproject_discovery_and_flag_override(tmp_path):
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.traceview.gate]\nmax_exposed_comm = "50%"\n')
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.traceview.gate]\nmax_exposed_of_comm = "50%"\n')
     assert run("gate", SERIAL0)[0] == 1
     assert run("gate", TBO0)[0] == 0
-    code, out, _ = run("gate", SERIAL0, "--max-exposed-comm", "100%")  # the flag wins
+    code, out, _ = run("gate", SERIAL0, "--max-exposed-of-comm", "100%")  # the flag wins
     assert code == 0 and "max 100%" in out
     code, _, err = run("gate", SERIAL0, "--no-config")
     assert code == 2 and "no thresholds" in err
 
 
 def test_traceview_toml_wins_and_baseline_is_relative(tmp_path, baseline_rank0):
-    (tmp_path / "pyproject.toml").write_text('[tool.traceview.gate]\nmax_exposed_comm = "100%"\n')
+    (tmp_path / "pyproject.toml").write_text('[tool.traceview.gate]\nmax_exposed_of_comm = "100%"\n')
     perf = tmp_path / "perf"
     perf.mkdir()
     (perf / "baseline.json").write_bytes(baseline_rank0.read_bytes())
     (tmp_path / "traceview.toml").write_text(
-        '[gate]\nmax_exposed_comm = 20\nper = "microbatch"\nbaseline = "perf/baseline.json"\nmax_regression = "5%"\n'
+        '[gate]\nmax_exposed_of_comm = 20\nper = "microbatch"\nbaseline = "perf/baseline.json"\nmax_regression = "5%"\n'
         'min_regression_ms = 0.1\n')
     code, out, _ = run("gate", TBO1, "--format", "json")
     doc = json.loads(out)
-    assert code == 1 and doc["thresholds"]["max_exposed_comm_pct"] == 20.0 and doc["thresholds"]["per"] == "microbatch"
+    assert code == 1 and doc["thresholds"]["max_exposed_of_comm_pct"] == 20.0 and doc["thresholds"]["per"] == "microbatch"
     assert doc["thresholds"]["min_regression_us"] == 100.0
     assert Path(doc["thresholds"]["baseline"]) == perf / "baseline.json"
-    assert {c["check"] for c in doc["checks"]} >= {"exposed_comm_pct", "regression.exposed_comm", "regression.span"}
+    assert {c["check"] for c in doc["checks"]} >= {"exposed_of_comm_pct", "regression.exposed_comm", "regression.span"}
     # an explicit --config elsewhere
     os_dir = tmp_path / "elsewhere"
     os_dir.mkdir()
@@ -413,7 +415,7 @@ def test_threshold_parsing():
     assert parse_duration_us("800us", "x") == 800.0 and parse_duration_us("0.001s", "x") == 1000.0
     for bad in ("ten", "-5%", "5%%", "", "nan", True, "1e999"):
         with pytest.raises(UsageError):
-            parse_percent(bad, "--max-exposed-comm")
+            parse_percent(bad, "--max-exposed-of-comm")
     for bad in ("2.5 hours", "-1", "ms", False):
         with pytest.raises(UsageError):
             parse_duration_us(bad, "--max-exposed-comm-ms")
@@ -443,16 +445,16 @@ def test_bad_inputs_exit_2_one_line(tmp_path):
     unknown_key = tmp_path / "unknown.toml"
     unknown_key.write_text('[tool.traceview.gate]\nmax_exposed = "10%"\n')
     bad_per = tmp_path / "per.toml"
-    bad_per.write_text('[tool.traceview.gate]\nmax_exposed_comm = "10%"\nper = "rank"\n')
+    bad_per.write_text('[tool.traceview.gate]\nmax_exposed_of_comm = "10%"\nper = "rank"\n')
     cases = [
-        (("gate", tmp_path / "missing.json.gz", "--max-exposed-comm", "10%"), "no such file"),
+        (("gate", tmp_path / "missing.json.gz", "--max-exposed-of-comm", "10%"), "no such file"),
         (("gate", TBO0, "--baseline", bad_json), "not valid JSON"),
         (("gate", TBO0, "--baseline", other_schema), "unsupported schema"),
         (("gate", TBO0, "--baseline", not_doc), "not a traceview analyze document"),
         (("gate", TBO0, "--baseline", wrong_shape), "has no 'categories'"),
         (("gate", TBO0, "--baseline", tmp_path / "nope.json"), "no such file"),
-        (("gate", TBO0, "--max-exposed-comm", "ten"), "'ten' is not a percentage"),
-        (("gate", TBO0, "--max-exposed-comm", "-5%"), "must be a percentage >= 0"),
+        (("gate", TBO0, "--max-exposed-of-comm", "ten"), "'ten' is not a percentage"),
+        (("gate", TBO0, "--max-exposed-of-comm", "-5%"), "must be a percentage >= 0"),
         (("gate", TBO0, "--max-exposed-comm-ms", "fast"), "is not a time"),
         (("gate", TBO0, "--max-regression", "5%"), "needs a baseline"),
         (("gate", TBO0), "no thresholds"),
@@ -460,7 +462,7 @@ def test_bad_inputs_exit_2_one_line(tmp_path):
         (("gate", TBO0, "--config", unknown_key), "unknown key 'max_exposed'"),
         (("gate", TBO0, "--config", bad_per), "'rank' is not one of"),
         (("gate", TBO0, "--config", tmp_path / "none.toml"), "no such file"),
-        (("gate", bad_json, "--max-exposed-comm", "10%"), "not valid JSON"),
+        (("gate", bad_json, "--max-exposed-of-comm", "10%"), "not valid JSON"),
     ]
     for args, words in cases:
         line = _one_line_error(*run(*args))
@@ -470,21 +472,21 @@ def test_bad_inputs_exit_2_one_line(tmp_path):
 def test_bad_input_beside_good_ones_still_reports_checks(tmp_path):
     empty = tmp_path / "empty.json"
     empty.write_text("")
-    code, out, err = run("gate", TBO0, empty, "--max-exposed-comm", "50%")
+    code, out, err = run("gate", TBO0, empty, "--max-exposed-of-comm", "50%")
     line = _one_line_error(code, out, err)
     assert "empty.json" in line
     assert out.splitlines()[0].startswith("PASS") and out.strip().splitlines()[-1].startswith("gate: ERROR")
 
 
 def test_unwritable_report_is_one_line(tmp_path):
-    code, out, err = run("gate", TBO0, "--max-exposed-comm", "50%", "--junit", tmp_path / "no" / "dir" / "r.xml")
+    code, out, err = run("gate", TBO0, "--max-exposed-of-comm", "50%", "--junit", tmp_path / "no" / "dir" / "r.xml")
     assert "cannot write" in _one_line_error(code, out, err)
 
 
 def test_two_gpus_in_one_trace():
     """The copy-engine capture drives both GPUs from one process: one check per GPU, no rank."""
     code, out, _ = run("gate", PROJECT_FIXTURES / "gpu-extra" / "prefill_tbo_copyengine.json.gz",
-                       "--max-exposed-comm", "12%")
+                       "--max-exposed-of-comm", "12%")
     assert code == 1
     gpu0, gpu1, _ = out.strip().splitlines()
     assert gpu0.startswith("PASS") and "  GPU 0  [" in gpu0 and "9.5% of comm" in gpu0
@@ -494,7 +496,7 @@ def test_two_gpus_in_one_trace():
 def test_docs_examples_match_the_output():
     """docs/ci.md shows real output: fail when it drifts from what the commands print."""
     doc = (Path(__file__).resolve().parent.parent / "docs" / "ci.md").read_text()
-    _, out, _ = run("gate", TBO0, SERIAL0, "--max-exposed-comm", "50%")
+    _, out, _ = run("gate", TBO0, SERIAL0, "--max-exposed-comm", "2%")
     for line in out.strip().splitlines():
         assert line in doc, line
     _, out, _ = run("diff", SERIAL0, TBO0, "--format", "json")
@@ -526,7 +528,7 @@ def _ranks_with_one_truncated(tmp_path: Path) -> Path:
 
 def test_loader_warnings_are_warn_lines_and_strict_fails_them(tmp_path):
     d = _ranks_with_one_truncated(tmp_path)
-    code, out, err = run("gate", d, "--max-exposed-comm", "50%")
+    code, out, err = run("gate", d, "--max-exposed-of-comm", "50%")
     assert code == 0, err
     lines = out.strip().splitlines()
     warn = [x for x in lines if x.startswith("WARN")]
@@ -534,7 +536,7 @@ def test_loader_warnings_are_warn_lines_and_strict_fails_them(tmp_path):
     assert "[rank1.json]" in warn[0] and "allowed (--strict fails them)" in warn[0]
     assert lines[-1] == "gate: PASS (3 checks, 1 with loader warnings)"
 
-    code, out, err = run("gate", d, "--max-exposed-comm", "50%", "--strict", "--junit", tmp_path / "j.xml")
+    code, out, err = run("gate", d, "--max-exposed-of-comm", "50%", "--strict", "--junit", tmp_path / "j.xml")
     assert code == 1, err
     lines = out.strip().splitlines()
     assert [x.split()[0] for x in lines[:-1]] == ["FAIL", "PASS", "PASS"]
@@ -544,28 +546,28 @@ def test_loader_warnings_are_warn_lines_and_strict_fails_them(tmp_path):
     assert truncated.get("failures") == "1" and truncated.find("testcase/failure").get("type") == "loader_warnings"
 
     # a clean input has nothing to warn about: --strict changes nothing
-    code, out, _ = run("gate", TBO0, "--max-exposed-comm", "50%", "--strict")
+    code, out, _ = run("gate", TBO0, "--max-exposed-of-comm", "50%", "--strict")
     assert code == 0 and out.strip().splitlines()[-1] == "gate: PASS (1 check)"
 
 
 def test_loader_warnings_in_json_github_and_config(tmp_path, monkeypatch):
     d = _ranks_with_one_truncated(tmp_path)
-    code, out, _ = run("gate", d, "--max-exposed-comm", "50%", "--format", "json")
+    code, out, _ = run("gate", d, "--max-exposed-of-comm", "50%", "--format", "json")
     doc = json.loads(out)
     (w,) = [c for c in doc["checks"] if c["check"] == "loader_warnings"]
     assert code == 0 and doc["passed"] and w["status"] == "warn" and w["value"] == 1
     assert "file is truncated" in w["detail"] and doc["thresholds"]["strict"] is False
 
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
-    code, out, _ = run("gate", d, "--max-exposed-comm", "50%")
+    code, out, _ = run("gate", d, "--max-exposed-of-comm", "50%")
     (ann,) = [x for x in out.splitlines() if x.startswith("::")]
     assert ann.startswith("::warning title=traceview gate%3A loader warnings (rank1.json)::WARN")
     monkeypatch.delenv("GITHUB_ACTIONS")
 
-    (tmp_path / "traceview.toml").write_text('[gate]\nmax_exposed_comm = "50%"\nstrict = true\n')
+    (tmp_path / "traceview.toml").write_text('[gate]\nmax_exposed_of_comm = "50%"\nstrict = true\n')
     code, out, _ = run("gate", d)
     assert code == 1 and out.startswith("FAIL  loader warnings")
-    (tmp_path / "traceview.toml").write_text('[gate]\nmax_exposed_comm = "50%"\nstrict = "yes"\n')
+    (tmp_path / "traceview.toml").write_text('[gate]\nmax_exposed_of_comm = "50%"\nstrict = "yes"\n')
     code, _, err = run("gate", d)
     assert code == 2 and "strict" in err and "is not true or false" in err and len(err.strip().splitlines()) == 1
 
@@ -573,16 +575,16 @@ def test_loader_warnings_in_json_github_and_config(tmp_path, monkeypatch):
 def test_segments_file_is_honoured_by_gate_like_analyze(tmp_path):
     seg = tmp_path / "seg.toml"
     seg.write_text('[segments]\nmicrobatch = ["^zz(\\\\d+)$"]\n')  # our mb0/mb1 annotations no longer name micro-batches
-    code, out, _ = run("gate", TBO0, "--per", "microbatch", "--max-exposed-comm", "50%")
+    code, out, _ = run("gate", TBO0, "--per", "microbatch", "--max-exposed-of-comm", "50%")
     assert code == 0 and out.count("PASS  exposed") == 2
-    code, out, err = run("gate", TBO0, "--per", "microbatch", "--max-exposed-comm", "50%", "--segments", seg)
+    code, out, err = run("gate", TBO0, "--per", "microbatch", "--max-exposed-of-comm", "50%", "--segments", seg)
     assert code == 0, err
     code2, csv, _ = run("analyze", TBO0, "--by", "microbatch", "--segments", seg, "--format", "csv")
     rows = [r for r in csv.splitlines()[1:] if r]
-    assert out.count("PASS  exposed") == len(rows) == 1 and "1.461 of 12.937 ms" in out
+    assert out.count("PASS  exposed") == len(rows) == 1 and "0.730 of 6.468 ms/iter" in out
     bad = tmp_path / "bad.toml"
     bad.write_text('[segments]\nlayer = ["layer(\\\\d+"]\n')
-    for cmd in (["gate", TBO0, "--max-exposed-comm", "50%"], ["report", TBO0, "-o", tmp_path / "r.html"],
+    for cmd in (["gate", TBO0, "--max-exposed-of-comm", "50%"], ["report", TBO0, "-o", tmp_path / "r.html"],
                 ["diff", TBO0, TBO0], ["analyze", TBO0]):
         code, out, err = run(*cmd, "--segments", bad)
         assert code == 2 and "bad regular expression" in err and len(err.strip().splitlines()) == 1, cmd
@@ -590,8 +592,44 @@ def test_segments_file_is_honoured_by_gate_like_analyze(tmp_path):
 
 @needs_shared
 def test_per_layer_on_a_trace_without_layers_is_a_skip_not_a_pass():
-    code, out, _ = run("gate", shared("deepseek/train.json"), "--per", "layer", "--max-exposed-comm", "50%")
+    code, out, _ = run("gate", shared("deepseek/train.json"), "--per", "layer", "--max-exposed-of-comm", "50%")
     assert code == 0
     line, verdict = out.strip().splitlines()
-    assert line.startswith("SKIP") and "no layer segments in this trace" in line and "use --per gpu" in line
+    assert line.startswith("SKIP") and "no layer segments in this trace" in line and "use --by gpu" in line
     assert verdict == "gate: PASS (1 check, 1 skipped)"
+
+
+def test_share_is_of_the_iteration_not_of_comm():
+    """Serial prefill: all of its 3.0 ms/iter communication is exposed (100% of comm), but that is
+    2.5% of a 120.5 ms iteration: a 5% gate passes, where a share-of-comm gate said 100%."""
+    code, out, _ = run("gate", SERIAL0, "--max-exposed-comm", "5%")
+    assert code == 0, out
+    assert "PASS  exposed comm: 2.5% of the iteration (3.026 ms/iter of a 120.461 ms iteration; 100.0% of comm)" in out
+    assert run("gate", SERIAL0, "--max-exposed-comm", "2%")[0] == 1
+    assert run("gate", SERIAL0, "--max-exposed-of-comm", "50%")[0] == 1  # the old ratio, still available
+
+
+def test_by_phase_gates_the_combine_and_by_is_per():
+    code, out, _ = run("gate", TBO0, "--by", "phase", "--max-exposed-comm-ms", "0.4")
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("FAIL  exposed comm: 0.425 ms/iter") and "GPU 0 combine" in lines[0]
+    assert lines[1].startswith("PASS  exposed comm: 0.305 ms/iter") and "GPU 0 dispatch" in lines[1]
+    assert run("gate", TBO0, "--per", "phase", "--max-exposed-comm-ms", "0.4")[1] == out
+    code, out, _ = run("gate", SERIAL0, "--by", "stage", "--max-exposed-comm-ms", "1")
+    assert code == 0 and "SKIP" in out and "no stage segments" in out
+
+
+@needs_shared
+def test_baseline_directory_of_traces(tmp_path):
+    base = tmp_path / "serial"
+    base.mkdir()
+    for r in (0, 1):
+        (base / f"prefill_serial_rank{r}.json.gz").write_bytes(shared(f"gpu/prefill_serial_rank{r}.json.gz").read_bytes())
+    code, out, err = run("gate", TBO0, TBO1, "--baseline", base)
+    assert code == 1, err
+    lines = out.strip().splitlines()
+    span = [l for l in lines if "iteration time" in l]
+    assert len(span) == 2 and all("vs baseline rank" in l and "(" not in l.split("vs baseline rank")[1] for l in span)
+    assert "126.214 ms/iter vs baseline 120.461 ms/iter (+4.8%)" in span[0]
+    assert any(l.startswith("FAIL  regression: gemm.grouped time") for l in lines)

@@ -79,11 +79,24 @@ def test_sections_and_verdict_on_prefill_tbo(tbo0_report):
         assert f"<h2>{heading}" in html_text
     assert "prefill_tbo_rank0.json.gz" in html_text and "NVIDIA H200" in html_text
     assert "0 of world size 2" in html_text
-    assert "exposed communication 1.461 ms = 11.3% of comm, 0.6% of the span" in html_text
+    assert ("iteration 126.2 ms (mean of 2): compute 122.0 ms/iter, exposed communication 0.730 ms/iter (0.6%)"
+            in html_text)
+    assert "if the exposed communication were hidden: 125.5 ms" in html_text
+    assert "<h3>Iterations (ms)</h3>" in html_text and "128.962" in html_text and "no kernel queued" in html_text
     assert "Budget reconciliation" not in html_text  # only with --model/--gpu
     assert not tbo0_report.reduced and tbo0_report.boxes == a.kernels.height == 1822
     # timeline, per micro-batch, per layer, categories
     assert tbo0_report.figures == 4 == len(figures(html_text))
+
+
+def test_card_colour_follows_what_costs_time_with_a_legend():
+    """tp2 dense decode: all of its communication is exposed (a red card by exposed/comm), but
+    that is 3.4% of the iteration; it is host-bound (no kernel queued 30.7%): red for that."""
+    html_text = render_html([analysis_of(str(TBO0))]).html
+    assert 'class="card verdict "' in html_text  # 0.6% exposed + 1.6% host gaps: green
+    assert "Card colour: the share of the iteration lost to exposed communication" in html_text
+    dense = render_html([analysis_of(str(PROJECT_FIXTURES / "gpu-extra" / "tp2_dense_decode_rank0.json.gz"))]).html
+    assert 'class="card verdict bad"' in dense and "host-bound: no kernel queued for 2.209 ms/iter" in dense
 
 
 def test_exposed_overlay_is_the_exposed_metric(tbo0_report):
@@ -393,7 +406,7 @@ def _check_rendered(driver, path: Path, n_figures: int) -> None:
 def test_browser_prefill_tbo_rank0(browser, reports):
     _check_rendered(browser, *reports["prefill_tbo_rank0"])
     text = browser.find_element("tag name", "body").text
-    assert "exposed communication 1.461 ms = 11.3% of comm" in text
+    assert "iteration 126.2 ms (mean of 2)" in text
 
 
 @needs_browser

@@ -215,3 +215,50 @@ def test_partial_run_says_so(generated, tmp_path):
     assert run.partial and run.ranks_loaded == 2 and run.world_size == 4
     assert run.caveats[0].startswith("partial run: 2 of 4 ranks loaded")
     assert run.to_dict()["partial"] is True
+
+
+# --- the gate on a run ------------------------------------------------------------------------------
+
+def test_gate_max_wait_fails_the_ranks_that_waited_and_names_the_straggler(generated):
+    from click.testing import CliRunner
+
+    from traceview.cli import main
+
+    out, _ = generated("host4", 4, make_run.Injection(2, host_delay_us=6000.0, layer="2"))
+    r = CliRunner().invoke(main, ["gate", str(out), "--max-wait", "5%", "--no-config"])
+    assert r.exit_code == 1, r.output
+    lines = [x for x in r.stdout.splitlines() if "exposed waiting for other ranks" in x]
+    assert len(lines) == 4 and all("straggler: rank 2" in x for x in lines)
+    assert [x.split()[0] for x in lines] == ["FAIL", "FAIL", "PASS", "FAIL"]
+    # the figure is the run's: exposed waiting per iteration over the iteration
+    run = analyze_run(out)
+    t0 = run.times[0]
+    assert f"{100 * t0.per_iteration(t0.exposed_wait_us) / t0.iteration_us:.1f}% of the iteration" in lines[0]
+    r = CliRunner().invoke(main, ["gate", str(out), "--max-wait", "50%", "--no-config"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["gate", str(SOURCE), "--max-wait", "5%", "--no-config"])
+    assert r.exit_code == 0 and "SKIP  exposed waiting for other ranks" in r.stdout
+
+
+# --- diff of two runs -------------------------------------------------------------------------------
+
+def test_diff_of_runs_leads_with_one_table_across_ranks(generated):
+    from click.testing import CliRunner
+
+    from traceview.cli import main
+
+    a, _ = generated("host4", 4, make_run.Injection(2, host_delay_us=6000.0, layer="2"))
+    b, _ = generated("experts8", 8, make_run.Injection(3, expert_stretch=0.5, layer="2"))
+    r = CliRunner().invoke(main, ["diff", str(a), str(b)])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "different numbers of GPUs (base 4, new 8)" in out
+    assert out.index("per rank, ms per iteration") < out.index("traceview diff ·")
+    assert out.count("traceview diff ·") == 3 and "details for the 3 of 4 GPUs" in out
+    r = CliRunner().invoke(main, ["diff", str(a), str(b), "--format", "json"])
+    doc = json.loads(r.stdout)
+    assert len(doc["summary"]) == 4 and doc["warnings"] and len(doc["pairs"]) == 4
+    row = doc["summary"][2]
+    pair = doc["pairs"][2]
+    span = next(t for t in pair["totals_per_iteration"] if t["metric"] == "span_us")
+    assert row["iteration_delta_us"] == pytest.approx(span["delta_us"])

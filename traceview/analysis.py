@@ -21,8 +21,9 @@ from .classify import RuleSet, classify, load_rules
 from .errors import NotATraceError, TraceError
 from .load import DEFAULT_MAX_BYTES, Trace, find_trace_files, load
 from .metrics import GpuMetrics, all_devices
+from .metrics.iterations import ITERATION_EXTRA, iteration_summary, iteration_table
 from .metrics.segments import segment_table
-from .metrics.tax import overlap_tax
+from .metrics.tax import overlap_tax_with_notes
 from .segment import LevelPatterns, Segmentation, segment
 
 
@@ -42,12 +43,48 @@ class TraceAnalysis:
         return segment(self.trace, self.kernels, self.patterns)
 
     def segments(self, by: str = "microbatch") -> pl.DataFrame:
-        """Per-segment compute / overlapped / exposed communication (see metrics/segments.py)."""
-        return segment_table(self.kernels, self.segmentation, by)
+        """Per-segment compute / overlapped / exposed communication (see metrics/segments.py);
+        by iteration also the iteration's duration, idle and what-if (metrics/iterations.py)."""
+        if by not in self._segment_cache:
+            df = segment_table(self.kernels, self.segmentation, by)
+            if by == "iteration" and df.height:
+                it = self.iterations.select("device", "iteration", *ITERATION_EXTRA)
+                df = df.join(it, on=["device", "iteration"], how="left", maintain_order="left")
+            self._segment_cache[by] = df
+        return self._segment_cache[by]
+
+    @functools.cached_property
+    def _segment_cache(self) -> dict[str, pl.DataFrame]:
+        return {}
 
     def overlap_tax(self) -> pl.DataFrame:
         """How much slower compute kernels ran beside communication than alone."""
-        return overlap_tax(self.kernels, self.trace.events)
+        return self._tax[0]
+
+    def overlap_tax_notes(self) -> list[str]:
+        """What the overlap tax could not compare, or why it was not measured (no shapes)."""
+        return self._tax[1]
+
+    @functools.cached_property
+    def _tax(self) -> tuple[pl.DataFrame, list[str]]:
+        return overlap_tax_with_notes(self.kernels, self.trace.events)
+
+    @functools.cached_property
+    def iterations(self) -> pl.DataFrame:
+        """Per (GPU, iteration): duration, compute, exposed comm, idle (host-bound part), what-if
+        (see metrics/iterations.py; computed once, read by terminal, JSON, HTML and gate)."""
+        return iteration_table(self.kernels, self.segmentation)
+
+    def iteration_summary(self, device: int) -> dict | None:
+        """Means per iteration of one GPU (None when it has no events)."""
+        return iteration_summary(self.iterations, device)
+
+    def verdict_inputs(self) -> None:
+        """Compute (and cache) everything the verdict reads, so it survives dropping the events."""
+        self.iterations
+        if self.segmentation.num_microbatches > 1:
+            self.segments("microbatch")
+            self.overlap_tax()
 
     @functools.cached_property
     def rank_summaries(self) -> list:
@@ -127,6 +164,7 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None,
     if summarize:
         a.rank_summaries  # noqa: B018  (computed while the events are here)
     if not keep_events:
+        a.verdict_inputs()  # what the verdict reads, measured while the events are here
         a.trace.events = None  # type: ignore[assignment]  # (anything that still reads it fails loudly)
     return a
 

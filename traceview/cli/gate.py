@@ -21,14 +21,24 @@ from .progress import LoadProgress
 @click.command("gate")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--max-exposed-comm", "max_exposed_comm", metavar="PCT",
-              help="Fail when exposed communication is more than this share of communication time (e.g. 10%).")
+              help="Fail when exposed communication per iteration is more than this share of the iteration "
+                   "time (e.g. 2%): what it costs, whatever the profile's length.")
 @click.option("--max-exposed-comm-ms", "max_exposed_comm_ms", metavar="MS",
-              help="Fail when exposed communication is more than this time (2.5, 2.5ms, 800us).")
-@click.option("--per", type=click.Choice(PER_CHOICES), default=None,
+              help="Fail when exposed communication is more than this time per iteration (2.5, 2.5ms, 800us); "
+                   "a trace without iteration marks counts as one iteration.")
+@click.option("--max-exposed-of-comm", "max_exposed_of_comm", metavar="PCT",
+              help="Fail when more than this share of the communication time is exposed (exposed ÷ comm; "
+                   "a small share of a long iteration can still fail it).")
+@click.option("--max-wait", "max_wait", metavar="PCT",
+              help="A run (several rank traces): fail a rank whose exposed waiting for the other ranks is more than "
+                   "this share of its iteration (e.g. 5%); the line names the straggler.")
+@click.option("--by", "--per", "per", type=click.Choice(PER_CHOICES), default=None,
               help="Check each GPU (default), each micro-batch, each layer of each micro-batch and iteration, "
-                   "or each iteration.")
-@click.option("--baseline", type=click.Path(dir_okay=False),
-              help="A document from 'traceview analyze --format json' (or a trace) to compare with.")
+                   "each iteration, each phase (e.g. the combine) or each stage; as analyze --by "
+                   "(--per is the same option).")
+@click.option("--baseline", type=click.Path(),
+              help="What to compare with: a document from 'traceview analyze --format json', a trace, or a "
+                   "directory of per-rank traces.")
 @click.option("--max-regression", "max_regression", metavar="PCT",
               help="Fail when exposed comm, iteration time or a category's time per iteration grows by more than "
                    "this over the baseline (default 5% with --baseline).")
@@ -52,7 +62,8 @@ from .progress import LoadProgress
 @jobs_option
 @max_bytes_option
 @handle_errors
-def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, per, baseline, max_regression, min_regression_ms,
+def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, max_exposed_of_comm, max_wait, per, baseline, max_regression,
+             min_regression_ms,
              config_file, no_config, strict, fmt, output, junit_file, github, rules_file, segments_file, jobs, max_bytes):
     """Check traces against thresholds and exit 0 (pass), 1 (a check failed) or 2 (input not usable).
 
@@ -67,7 +78,8 @@ def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, per, baseline, max_re
     else:
         found = gate_config.discover(".")
         cfg = gate_config.load(found, required=False) if found else {}
-    flags = dict(max_exposed_comm=max_exposed_comm, max_exposed_comm_ms=max_exposed_comm_ms, per=per,
+    flags = dict(max_exposed_comm=max_exposed_comm, max_exposed_comm_ms=max_exposed_comm_ms,
+                 max_exposed_of_comm=max_exposed_of_comm, max_wait=max_wait, per=per,
                  baseline=baseline, max_regression=max_regression, min_regression_ms=min_regression_ms,
                  strict=strict)
     thresholds = gate_config.thresholds(cfg, flags)

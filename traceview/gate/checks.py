@@ -2,9 +2,13 @@
 
 Checks (each gives one ``CheckResult``; values are the numbers ``traceview analyze`` reports):
 
-  exposed_comm_pct   exposed communication as a share of communication time (per GPU, or per
-                     segment with ``per``): fails above ``max_exposed_comm_pct``
-  exposed_comm_ms    exposed communication time: fails above ``max_exposed_comm_us``
+  exposed_comm_pct   exposed communication per iteration as a share of the iteration time (per
+                     GPU, or per segment with ``per``): fails above ``max_exposed_comm_pct``.
+                     What costs time: 0.1 ms exposed of a 100 ms iteration is 0.1%, however
+                     small the communication it belongs to
+  exposed_comm_ms    exposed communication per iteration: fails above ``max_exposed_comm_us``
+                     (so a 2-step and a 10-step profile of the same run get the same verdict)
+  exposed_of_comm_pct  exposed ÷ communication time (opt-in): fails above ``max_exposed_of_comm_pct``
   regression.*       against a baseline, per iteration: exposed communication, span (iteration
                      time) and each kernel category's time; fails when the increase is more than
                      ``max_regression_pct`` of the baseline value AND more than ``min_regression_us``
@@ -29,7 +33,7 @@ from .summary import GpuSummary, SegmentRow, load_document, load_inputs
 
 PASS, FAIL, SKIP, WARN = "pass", "fail", "skip", "warn"
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
-PER_CHOICES = ("gpu", "microbatch", "layer", "iteration")
+PER_CHOICES = ("gpu", "microbatch", "layer", "iteration", "phase", "stage")
 DEFAULT_MIN_REGRESSION_US = 50.0
 GATE_SCHEMA = "traceview.gate/1"
 
@@ -78,11 +82,13 @@ class Thresholds:
 
     max_exposed_comm_pct: float | None = None
     max_exposed_comm_us: float | None = None
+    max_exposed_of_comm_pct: float | None = None
     per: str = "gpu"
     baseline: str | None = None
     max_regression_pct: float | None = None
     min_regression_us: float = DEFAULT_MIN_REGRESSION_US
     strict: bool = False         # loader warnings (skipped/repaired events, truncation) fail the gate
+    max_wait_pct: float | None = None  # a run: exposed waiting for other ranks, % of the iteration, per rank
 
     def validate(self) -> "Thresholds":
         if self.per not in PER_CHOICES:
@@ -92,12 +98,18 @@ class Thresholds:
         if self.baseline and self.max_regression_pct is None:
             self.max_regression_pct = 5.0
         if not self.any():
-            raise UsageError("no thresholds: give --max-exposed-comm, --max-exposed-comm-ms or --baseline "
+            raise UsageError("no thresholds: give --max-exposed-comm, --max-exposed-comm-ms, --max-exposed-of-comm, "
+                             "--max-wait or --baseline "
                              "(or a [tool.traceview.gate] table in pyproject.toml / traceview.toml)")
         return self
 
     def any(self) -> bool:
-        return any(v is not None for v in (self.max_exposed_comm_pct, self.max_exposed_comm_us, self.baseline))
+        return any(v is not None for v in (self.max_exposed_comm_pct, self.max_exposed_comm_us,
+                                           self.max_exposed_of_comm_pct, self.baseline, self.max_wait_pct))
+
+    def exposed_checks(self) -> bool:
+        return any(v is not None for v in (self.max_exposed_comm_pct, self.max_exposed_comm_us,
+                                           self.max_exposed_of_comm_pct))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,10 +147,12 @@ class CheckResult:
         return {
             "exposed_comm_pct": "exposed comm",
             "exposed_comm_ms": "exposed comm",
+            "exposed_of_comm_pct": "exposed share of comm",
             "regression.exposed_comm": "regression: exposed comm",
             "regression.span": "regression: iteration time (span)",
             "regression.category": f"regression: {self.category} time",
             "loader_warnings": "loader warnings",
+            "run.wait_pct": "exposed waiting for other ranks",
         }.get(self.check, self.check)
 
     def value_text(self) -> str:
@@ -148,18 +162,24 @@ class CheckResult:
             n = int(self.value)
             return f"{n} warning" + ("" if n == 1 else "s")
         if self.check == "exposed_comm_pct":
+            return f"{self.value:.1f}% of the iteration"
+        if self.check == "exposed_of_comm_pct":
             return f"{self.value:.1f}% of comm"
+        if self.check == "run.wait_pct":
+            return f"{self.value:.1f}% of the iteration"
         if self.check.startswith("regression."):
             return f"{_ms(self.value)} ms/iter vs baseline {_ms(self.baseline)} ms/iter ({_signed_pct(self.value, self.baseline)})"
-        return f"{_ms(self.value)} ms"
+        return f"{_ms(self.value)} ms/iter"
 
     def threshold_text(self) -> str:
         if self.check == "loader_warnings":
             return "--strict: none allowed" if self.status == FAIL else "allowed (--strict fails them)"
-        if self.check == "exposed_comm_pct":
+        if self.check in ("exposed_comm_pct", "exposed_of_comm_pct"):
             return f"max {self.threshold:g}%"
         if self.check == "exposed_comm_ms":
-            return f"max {_ms(self.threshold)} ms"
+            return f"max {_ms(self.threshold)} ms/iter"
+        if self.check == "run.wait_pct":
+            return f"max {self.threshold:g}%"
         return f"max +{self.threshold:g}%"
 
     def line(self) -> str:
@@ -253,36 +273,64 @@ def _skips(g: GpuSummary, t: Thresholds, detail: str, segment: dict | None = Non
     return [CheckResult(check, SKIP, None, thr, unit, file=g.file, rank=g.rank, device=g.device, segment=segment,
                         detail=detail)
             for check, thr, unit in (("exposed_comm_pct", t.max_exposed_comm_pct, "%"),
-                                     ("exposed_comm_ms", t.max_exposed_comm_us, "us")) if thr is not None]
+                                     ("exposed_comm_ms", t.max_exposed_comm_us, "us"),
+                                     ("exposed_of_comm_pct", t.max_exposed_of_comm_pct, "%")) if thr is not None]
+
+
+def _units(g: GpuSummary, t: Thresholds) -> list[tuple[dict | None, float, float, float]]:
+    """(segment, comm, exposed, iteration time), all per iteration, for each unit checked.
+
+    A GPU or a row summed over iterations (micro-batch, phase, stage) is divided by the number of
+    iterations; a row of one iteration (iteration, layer) is not.  The iteration time is the
+    row's own duration for an iteration row, else the GPU's span per iteration.
+    """
+    iteration_us = g.totals["span_us"] / g.per
+    if t.per == "gpu":
+        return [(None, g.totals["comm_us"] / g.per, g.totals["exposed_comm_us"] / g.per, iteration_us)]
+    out = []
+    for r in g.segment_rows(t.per):
+        if r.comm_us <= 0:
+            continue
+        n = 1 if "iteration" in r.keys else g.per
+        own = r.duration_us if t.per == "iteration" and r.duration_us else iteration_us
+        out.append((r.keys, r.comm_us / n, r.exposed_comm_us / n, own))
+    return out
 
 
 def _absolute_checks(g: GpuSummary, t: Thresholds) -> list[CheckResult]:
-    """Exposed communication (share and time) of one GPU, or of each of its segments."""
+    """Exposed communication (share of the iteration, time per iteration, share of comm) of one
+    GPU, or of each of its segments."""
     out: list[CheckResult] = []
     common = dict(file=g.file, rank=g.rank, device=g.device)
-    if t.per == "gpu":
-        units = [(None, g.totals["comm_us"], g.totals["exposed_comm_us"])]
-    else:
-        units = [(r.keys, r.comm_us, r.exposed_comm_us) for r in g.segment_rows(t.per) if r.comm_us > 0]
-        if units and all((k or {}).get(t.per) == "(none)" for k, _, _ in units):
+    units = _units(g, t)
+    if t.per != "gpu":
+        if units and all((k or {}).get(t.per) == "(none)" for k, *_ in units):
             # nothing labels this level: one check on "(none)" would read as a per-segment pass
             return _skips(g, t, f"no {t.per} segments in this trace (no annotations, threads or inferred "
-                                f"{t.per}s): use --per gpu")
+                                f"{t.per}s): use --by gpu")
         if not units:  # no segment communicates: say so once instead of printing nothing
-            units = [(None, 0.0, 0.0)]
-    for seg, comm, exposed in units:
+            units = [(None, 0.0, 0.0, 0.0)]
+    whole = "" if g.iterations else "; no iteration marks: the whole trace counts as one iteration"
+    for seg, comm, exposed, iteration_us in units:
         if comm <= 0:
             out.extend(_skips(g, t, "no communication on this GPU", seg))
             continue
+        of_comm = 100.0 * exposed / comm
         if t.max_exposed_comm_pct is not None:
-            pct = 100.0 * exposed / comm
+            pct = 100.0 * exposed / iteration_us if iteration_us > 0 else 0.0
             out.append(CheckResult("exposed_comm_pct", PASS if pct <= t.max_exposed_comm_pct + 1e-9 else FAIL, pct,
                                    t.max_exposed_comm_pct, "%", segment=seg,
-                                   detail=f"{_ms(exposed)} of {_ms(comm)} ms", **common))
+                                   detail=f"{_ms(exposed)} ms/iter of a {_ms(iteration_us)} ms iteration; "
+                                          f"{of_comm:.1f}% of comm{whole}", **common))
         if t.max_exposed_comm_us is not None:
             out.append(CheckResult("exposed_comm_ms", PASS if exposed <= t.max_exposed_comm_us + 1e-9 else FAIL,
                                    exposed, t.max_exposed_comm_us, "us", segment=seg,
-                                   detail=f"{100 * exposed / comm:.1f}% of {_ms(comm)} ms comm", **common))
+                                   detail=f"{of_comm:.1f}% of {_ms(comm)} ms/iter comm{whole}", **common))
+        if t.max_exposed_of_comm_pct is not None:
+            out.append(CheckResult("exposed_of_comm_pct",
+                                   PASS if of_comm <= t.max_exposed_of_comm_pct + 1e-9 else FAIL, of_comm,
+                                   t.max_exposed_of_comm_pct, "%", segment=seg,
+                                   detail=f"{_ms(exposed)} of {_ms(comm)} ms/iter{whole}", **common))
     return out
 
 
@@ -338,7 +386,7 @@ def _regression_checks(g: GpuSummary, b: GpuSummary | None, how: str, t: Thresho
         new_pi = g.categories[c].time_us / g.per if c in g.categories else 0.0
         base_pi = b.categories[c].time_us / b.per if c in b.categories else 0.0
         out.append(_regression("regression.category", g, new_pi, base_pi, t, where_base, category=c))
-    if t.per in ("microbatch", "layer") and t.per in b.segments and t.per in g.segments:
+    if t.per in ("microbatch", "layer", "phase", "stage") and t.per in b.segments and t.per in g.segments:
         new_rows, base_rows = g.segments_per_iteration(t.per), b.segments_per_iteration(t.per)
         for k in sorted(set(new_rows) | set(base_rows)):
             n, o = new_rows.get(k), base_rows.get(k)
@@ -364,15 +412,45 @@ def _warning_checks(gpus: list[GpuSummary], t: Thresholds) -> list[CheckResult]:
     return out
 
 
-def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] | None = None) -> list[CheckResult]:
+def run_checks(runs: list, t: Thresholds) -> list[CheckResult]:
+    """``--max-wait``: per rank of each run, the exposed waiting for other ranks (the part of its
+    communication that waited for the last rank and that no compute hid) as a share of the
+    iteration; the line names the straggler.  A run without cross-rank numbers is a SKIP."""
+    out: list[CheckResult] = []
+    if t.max_wait_pct is None:
+        return out
+    for run in runs:
+        if not run.cross_rank:
+            first = run.ranks[0] if run.ranks else None
+            out.append(CheckResult("run.wait_pct", SKIP, None, t.max_wait_pct, "%", file=first.file if first else "",
+                                   rank=None, device=first.device if first else 0,
+                                   detail=f"no cross-rank numbers: {run.reason}"))
+            continue
+        s = run.straggler
+        who = f"; straggler: rank {s.rank}" if s is not None and s.rank is not None else ""
+        by_rank = {r.rank: r for r in run.ranks}
+        for tm in run.times:
+            share = 100.0 * tm.per_iteration(tm.exposed_wait_us) / tm.iteration_us if tm.iteration_us else 0.0
+            r = by_rank[tm.rank]
+            out.append(CheckResult("run.wait_pct", PASS if share <= t.max_wait_pct + 1e-9 else FAIL, share,
+                                   t.max_wait_pct, "%", file=r.file, rank=tm.rank, device=r.device,
+                                   detail=f"{_ms(tm.per_iteration(tm.exposed_wait_us))} ms/iter of a "
+                                          f"{_ms(tm.iteration_us)} ms iteration{who}"
+                                          + (f"; {run.partial_note}" if run.partial else "")))
+    return out
+
+
+def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] | None = None,
+             runs: list | None = None) -> list[CheckResult]:
     """Every check the thresholds ask for, GPU by GPU, in a stable order; loader warnings first."""
     out: list[CheckResult] = _warning_checks(gpus, t)
     pairs = match_gpus(gpus, baseline) if baseline is not None else [(g, None, "") for g in gpus]
     for g, b, how in pairs:
-        if t.max_exposed_comm_pct is not None or t.max_exposed_comm_us is not None:
+        if t.exposed_checks():
             out.extend(_absolute_checks(g, t))
         if baseline is not None:
             out.extend(_regression_checks(g, b, how, t))
+    out.extend(run_checks(runs or [], t))
     return out
 
 
@@ -387,9 +465,10 @@ def run_gate(paths: Iterable[str], thresholds: Thresholds, rules_file: str | Non
     t = thresholds.validate()
     views = [t.per] if t.per != "gpu" else []
     baseline = load_baseline(t.baseline, views, rules_file, max_bytes, patterns) if t.baseline else None
+    runs: list = [] if t.max_wait_pct is not None else None
     gpus, errors = load_inputs(list(paths), views=views, kernels=False, rules_file=rules_file, jobs=jobs,
-                               max_bytes=max_bytes, patterns=patterns, progress=progress)
-    return GateResult(thresholds=t, checks=evaluate(gpus, t, baseline), errors=errors,
+                               max_bytes=max_bytes, patterns=patterns, progress=progress, runs=runs)
+    return GateResult(thresholds=t, checks=evaluate(gpus, t, baseline, runs), errors=errors,
                       inputs=list(dict.fromkeys(g.file for g in gpus)))
 
 

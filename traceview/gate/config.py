@@ -2,9 +2,10 @@
 
 ```toml
 [tool.traceview.gate]          # in traceview.toml a plain [gate] table works too
-max_exposed_comm = "10%"       # exposed comm as a share of comm time
-max_exposed_comm_ms = 2.5      # exposed comm time (a number is milliseconds; "800us" works)
-per = "microbatch"             # gpu | microbatch | layer | iteration
+max_exposed_comm = "2%"        # exposed comm per iteration as a share of the iteration time
+max_exposed_comm_ms = 2.5      # exposed comm per iteration (a number is milliseconds; "800us" works)
+max_exposed_of_comm = "50%"    # exposed ÷ communication time (opt-in)
+by = "microbatch"              # gpu | microbatch | layer | iteration | phase | stage ("per" works too)
 baseline = "perf/baseline.json"  # relative to this file
 max_regression = "5%"
 min_regression_ms = 0.05       # noise floor for regressions, per iteration
@@ -31,7 +32,8 @@ else:  # pragma: no cover - 3.10
 from ..errors import TraceError, UsageError
 from .checks import PER_CHOICES, Thresholds, parse_duration_us, parse_percent
 
-KEYS = ("max_exposed_comm", "max_exposed_comm_ms", "per", "baseline", "max_regression", "min_regression_ms", "strict")
+KEYS = ("max_exposed_comm", "max_exposed_comm_ms", "max_exposed_of_comm", "max_wait", "by", "per", "baseline",
+        "max_regression", "min_regression_ms", "strict")
 CONFIG_NAMES = ("traceview.toml", "pyproject.toml")
 
 
@@ -88,6 +90,10 @@ def load(path: str | Path, required: bool = True) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"{p}: [tool.traceview.gate]: unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
     out = dict(table)
+    if "by" in out and "per" in out:
+        raise UsageError(f"{p}: [tool.traceview.gate]: give 'by' or 'per' (the same setting), not both")
+    if "by" in out:
+        out["per"] = out.pop("by")
     if "baseline" in out:
         if not isinstance(out["baseline"], str):
             raise UsageError(f"{p}: [tool.traceview.gate]: baseline must be a path string")
@@ -110,19 +116,24 @@ def thresholds(config: dict[str, Any], flags: dict[str, Any]) -> Thresholds:
     pct = parse_percent(v, name) if v is not None else None
     v, name = pick("max_exposed_comm_ms", "--max-exposed-comm-ms")
     ms = parse_duration_us(v, name) if v is not None else None
+    v, name = pick("max_wait", "--max-wait")
+    wait = parse_percent(v, name) if v is not None else None
+    v, name = pick("max_exposed_of_comm", "--max-exposed-of-comm")
+    of_comm = parse_percent(v, name) if v is not None else None
     v, name = pick("max_regression", "--max-regression")
     reg = parse_percent(v, name) if v is not None else None
     v, name = pick("min_regression_ms", "--min-regression-ms")
     floor = parse_duration_us(v, name) if v is not None else None
-    per, name = pick("per", "--per")
+    per, name = pick("per", "--by")
     if per is not None and per not in PER_CHOICES:
         raise UsageError(f"{name}: {str(per)[:40]!r} is not one of {', '.join(PER_CHOICES)}")
     baseline, _ = pick("baseline", "--baseline")
     strict, name = pick("strict", "--strict")
     if strict is not None and not isinstance(strict, bool):
         raise UsageError(f"{name}: {str(strict)[:40]!r} is not true or false")
-    t = Thresholds(max_exposed_comm_pct=pct, max_exposed_comm_us=ms, per=per or "gpu",
-                   baseline=str(baseline) if baseline else None, max_regression_pct=reg, strict=bool(strict))
+    t = Thresholds(max_exposed_comm_pct=pct, max_exposed_comm_us=ms, max_exposed_of_comm_pct=of_comm, per=per or "gpu",
+                   baseline=str(baseline) if baseline else None, max_regression_pct=reg, strict=bool(strict),
+                   max_wait_pct=wait)
     if floor is not None:
         t.min_regression_us = floor
     return t

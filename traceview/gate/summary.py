@@ -30,9 +30,9 @@ TOTALS = ("span_us", "busy_us", "compute_us", "comm_us", "memory_us", "overlap_u
 # (the iteration is summed away: values are compared per iteration)
 SEGMENT_VIEWS = ("microbatch", "layer", "phase")
 VIEW_KEYS = {"microbatch": ("microbatch",), "layer": ("layer", "microbatch"), "phase": ("phase",),
-             "iteration": ("iteration",)}
+             "iteration": ("iteration",), "stage": ("stage",)}
 ROW_KEYS = {"microbatch": ("microbatch",), "layer": ("iteration", "layer", "microbatch"), "phase": ("phase",),
-            "iteration": ("iteration",)}
+            "iteration": ("iteration",), "stage": ("stage",)}
 
 
 @dataclass
@@ -50,6 +50,7 @@ class SegmentRow:
     exposed_comm_us: float
     compute_us: float
     categories: dict[str, float]
+    duration_us: float | None = None     # iteration rows: the iteration time (metrics/iterations.py)
 
     @property
     def time_us(self) -> float:
@@ -143,6 +144,7 @@ def _rows_from_table(df: pl.DataFrame, view: str) -> dict[int, list[SegmentRow]]
             exposed_comm_us=float(r["exposed_comm_us"] or 0.0),
             compute_us=float(r["compute_us"] or 0.0),
             categories={c[4:]: float(r[c]) for c in cat_cols if r[c]},
+            duration_us=float(r["duration_us"]) if r.get("duration_us") is not None else None,
         ))
     return out
 
@@ -251,7 +253,8 @@ def from_document(doc: Any, path: str | os.PathLike) -> list[GpuSummary]:
                     keys={k: str(r.get(k)) for k in keys},
                     comm_us=_num(r.get("comm_us"), path, w), exposed_comm_us=_num(r.get("exposed_comm_us"), path, w),
                     compute_us=_num(r.get("compute_us"), path, w),
-                    categories={str(c): _num(v, path, w) for c, v in cats.items()}))
+                    categories={str(c): _num(v, path, w) for c, v in cats.items()},
+                    duration_us=_num(r["duration_us"], path, w) if r.get("duration_us") is not None else None))
             seg_rows[view] = by_dev
         for gi, g in enumerate(gpus if isinstance(gpus, list) else []):
             w = f"{where}.gpus[{gi}]"
@@ -297,12 +300,14 @@ def load_document(path: str | os.PathLike) -> list[GpuSummary]:
 
 def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True,
                 rules_file: str | None = None, jobs: int = 1, max_bytes: int | None = None,
-                patterns=None, progress=None) -> tuple[list[GpuSummary], list[TraceError]]:
+                patterns=None, progress=None, runs: list | None = None) -> tuple[list[GpuSummary], list[TraceError]]:
     """GPU summaries of traces, directories of ranks and saved analyze documents, in order.
 
     Input that cannot be used comes back as a ``TraceError`` beside the good summaries, so
     a caller can report every problem at once.  ``progress(trace_paths)``, when given, makes the
     context manager whose value is ``analyze_many``'s progress callback (the CLI's bar).
+    ``runs``: when a list is given, the ``RunAnalysis`` of the traces (all of them, as one run)
+    is appended to it.
     """
     from ..analysis import TraceAnalysis, analyze_many, expand_paths
     from ..load import DEFAULT_MAX_BYTES
@@ -327,7 +332,7 @@ def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGME
         try:
             with (progress(traces) if progress is not None else contextlib.nullcontext()) as bar:
                 results = analyze_many(traces, rules_file, jobs, max_bytes or DEFAULT_MAX_BYTES, patterns,
-                                       progress=bar)
+                                       progress=bar, summarize=runs is not None)
         except TraceError as e:
             errors.append(e)
             results = []
@@ -336,4 +341,8 @@ def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGME
                 out.extend(from_analysis(r, views, kernels=kernels, tax=kernels))
             else:
                 errors.append(r)
+        if runs is not None and results:
+            from ..run import run_from_analyses
+
+            runs.append(run_from_analyses(results))
     return out + docs, errors

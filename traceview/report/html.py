@@ -31,7 +31,8 @@ from ..analysis import TraceAnalysis
 from .html_charts import category_figure, layer_figure, microbatch_figure, reconciliation_figure
 from .html_style import EXPOSED, category_color, esc, ms, pct
 from .html_timeline import gpu_timeline
-from .terminal import gpu_label, verdict
+from .terminal import gpu_label
+from .verdict import BAD_SHARE, WARN_SHARE, severity, verdict, verdict_lines
 from .text import short_kernel_name
 
 DEFAULT_MAX_EVENTS = 20_000
@@ -108,6 +109,9 @@ dl.meta dt { color: var(--muted); } dl.meta dd { margin: 0; word-break: break-al
 .verdict { border-left: 6px solid var(--green); }
 .verdict.warn { border-left-color: #f0a020; } .verdict.bad { border-left-color: var(--red); }
 .verdict.none { border-left-color: #9aa5b1; }
+.verdict .more { font-size: 13px; color: var(--muted); margin: 0 0 4px; }
+.legend .sw { display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 8px; border-radius: 2px; background: var(--green); }
+.legend .sw.warn { background: #f0a020; } .legend .sw.bad { background: var(--red); } .legend .sw.none { background: #9aa5b1; }
 .verdict .who { font-weight: 600; } .verdict .what { font-size: 15px; margin: 2px 0 8px; }
 .kpis { display: flex; flex-wrap: wrap; gap: 6px 18px; color: var(--muted); font-size: 13px; }
 .kpis b { color: var(--fg); font-variant-numeric: tabular-nums; }
@@ -190,6 +194,7 @@ def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_E
         page.add('<h2>Per-rank detail</h2><p class="sub">Each rank on its own, on its own clock.</p>')
     page.add(_verdicts(results))
     page.add(_gpu_table(results))
+    page.add(_iterations(results))
     page.add(_skew(run))
     warn_html = _warnings(results)
     reduced_slot = len(page.parts)
@@ -289,19 +294,46 @@ def _header(results: list[TraceAnalysis]) -> str:
 
 
 def _verdicts(results: list[TraceAnalysis]) -> str:
+    """One card per GPU: the verdict sentences, coloured by what the iteration loses (legend below)."""
     cards = []
     for a in results:
         for g in a.gpus:
-            ratio = g.exposed_comm_ratio
-            cls = "none" if ratio is None else "bad" if ratio > 0.5 else "warn" if ratio > 0.15 else ""
-            kpis = [("span", ms(g.span_us)), ("compute", ms(g.compute_us)), ("comm", ms(g.comm_us)),
-                    ("hidden", ms(g.overlap_us))]
-            k_html = "".join(f"<span>{k} <b>{v}</b> ms</span>" for k, v in kpis)
-            k_html += f'<span class="exp">exposed <b>{ms(g.exposed_comm_us)}</b> ms</span>'
-            k_html += f"<span>idle <b>{ms(g.idle_us)}</b> ms</span>"
+            cls = {"ok": "", "warn": "warn", "bad": "bad", "none": "none"}[severity(a, g)]
+            s = a.iteration_summary(g.device) or {}
+            per = " ms/iter" if s.get("iterations") else " ms"
+            kpis = [("iteration" if s.get("iterations") else "span", s.get("duration_us", g.span_us)),
+                    ("compute", s.get("compute_us", g.compute_us)), ("comm", s.get("comm_us", g.comm_us))]
+            k_html = "".join(f"<span>{k} <b>{ms(v)}</b>{per}</span>" for k, v in kpis)
+            k_html += f'<span class="exp">exposed <b>{ms(s.get("exposed_comm_us", g.exposed_comm_us))}</b>{per}</span>'
+            k_html += f"<span>idle <b>{ms(s.get('idle_us', g.idle_us))}</b>{per}</span>"
+            k_html += f"<span>no kernel queued <b>{ms(s.get('idle_no_queue_us', 0.0))}</b>{per}</span>"
+            first, *rest = verdict_lines(a, g)
+            more = "".join(f'<div class="more">{esc(line)}</div>' for line in rest)
             cards.append(f'<div class="card verdict {cls}"><div class="who">{esc(_gpu_name(a, g))}</div>'
-                         f'<div class="what">{esc(verdict(a, g))}</div><div class="kpis">{k_html}</div></div>')
-    return '<div class="verdicts">' + "".join(cards) + "</div>"
+                         f'<div class="what">{esc(first)}</div>{more}<div class="kpis">{k_html}</div></div>')
+    legend = (f'<p class="sub legend">Card colour: the share of the iteration lost to exposed communication plus '
+              f'idle time with no kernel queued: <span class="sw bad"></span>more than {BAD_SHARE:.0%}, '
+              f'<span class="sw warn"></span>more than {WARN_SHARE:.0%}, <span class="sw ok"></span>less; '
+              f'<span class="sw none"></span>no data. (Not exposed ÷ communication: a little exposed '
+              f'communication in a long iteration costs little.)</p>')
+    return '<div class="verdicts">' + "".join(cards) + "</div>" + legend
+
+
+def _iterations(results: list[TraceAnalysis]) -> str:
+    """Per GPU and iteration: duration, compute, exposed comm, idle (no kernel queued), the what-if."""
+    headers = [("gpu", False), ("iteration", False), ("duration ms", True), ("compute", True), ("comm", True),
+               ("exposed comm", True), ("idle", True), ("no kernel queued", True),
+               ("if exposed comm were hidden", True), ("kernels", True)]
+    rows = []
+    for a in results:
+        for r in a.iterations.head(200).iter_rows(named=True):
+            rows.append([esc(gpu_label(a, r["device"])), esc(r["iteration"]), ms(r["duration_us"]),
+                         ms(r["compute_us"]), ms(r["comm_us"]),
+                         f'<span class="exposed">{ms(r["exposed_comm_us"])}</span>', ms(r["idle_us"]),
+                         ms(r["idle_no_queue_us"]), ms(r["if_hidden_us"]), f'{r["kernels"]:,}'])
+    return ("<h3>Iterations (ms)</h3><p class=\"sub\">Each iteration from its first kernel to the next one's first "
+            "kernel; <i>no kernel queued</i>: idle while nothing had been launched, the GPU waited for the CPU.</p>"
+            + _table(headers, rows))
 
 
 def _table(headers: list[tuple[str, bool]], rows: list[list[str]], cls: str = "") -> str:

@@ -29,17 +29,30 @@ def segments_dict(a: TraceAnalysis, views=SEGMENT_VIEWS) -> dict[str, Any]:
     return {"sources": seg.sources, "summary": seg.summary(), **{f"by_{v.replace('-', '_')}": _rows(a.segments(v)) for v in views}}
 
 
+def _gpu_dict(a: TraceAnalysis, g) -> dict[str, Any]:
+    """The GPU's totals, its means per iteration and the verdict sentences (as the terminal says them)."""
+    from .verdict import severity, verdict_lines
+
+    d = g.to_dict()
+    d["per_iteration"] = a.iteration_summary(g.device)
+    d["verdict"] = verdict_lines(a, g)
+    d["severity"] = severity(a, g)
+    return d
+
+
 def trace_dict(a: TraceAnalysis, with_segments: bool = True) -> dict[str, Any]:
     t = a.trace
     extra = {}
     if with_segments:
-        extra = {"segments": segments_dict(a), "overlap_tax": a.overlap_tax().to_dicts()}
+        extra = {"segments": segments_dict(a), "overlap_tax": a.overlap_tax().to_dicts(),
+                 "overlap_tax_notes": a.overlap_tax_notes(),
+                 "iterations": a.iterations.to_dicts()}
     return {
         "file": str(t.path),
         "rank": t.rank,
         "world_size": t.world_size,
         "warnings": list(t.warnings),
-        "gpus": [g.to_dict() for g in a.gpus],
+        "gpus": [_gpu_dict(a, g) for g in a.gpus],
         "unclassified": [
             {"name": n, "time_us": tu, "count": c} for n, tu, c in a.unclassified().iter_rows()
         ],

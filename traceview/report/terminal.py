@@ -8,6 +8,9 @@ from rich.text import Text
 
 from ..analysis import TraceAnalysis
 from .text import clean, fmt_ms, fmt_pct, short_kernel_name
+from .verdict import severity, verdict, verdict_lines  # noqa: F401  (verdict: the one-line form)
+
+SEVERITY_STYLE = {"bad": "red", "warn": "yellow", "ok": "green", "none": ""}
 
 MAX_GPU_COLUMNS = 4
 
@@ -17,18 +20,13 @@ def gpu_label(a: TraceAnalysis, device: int) -> str:
     return f"r{rank}/gpu{device}"
 
 
-def verdict(a: TraceAnalysis, g) -> str:
-    """The one-line answer for a GPU: how much communication was exposed."""
-    if g.comm_us <= 0:
-        return "no communication kernels"
-    return (f"exposed communication {g.exposed_comm_us / 1000:.3f} ms = {fmt_pct(g.exposed_comm_ratio)} of comm, "
-            f"{fmt_pct(g.exposed_comm_us / g.span_us if g.span_us else None)} of the span")
-
-
 def render_analysis(results: list[TraceAnalysis], console: Console, top: int = 8) -> None:
     if not results:
         return
     _header(results, console)
+    for a in results:  # first: a truncated or repaired file changes how every number below reads
+        for w in a.trace.warnings:
+            console.print(Text(f"warning: {clean(a.trace.name)}: {clean(w)}", style="yellow"))
     console.print(_gpu_table(results))
     labels = [gpu_label(a, g.device) for a in results for g in a.gpus]
     for a in results:
@@ -36,14 +34,14 @@ def render_analysis(results: list[TraceAnalysis], console: Console, top: int = 8
             label = gpu_label(a, g.device)
             if labels.count(label) > 1:  # two files claim this rank: say which one
                 label += f" ({clean(a.trace.name)})"
-            console.print(Text(f"  {label}: {verdict(a, g)}"))
+            first, *rest = verdict_lines(a, g)
+            console.print(Text(f"  {label}: {first}", style=SEVERITY_STYLE[severity(a, g)]))
+            for line in rest:
+                console.print(Text(f"    {line}"))
     console.print(_category_table(results))
     if len(results) == 1:
         console.print(_top_kernels(results[0], top))
     _unclassified(results, console)
-    for a in results:
-        for w in a.trace.warnings:
-            console.print(Text(f"warning: {clean(a.trace.name)}: {clean(w)}", style="yellow"))
 
 
 def _header(results: list[TraceAnalysis], console: Console) -> None:
@@ -144,7 +142,10 @@ def render_segments(a: TraceAnalysis, by: str, console: Console) -> None:
         t.add_column("gpu", justify="right")
     for k in keys:
         t.add_column(k)
-    for col in ("events", "compute", "comm", "overlapped", "exposed", "exposed %", "cover by other mb", "top categories (share)"):
+    timed = "duration_us" in df.columns  # --by iteration: the iteration's own time accounting
+    for col in ("events", *(("duration", "idle", "no kernel queued", "if hidden") if timed else ()),
+                "compute", "comm", "overlapped", "exposed", "exposed % of comm",
+                *(("cover by other mb",) if by == "microbatch" else ()), "top categories (share)"):
         t.add_column(col, justify="left" if col.startswith("top") else "right")
     cats = category_columns(df)
     for row in df.iter_rows(named=True):
@@ -155,27 +156,44 @@ def render_segments(a: TraceAnalysis, by: str, console: Console) -> None:
         cells = [str(row["device"])] if multi_gpu else []
         cells += [clean(row[k], 40) for k in keys]
         exposed_pct = row["exposed_comm_us"] / row["comm_us"] if row["comm_us"] > 0 else None
-        cells += [str(row["events"]), fmt_ms(row["compute_us"]), fmt_ms(row["comm_us"]),
+        cells += [str(row["events"])]
+        if timed:
+            cells += [fmt_ms(row[c]) for c in ("duration_us", "idle_us", "idle_no_queue_us", "if_hidden_us")]
+        cells += [fmt_ms(row["compute_us"]), fmt_ms(row["comm_us"]),
                   fmt_ms(row["overlapped_comm_us"]),
                   Text(fmt_ms(row["exposed_comm_us"]), style="red" if (exposed_pct or 0) > 0.5 else ""),
-                  fmt_pct(exposed_pct), "-" if cover is None or cover != cover else fmt_ms(cover),
-                  top_text or "-"]
+                  fmt_pct(exposed_pct)]
+        if by == "microbatch":
+            cells.append("-" if cover is None or cover != cover else fmt_ms(cover))
+        cells.append(top_text or "-")
         t.add_row(*cells)
     console.print(t)
 
 
 def render_tax(a: TraceAnalysis, console: Console) -> None:
     tax = a.overlap_tax()
+    notes = a.overlap_tax_notes()
+    title = f"{clean(a.trace.name)}: overlap tax (same kernel and shapes, alone vs beside communication)"
     if tax.height == 0:
+        if not notes:
+            reason = ("no communication kernels" if all(g.comm_us <= 0 for g in a.gpus)
+                      else "no kernel ran beside communication")
+            notes = [f"overlap tax: {reason}"]
+        console.print(Text(title, style="bold"))
+        for n in notes:
+            console.print(Text("  " + clean(n), style="yellow"))
         return
-    t = Table(title=f"{clean(a.trace.name)}: overlap tax (same kernel and shapes, alone vs beside communication)",
-              title_justify="left", header_style="bold")
-    for col in ("gpu", "category", "kernels", "with comm ms", "alone estimate ms", "tax ms", "slowdown"):
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for col in ("gpu", "category", "under comm", "kernels", "with comm ms", "alone estimate ms", "tax ms",
+                "slowdown"):
         t.add_column(col, justify="left" if col == "category" else "right")
     for r in tax.iter_rows(named=True):
-        t.add_row(str(r["device"]), clean(r["category"]), str(r["kernels_with_comm"]), fmt_ms(r["time_with_comm_us"]),
-                  fmt_ms(r["alone_estimate_us"]), fmt_ms(r["tax_us"]), fmt_pct(r["slowdown"]))
+        t.add_row(str(r["device"]), clean(r["category"]), r["overlap"], str(r["kernels_with_comm"]),
+                  fmt_ms(r["time_with_comm_us"]), fmt_ms(r["alone_estimate_us"]), fmt_ms(r["tax_us"]),
+                  fmt_pct(r["slowdown"]))
     console.print(t)
+    for n in notes:
+        console.print(Text("  " + clean(n), style="yellow"))
 
 
 def render_run(run, console: Console) -> None:

@@ -32,5 +32,6 @@ def _register(module: str, attr: str) -> None:
     main.add_command(getattr(mod, attr))
 
 
-for _module, _attr in (("budget", "budget"), ("report", "report_cmd"), ("gate", "gate_cmd"), ("diff", "diff_cmd")):
+for _module, _attr in (("budget", "budget"), ("report", "report_cmd"), ("gate", "gate_cmd"), ("diff", "diff_cmd"),
+                      ("annotate", "annotate_cmd")):
     _register(_module, _attr)

@@ -35,6 +35,11 @@ CATEGORY_ALIASES = {
     "user_annotation": "user_annotation",
     "gpu_user_annotation": "gpu_user_annotation",
 }
+#: What ``traceview annotate`` adds carries this category.  It is not one of the kept
+#: categories above (the only filter), so reading an annotated trace measures the original
+#: events alone: the same numbers as the trace before annotation.
+ANNOTATION_CATEGORY = "traceview"
+assert ANNOTATION_CATEGORY not in CATEGORY_ALIASES
 KEPT_PHASES = {"X", "B", "E"}
 #: Every phase of the Chrome trace format (other phases of a kept category are skipped and counted).
 CHROME_PHASES = frozenset("BEXiICbnestfPNODMVvRcSTpF()")

@@ -2,9 +2,8 @@
 
 The manifest is the ground truth the capture script wrote (layers L, steps S, micro-batches, which thread
 launched what, the CUDA-graph replay -> eager kernel mapping) plus check_traces.py's numbers; traceview's
-analysis must agree. Where traceview's labels cannot do it yet (issue 13: CUDA-graph segmentation,
-split-KV layers, Inductor layers, training threads) the test is xfail(strict=True) and flips when the
-labels land.
+analysis must agree. Where traceview's labels cannot do it yet (issue 13: each replayed kernel's
+micro-batch and layer in a CUDA graph) the test is xfail(strict=True) and flips when that lands.
 """
 
 from __future__ import annotations
@@ -91,13 +90,9 @@ def test_graph_replayed_kernels_get_their_eager_microbatch_and_layer():
 @pytest.mark.parametrize("scenario,microbatches", [
     ("decode_tbo_cudagraph_eager", 2),
     ("attn_splitkv_decode", 1),
-    pytest.param("attn_splitkv_decode_nolabels", 1, marks=pytest.mark.xfail(
-        strict=True, reason="issue 13: FA2 split-KV (flash_fwd_splitkv_kernel + flash_fwd_splitkv_combine_kernel) "
-                            "starts two layers per attention call: 48 instead of 24")),
-    pytest.param("inductor_dense_decode", 1, marks=pytest.mark.xfail(
-        strict=True, reason="issue 13: no layers found in an Inductor-compiled decoder (triton_*_fused_* kernels)")),
-    pytest.param("decode_tbo_cudagraph", 2, marks=pytest.mark.xfail(
-        strict=True, reason="issue 13: no layers or micro-batches from the kernel order of CUDA-graph replays")),
+    ("attn_splitkv_decode_nolabels", 1),  # split-KV + combine: one layer per attention group
+    ("inductor_dense_decode", 1),
+    ("decode_tbo_cudagraph", 2),          # layers and micro-batches from the replayed kernel order
 ])
 def test_by_layer_gives_steps_times_layers(scenario, microbatches):
     e = ENTRIES[scenario]
@@ -117,7 +112,6 @@ def test_ddp_step_has_two_launch_threads_and_no_gpu_communication():
         e["observed_by_check_traces"]["nccl_kernels"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: forward/backward threads of a training step become mb0/mb1")
 def test_ddp_threads_are_not_microbatches():
     assert analysis("ddp_two_thread_train").segmentation.summary()["microbatches"] in ([], ["mb0"])
 
@@ -157,24 +151,17 @@ def categories(scenario: str, pattern: str) -> set[str]:
     return set(k.filter(pl.col("name").str.contains(pattern))["category"].to_list())
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: cuDNN SDPA cudnn_generated_fort_native_sdpa_sm90_* matches "
-                                       "'sm90_' and is classified gemm.dense")
 def test_cudnn_sdpa_is_attention():
     cats = categories("ddp_two_thread_train", "cudnn_generated_fort_native_sdpa")
     assert cats and all(c.startswith("attention") for c in cats)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: Adam's multi_tensor_apply_kernel has no optimizer class "
-                                       "(compute.other)")
 def test_adam_multi_tensor_apply_is_optimizer():
     cats = categories("ddp_two_thread_train", "multi_tensor_apply_kernel")
     assert cats and all("optim" in c for c in cats)
 
 
-@pytest.mark.parametrize("scenario", [
-    s if s != "ddp_two_thread_train" else pytest.param(s, marks=pytest.mark.xfail(
-        strict=True, reason="issue 13: cuDNN's cudnn::fusion::* kernels of SDPA backward are unclassified (0.7%)"))
-    for s in sorted(ENTRIES)])
+@pytest.mark.parametrize("scenario", sorted(ENTRIES))
 def test_classified_share_of_gpu_time(scenario):
     k = labelled_kernels(scenario).with_columns(pl.col("category").cast(pl.String))
     unclassified = k.filter(pl.col("category") == "unclassified")["dur"].sum()

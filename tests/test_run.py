@@ -262,3 +262,22 @@ def test_diff_of_runs_leads_with_one_table_across_ranks(generated):
     pair = doc["pairs"][2]
     span = next(t for t in pair["totals_per_iteration"] if t["metric"] == "span_us")
     assert row["iteration_delta_us"] == pytest.approx(span["delta_us"])
+
+
+def test_budget_reconciles_communication_against_the_runs_transfer():
+    """With a run, dispatch/combine efficiency is against the transfer (waiting left out)."""
+    import orjson
+    from click.testing import CliRunner
+
+    from traceview.cli import main
+
+    run = run_of(*map(str, DECODE_TBO))
+    tr = run.transfer_by_category(0)
+    c = run.collectives.filter(pl.col("rank") == 0)
+    assert tr["moe.dispatch"] == pytest.approx(c.filter(pl.col("category") == "moe.dispatch")["transfer_us"].sum())
+    assert tr["moe.dispatch"] < c.filter(pl.col("category") == "moe.dispatch")["dur_us"].sum()
+    r = CliRunner().invoke(main, ["analyze", *map(str, DECODE_TBO), "--model", "deepseek-v3", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    rec = orjson.loads(r.stdout)["traces"][0]["reconciliation"]
+    d = next(x for x in rec["summary"] if x["class"] == "dispatch")
+    assert d["transfer_ms"] is not None and d["transfer_ms"] < d["measured_ms"]

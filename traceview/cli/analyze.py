@@ -112,7 +112,8 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None,
     if budget:
         from ..budget.reconcile import reconcile
 
-        recs = {id(a): reconcile(a, **budget) for a in good}
+        recs = {id(a): reconcile(a, **budget, comm_transfer_us=run.transfer_by_category(a.rank) if run else None)
+                for a in good}
     out = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
         if fmt == "json":

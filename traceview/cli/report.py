@@ -70,7 +70,7 @@ def report_cmd(paths, output, model, gpu_name, convention, max_events, title, ru
     run = run_from_analyses(results) if len(files) > 1 else None
     recs, note = (None, None)
     if model:
-        recs, note = reconcile_all(good, model, gpu_name, convention)
+        recs, note = reconcile_all(good, model, gpu_name, convention, run)
     try:
         rep = write_html(good, out, max_events=max_events, reconciliations=recs, budget_note=note, title=title,
                          run=run)
@@ -83,7 +83,7 @@ def report_cmd(paths, output, model, gpu_name, convention, max_events, title, ru
 
 
 def reconcile_all(good: list[TraceAnalysis], model: str, gpu: str | None,
-                  convention: str = "complete") -> tuple[dict | None, str | None]:
+                  convention: str = "complete", run=None) -> tuple[dict | None, str | None]:
     """Per analysis, ``traceview.budget.reconcile.reconcile(a, model, gpu)``; where the budget
     code is missing, (None, why) so the page says the part is unavailable."""
     try:
@@ -93,4 +93,5 @@ def reconcile_all(good: list[TraceAnalysis], model: str, gpu: str | None,
     from ..budget import get_gpu, load_model
 
     m, g = load_model(model), get_gpu(gpu) if gpu else None  # bad names: UsageError -> one line, exit 2
-    return {id(a): reconcile(a, m, g, convention=convention) for a in good}, None
+    return {id(a): reconcile(a, m, g, convention=convention,
+                             comm_transfer_us=run.transfer_by_category(a.rank) if run else None) for a in good}, None

@@ -101,6 +101,15 @@ class RunAnalysis:
         cols = [f"{m}_{r}" for m in ("wait_us", "wait_share") for r in ranks if f"{m}_{r}" in wide.columns]
         return skew.join(wide.select("category", *cols), on="category", how="left").sort("category")
 
+    def transfer_by_category(self, rank: int | None) -> dict[str, float] | None:
+        """A rank's transfer time per communication category (µs, Σ of its matched instances'
+        transfer): what the budget reconciles communication against, waiting left out."""
+        c = self.collectives
+        if rank is None or c.height == 0 or not self.cross_rank:
+            return None
+        mine = c.filter(pl.col("rank") == rank)
+        return {str(k): float(v) for k, v in mine.group_by("category").agg(pl.col("transfer_us").sum()).iter_rows()}
+
     def by_rank_layer(self) -> pl.DataFrame:
         """Rank x layer, per iteration (µs): exposed communication and waiting in that layer."""
         frames = [r.layers.with_columns(pl.lit(r.rank, dtype=pl.Int64).alias("rank"),

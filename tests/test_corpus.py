@@ -303,11 +303,25 @@ def test_chunk_cuts_inside_strings_are_retried(tmp_path, monkeypatch):
 
 def _run_limited(args: list[str], timeout: int = 60) -> tuple[subprocess.CompletedProcess, float]:
     """Run the CLI in a child; return it and the child's peak RSS in MiB."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    r = subprocess.run([sys.executable, "-m", "traceview", *args], capture_output=True, text=True,
-                       timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return r, max(peak, before) / 1024
+    # RUSAGE_CHILDREN of this process is the peak over every child it ever waited for (earlier
+    # tests' too): a fresh wrapper process measures this child alone and writes its peak to a pipe
+    wrapper = ("import resource, subprocess, sys, os\n"
+               "fd = int(sys.argv[1])\n"
+               "r = subprocess.run([sys.executable, '-m', 'traceview', *sys.argv[2:]], pass_fds=())\n"
+               "os.write(fd, str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss).encode())\n"
+               "sys.exit(r.returncode)\n")
+    rfd, wfd = os.pipe()
+    try:
+        r = subprocess.run([sys.executable, "-c", wrapper, str(wfd), *args], capture_output=True, text=True,
+                           timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, pass_fds=(wfd,))
+        os.close(wfd)
+        wfd = -1
+        peak_kib = int(os.read(rfd, 64) or b"0")
+    finally:
+        os.close(rfd)
+        if wfd >= 0:
+            os.close(wfd)
+    return r, peak_kib / 1024
 
 
 def test_gzip_bomb_stops_at_the_cap_with_bounded_memory(tmp_path):

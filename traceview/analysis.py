@@ -182,13 +182,18 @@ class ScannedPath(type(Path())):  # type: ignore[misc]
     """A path found inside a directory rather than named by the user."""
 
 
-def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None) -> TraceAnalysis | TraceError | None:
+class SkippedInput(NotATraceError):
+    """A file found by scanning a directory that holds no trace (a manifest, a results list):
+    skipped, not an error; ``analyze_many(skipped=...)`` hands these to the caller to note."""
+
+
+def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None) -> TraceAnalysis | TraceError:
     path, rules_file, max_bytes, patterns, workers, keep_events = args
     try:
         a = analyze(path, load_rules(rules_file), max_bytes, patterns, workers,
                     None if progress is None else functools.partial(progress, path))
     except NotATraceError as e:
-        return None if isinstance(path, ScannedPath) else e
+        return SkippedInput(e.path, e.reason) if isinstance(path, ScannedPath) else e
     except TraceError as e:
         return e
     if not keep_events:
@@ -200,7 +205,8 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None)
 def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1,
                  max_bytes: int = DEFAULT_MAX_BYTES,
                  patterns: LevelPatterns | None = None, keep_events: bool = True,
-                 progress: Callable[[Path, int, int], None] | None = None) -> list[TraceAnalysis | TraceError]:
+                 progress: Callable[[Path, int, int], None] | None = None,
+                 skipped: list[SkippedInput] | None = None) -> list[TraceAnalysis | TraceError]:
     """Analyze several files (ranks), in parallel processes when ``jobs > 1``.
 
     A bad file gives a ``TraceError`` in its place; the good ones are still analyzed.
@@ -211,6 +217,8 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
     Under ``jobs > 1`` each file's loader gets a share of the cores (``cores // jobs``
     decoding processes), not all of them.  ``progress(path, done, total)`` is called as
     each file loads (with ``jobs > 1``: once per file, when it is done).
+    Files found by scanning a directory that hold no trace are left out of the result and
+    appended to ``skipped`` (when given) so the caller can say so.
     """
     parallel = jobs > 1 and len(paths) > 1
     workers = max(1, (os.cpu_count() or 1) // min(jobs, len(paths))) if parallel else None
@@ -226,7 +234,9 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
                 for fut in as_completed(futures):
                     progress(futures[fut], 1, 1)
             results = [f.result() for f in futures]
-    results = [r for r in results if r is not None]
+    if skipped is not None:
+        skipped.extend(r for r in results if isinstance(r, SkippedInput))
+    results = [r for r in results if not isinstance(r, SkippedInput)]
     if not results:
         raise TraceError(paths[0].parent if paths else ".", "no trace files among the inputs")
     # ranks in rank order; files without a rank keep their (sorted) position after them

@@ -15,6 +15,9 @@ class TraceError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # rebuilt from (path, reason) when it comes back from a worker process
+        return (self.__class__, (self.path, self.reason))
+
 
 class UsageError(Exception):
     """A bad option value or configuration (not tied to one trace file)."""

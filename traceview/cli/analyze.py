@@ -13,7 +13,7 @@ from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
 from ..report.text import clean_frame
-from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
+from .common import (EXIT_INPUT, error_line, handle_errors, note_skipped, jobs_option, max_bytes_option, rules_option,
                      segment_patterns, segments_option)
 from .progress import LoadProgress
 
@@ -69,9 +69,11 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
     # the event tables are needed only by segments, the overlap tax, budgets and JSON: without
     # them, drop each rank's table once measured (memory bounded by --jobs, not by the ranks)
     keep_events = bool(by or tax or budget or fmt == "json")
+    skipped: list = []
     with LoadProgress(files) as progress:
         results = analyze_many(files, rules_file, jobs, max_bytes, patterns, keep_events=keep_events,
-                               progress=progress)
+                               progress=progress, skipped=skipped)
+    note_skipped(skipped)
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     if strict:

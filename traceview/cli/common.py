@@ -21,6 +21,15 @@ def error_line(message: str) -> None:
     click.echo(f"traceview: error: {one_line(message)}", err=True)
 
 
+def note_skipped(skipped) -> None:
+    """``traceview: note: <file>: skipped (<why>)`` for each scanned file that held no trace."""
+    from ..report.text import one_line
+
+    for s in skipped:
+        click.echo(f"traceview: note: {one_line(s.path)}: skipped, {one_line(s.reason)} (found in a directory; "
+                   "name it to get an error instead)", err=True)
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn library errors into ``traceview: error: <file>: <what>`` and exit code 2."""
 

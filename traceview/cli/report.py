@@ -10,7 +10,7 @@ import click
 from ..analysis import TraceAnalysis, analyze_many, expand_paths
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
-from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
+from .common import (EXIT_INPUT, error_line, handle_errors, note_skipped, jobs_option, max_bytes_option, rules_option,
                      segment_patterns, segments_option)
 from .progress import LoadProgress
 
@@ -46,8 +46,11 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, se
     if not out.parent.is_dir():
         raise TraceError(out, "the output's directory does not exist")
     files = expand_paths(paths)
+    skipped: list = []
     with LoadProgress(files) as progress:
-        results = analyze_many(files, rules_file, jobs, max_bytes, segment_patterns(segments_file), progress=progress)
+        results = analyze_many(files, rules_file, jobs, max_bytes, segment_patterns(segments_file), progress=progress,
+                               skipped=skipped)
+    note_skipped(skipped)
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     for e in failed:

@@ -300,12 +300,13 @@ def load_document(path: str | os.PathLike) -> list[GpuSummary]:
 
 def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True,
                 rules_file: str | None = None, jobs: int = 1, max_bytes: int | None = None,
-                patterns=None, progress=None) -> tuple[list[GpuSummary], list[TraceError]]:
+                patterns=None, progress=None, skipped: list | None = None) -> tuple[list[GpuSummary], list[TraceError]]:
     """GPU summaries of traces, directories of ranks and saved analyze documents, in order.
 
     Input that cannot be used comes back as a ``TraceError`` beside the good summaries, so
     a caller can report every problem at once.  ``progress(trace_paths)``, when given, makes the
     context manager whose value is ``analyze_many``'s progress callback (the CLI's bar).
+    Scanned files that hold no trace are appended to ``skipped`` (see ``analyze_many``).
     """
     from ..analysis import TraceAnalysis, analyze_many, expand_paths
     from ..load import DEFAULT_MAX_BYTES
@@ -330,7 +331,7 @@ def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGME
         try:
             with (progress(traces) if progress is not None else contextlib.nullcontext()) as bar:
                 results = analyze_many(traces, rules_file, jobs, max_bytes or DEFAULT_MAX_BYTES, patterns,
-                                       progress=bar)
+                                       progress=bar, skipped=skipped)
         except TraceError as e:
             errors.append(e)
             results = []

@@ -335,6 +335,9 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
         arr = decode.locate_events(raw)
         if arr is None:
             raise NotATraceError(path, "not a trace: no 'traceEvents' array and not a JSON array of events")
+        # a bare JSON array holding something: if none of it is an event, it is not a trace at all
+        listed = not arr.header and bytes(raw[:64]).lstrip().lstrip(b"\xef\xbb\xbf").startswith(b"[") \
+            and bool(bytes(raw[arr.start: min(arr.end, arr.start + 4096)]).strip())
         table = _Table()
         salvaged = False
         complete = arr.complete
@@ -376,6 +379,8 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
     events = table.frame()
     if events.filter(pl.col("kind").is_in(GPU_KINDS)).height == 0:
         why = "; ".join(n for n in notes if n.endswith(" skipped"))  # e.g. every kernel had "ph": "x"
+        if events.height == 0 and not why and complete and listed:  # a JSON list of something else (results)
+            raise NotATraceError(path, "not a trace: none of its JSON objects is a trace event")
         raise TraceError(path, "no GPU events (kernels, memcpys, memsets) in this trace" + (f" ({why})" if why else ""))
     header = arr.header
     dist = header.get("distributedInfo") or {}

@@ -82,7 +82,7 @@ def _parse_tp(text: str | None, default: int | None) -> int | None:
               help="SMs reserved for communication [default: the GPU's prefill value; 0 in decode].")
 @click.option("--scaleout-gbps", type=float, default=None, help="Override scale-out GB/s per GPU (e.g. 25 for 1.6T NICs).")
 @click.option("--nvlink-gbps", type=float, default=None, help="Override NVLink GB/s per GPU (one direction).")
-@click.option("--discount", type=float, default=None, help="Override the fraction of peak reached (seed: 0.85).")
+@click.option("--discount", type=float, default=None, help="Override the fraction of peak reached (zartbot's analysis: 0.85).")
 @click.option("--gemm-precision", type=click.Choice(["fp8", "bf16"]), default="fp8", show_default=True,
               help="Precision of projection / MLP / expert GEMMs.")
 @click.option("--expert-efficiency", type=float, default=None,
@@ -116,7 +116,7 @@ def budget(
     list_only: bool,
 ) -> None:
     """Modeled per-layer times, step totals and throughput of LLM inference (DeepSeek-V3/R1 model
-    of seeds/001: GFLOP / TFLOP/s and MiB / GB/s read as ms).
+    of zartbot, "DeepSeek-V3/R1 推理效率分析" (2025-03): GFLOP / TFLOP/s and MiB / GB/s read as ms).
 
     \b
     traceview budget --gpu H800,H20 --phase prefill --seq-len 4383 --kv-cache-rate 0.563 --tp 4 --dp 8
@@ -259,7 +259,7 @@ def _print_table(model: ModelConfig, gpus: list[GPUSpec], phase: str, results: S
     console.print(title, soft_wrap=True)
     console.print(table)
     if phase == "decode":  # the seed's model, reproduced as is: say what it leaves out
-        console.print("note: as in the seed, decode counts FLOPs and the KV-cache read, not reading the weights "
+        console.print("note: as in zartbot's analysis, decode counts FLOPs and the KV-cache read, not reading the weights "
                       "from HBM; at small batches that read bounds a step (see the roofline column of "
                       "'traceview analyze --model').", soft_wrap=True)
 

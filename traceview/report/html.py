@@ -33,7 +33,7 @@ from .html_style import EXPOSED, category_color, esc, ms, pct
 from .html_timeline import gpu_timeline
 from .terminal import gpu_label
 from .verdict import BAD_SHARE, WARN_SHARE, severity, verdict, verdict_lines
-from .text import short_kernel_name
+from .text import short_kernel_name, word
 
 DEFAULT_MAX_EVENTS = 20_000
 MIN_BOXES_PER_GPU = 500
@@ -498,7 +498,8 @@ def _reconciliation(page: _Page, results: list[TraceAnalysis], recs: dict[int, A
         return
     page.add('<p class="sub">Per budget class, ms per iteration: measured kernel time; the budget model for the '
              "shapes read from the trace; the roofline bound (FLOPs at peak or bytes at peak bandwidth, whichever is "
-             "slower). Efficiency = roofline / measured; vs model = model / measured. See docs/budget.md.</p>")
+             "slower). Efficiency = roofline bound ÷ measured; model ÷ measured compares with the model. See docs/budget.md "
+             "and the vocabulary in docs/metrics.md.</p>")
     for a in results:
         rec = recs.get(id(a))
         if rec is None:
@@ -523,7 +524,7 @@ _RATIO_COLUMNS = ("efficiency", "vs_model")
 
 def _frame_table(df: pl.DataFrame, limit: int = 200) -> str:
     """Any polars table as an escaped HTML table (ratios as percentages, other floats to 3 decimals)."""
-    headers = [(esc(c.replace("_", " ")), df.schema[c].is_numeric()) for c in df.columns]
+    headers = [(esc(word(c)), df.schema[c].is_numeric()) for c in df.columns]
     rows = []
     for r in df.head(limit).iter_rows(named=True):
         cells = []
@@ -537,6 +538,6 @@ def _frame_table(df: pl.DataFrame, limit: int = 200) -> str:
             elif isinstance(v, int):
                 cells.append(f"{v:,}" if c != "device" else str(v))
             else:
-                cells.append(esc(v))
+                cells.append(esc(word(v) if c == "class" else v))
         rows.append(cells)
     return _table(headers, rows)

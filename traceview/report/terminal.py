@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..analysis import TraceAnalysis
-from .text import clean, fmt_ms, fmt_pct, short_kernel_name
+from .text import clean, fmt_ms, fmt_pct, short_kernel_name, word
 from .verdict import severity, verdict, verdict_lines  # noqa: F401  (verdict: the one-line form)
 
 SEVERITY_STYLE = {"bad": "red", "warn": "yellow", "ok": "green", "none": ""}
@@ -221,11 +221,11 @@ def render_reconciliation(a: TraceAnalysis, rec, console: Console) -> None:
 
     t = Table(title=f"{clean(a.trace.name)}: measured vs modeled ({clean(rec.model.name)} on {clean(rec.gpu.name)}, "
                     f"{rec.phase}; ms per iteration)", title_justify="left", header_style="bold")
-    for col in ("gpu", "class", "kernels", "measured", "model (seed)", "roofline", "efficiency", "model/measured"):
+    for col in ("gpu", "class", "kernels", *map(word, ("measured_ms", "model_ms", "peak_ms", "efficiency",
+                                                     "vs_model"))):
         t.add_column(col, justify="left" if col == "class" else "right")
     for r in rec.summary.iter_rows(named=True):
-        label = r["class"] if r["class"] in CLASSES else ("unmodeled compute" if r["class"] == "unmodeled"
-                                                          else "unmodeled memory/comm")
+        label = r["class"] if r["class"] in CLASSES else word(r["class"])
         t.add_row(str(r["device"]), label, str(r["kernels"]), fmt_ms(r["measured_ms"] * 1000),
                   fmt_ms(r["model_ms"] * 1000 if r["model_ms"] is not None else None),
                   fmt_ms(r["peak_ms"] * 1000 if r["peak_ms"] is not None else None),

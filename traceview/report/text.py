@@ -26,9 +26,32 @@ def clean(text: object, limit: int | None = None) -> str:
     return s
 
 
+#: One vocabulary: the words the terminal and the HTML show for the JSON's column names and budget
+#: classes (docs/metrics.md "Vocabulary" lists them with their definitions).
+WORDS = {
+    "measured_ms": "measured", "model_ms": "model", "peak_ms": "roofline bound", "efficiency": "efficiency",
+    "vs_model": "model ÷ measured", "kernels": "kernels", "exposed_comm_us": "exposed comm",
+    "overlapped_comm_us": "overlapped", "cover_other_mb_us": "cover by other mb",
+    "idle_no_queue_us": "no kernel queued", "if_hidden_us": "if hidden", "duration_us": "duration",
+    "unmodeled": "unmodeled compute", "unmodeled_other": "unmodeled memory/comm",
+    "modeled_segments": "modeled segments",
+}
+
+
+def word(key: str) -> str:
+    """The display word of a column or budget class (its JSON name with spaces otherwise)."""
+    return WORDS.get(key, key.replace("_", " "))
+
+
+def display_name(name: str) -> str:
+    """The name a kernel is shown by in tables and HTML.  Identity for now: the labels work
+    (classify/, issue 13) plugs kernel-name demangling / display names in here, once."""
+    return name
+
+
 def short_kernel_name(name: str, limit: int = 90) -> str:
     """A readable kernel name: drop 'void ' and the trailing parameter list."""
-    s = clean(name)
+    s = clean(display_name(name))
     if s.startswith("void "):
         s = s[5:]
     if s.endswith(")"):

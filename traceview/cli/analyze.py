@@ -13,7 +13,7 @@ from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
 from ..report.text import clean_frame
-from .common import (EXIT_INPUT, error_line, handle_errors, note_skipped, jobs_option, max_bytes_option, rules_option,
+from .common import (EXIT_INPUT, budget_options, budget_settings, error_line, handle_errors, note_skipped, jobs_option, max_bytes_option, rules_option,
                      segment_patterns, segments_option)
 from .progress import LoadProgress
 
@@ -30,15 +30,7 @@ from .progress import LoadProgress
               multiple=True, help="Add a per-segment table: exposed communication per micro-batch, (layer, micro-batch), "
                                   "phase...  Repeatable.")
 @click.option("--tax/--no-tax", default=None, help="Show the overlap tax table (default: with --by).")
-@click.option("--model", help="Reconcile against the budget model: a model name (deepseek-v3, ...) or a config.json.")
-@click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...).")
-@click.option("--gpu-file", type=click.Path(dir_okay=False), help="TOML file of extra/overriding GPU specs.")
-@click.option("--phase", type=click.Choice(["prefill", "decode"]), help="Budget phase (default: from the trace's shapes).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp8"]), default="auto", show_default=True,
-              help="GEMM precision for the model (auto: fp8 when the kernels are fp8).")
-@click.option("--tokens", type=int, help="Tokens per micro-batch, where the trace has no shapes (or to override).")
-@click.option("--kv-len", type=int, help="KV length for the attention model (override).")
-@click.option("--batch", "n_seqs", type=int, help="Sequences per micro-batch for the attention model (override).")
+@budget_options
 @rules_option
 @segments_option
 @jobs_option
@@ -46,24 +38,40 @@ from .progress import LoadProgress
 @handle_errors
 def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, model, gpu_name, gpu_file, phase,
                 precision, tokens, kv_len, n_seqs, rules_file, jobs, max_bytes):
-    """Where the GPU time goes: busy compute/comm/memory, overlap, exposed communication,
-    idle, per stream and per kernel category, for each rank and GPU.
+    """Where the GPU time goes, per rank and GPU: the iteration time and what fills it (compute,
+    exposed communication, idle and how much of it was the CPU launching late), the what-if if
+    the exposed communication were hidden, busy time per stream and per kernel category.
 
     PATHS are trace files (.json, .json.gz) or directories of per-rank traces.
+
+    \b
+    Examples:
+      traceview analyze prefill_tbo_rank0.json.gz              # verdict, GPU table, categories
+      traceview analyze traces/ --jobs 4                       # every rank of a run
+      traceview analyze t.json.gz --by iteration               # duration, idle, what-if per step
+      traceview analyze t.json.gz --by microbatch --tax        # two-batch overlap and its cost
+      traceview analyze t.json.gz --by phase                   # attn / dispatch / experts / combine
+      traceview analyze t.json.gz --model deepseek-v3 --gpu H200   # measured vs modeled
+      traceview analyze t.json.gz --format json -o out.json    # docs/json-schema.md
+
+    \b
+    Words (docs/metrics.md defines each number):
+      exposed comm       communication while no compute kernel ran on that GPU:
+                         it costs iteration time (the verdict gives it as a share
+                         of the iteration; "exposed % of comm" is exposed / comm)
+      no kernel queued   idle time with nothing launched and not yet run: the GPU
+                         waited for the CPU (host-bound)
+      overlap tax        how much longer compute kernels ran beside communication
+                         than the same kernel with the same shapes ran alone
+      cover by other mb  a micro-batch's communication hidden under the other
+                         micro-batches' compute: what two-batch overlap bought
     """
     load_rules(rules_file)  # validate the rules file once, before any work
     if fmt == "csv" and len(by) > 1:
         raise UsageError("--format csv writes one table: give one --by (or run once per view)")
     if fmt == "csv" and by and click.get_current_context().get_parameter_source("table_name").name != "DEFAULT":
         raise UsageError("--format csv writes one table: --table and --by do not go together")
-    budget = None
-    if model or gpu_name:
-        if not (model and gpu_name):
-            raise UsageError("--model and --gpu go together")
-        from ..budget import get_gpu, load_model
-
-        budget = dict(model=load_model(model), gpu=get_gpu(gpu_name, gpu_file), phase=phase, precision=precision,
-                      tokens=tokens, kv_len=kv_len, batch=n_seqs)
+    budget = budget_settings(model, gpu_name, gpu_file, phase, precision, tokens, kv_len, n_seqs)
     patterns = segment_patterns(segments_file)
     files = expand_paths(paths)
     # the event tables are needed only by segments, the overlap tax, budgets and JSON: without

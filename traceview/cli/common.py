@@ -106,3 +106,35 @@ def segment_patterns(segments_file):
 def jobs_option(f):
     return click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 256),
                         help="Analyze this many rank files in parallel processes.")(f)
+
+
+def budget_options(f):
+    """--model, --gpu and the budget's overrides: one declaration for analyze and report."""
+    opts = [
+        click.option("--model", help="Reconcile against the budget model: a model name (deepseek-v3, ...) or a "
+                                     "config.json."),
+        click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...)."),
+        click.option("--gpu-file", type=click.Path(dir_okay=False), help="TOML file of extra/overriding GPU specs."),
+        click.option("--phase", type=click.Choice(["prefill", "decode"]),
+                     help="Budget phase (default: from the trace's shapes)."),
+        click.option("--precision", type=click.Choice(["auto", "bf16", "fp8"]), default="auto", show_default=True,
+                     help="GEMM precision for the model (auto: fp8 when the kernels are fp8)."),
+        click.option("--tokens", type=int, help="Tokens per micro-batch, where the trace has no shapes (or to override)."),
+        click.option("--kv-len", type=int, help="KV length for the attention model (override)."),
+        click.option("--batch", "n_seqs", type=int, help="Sequences per micro-batch for the attention model (override)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def budget_settings(model, gpu_name, gpu_file, phase, precision, tokens, kv_len, n_seqs) -> dict | None:
+    """The keyword arguments of ``budget.reconcile.reconcile`` for the budget options (None without --model)."""
+    if not (model or gpu_name):
+        return None
+    if not (model and gpu_name):
+        raise UsageError("--model and --gpu go together")
+    from ..budget import get_gpu, load_model
+
+    return dict(model=load_model(model), gpu=get_gpu(gpu_name, gpu_file), phase=phase, precision=precision,
+                tokens=tokens, kv_len=kv_len, batch=n_seqs)

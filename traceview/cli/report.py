@@ -10,7 +10,7 @@ import click
 from ..analysis import TraceAnalysis, analyze_many, expand_paths
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
-from .common import (EXIT_INPUT, error_line, handle_errors, note_skipped, jobs_option, max_bytes_option, rules_option,
+from .common import (EXIT_INPUT, budget_options, budget_settings, error_line, handle_errors, note_skipped, jobs_option, max_bytes_option, rules_option,
                      segment_patterns, segments_option)
 from .progress import LoadProgress
 
@@ -19,8 +19,7 @@ from .progress import LoadProgress
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="The HTML file to write (one self-contained file; opens offline).")
-@click.option("--model", help="Add measured vs modeled budget: a model name (deepseek-v3, ...) or a config.json.")
-@click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...).")
+@budget_options
 @click.option("--max-events", default=20_000, show_default=True, type=click.IntRange(100, 2_000_000),
               help="Kernel boxes drawn, shared among the GPUs' timelines (each GPU gets at least "
                    "min(N, 500), so a timeline stays readable); beyond its share a GPU's short kernels are "
@@ -31,7 +30,8 @@ from .progress import LoadProgress
 @jobs_option
 @max_bytes_option
 @handle_errors
-def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, segments_file, jobs, max_bytes):
+def report_cmd(paths, output, model, gpu_name, gpu_file, phase, precision, tokens, kv_len, n_seqs, max_events, title,
+               rules_file, segments_file, jobs, max_bytes):
     """Write an HTML report: per-GPU timelines with exposed communication marked, per
     micro-batch and per layer overlap, kernel categories, top and unclassified kernels.
 
@@ -40,8 +40,7 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, se
     from ..report.html import write_html
 
     load_rules(rules_file)
-    if (model or gpu_name) and not (model and gpu_name):
-        raise UsageError("--model and --gpu go together")
+    budget = budget_settings(model, gpu_name, gpu_file, phase, precision, tokens, kv_len, n_seqs)
     out = Path(output)
     if not out.parent.is_dir():
         raise TraceError(out, "the output's directory does not exist")
@@ -58,8 +57,8 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, se
     if not good:
         sys.exit(EXIT_INPUT)
     recs, note = (None, None)
-    if model:
-        recs, note = reconcile_all(good, model, gpu_name)
+    if budget:
+        recs, note = reconcile_all(good, budget)
     try:
         rep = write_html(good, out, max_events=max_events, reconciliations=recs, budget_note=note, title=title)
     except OSError as e:
@@ -70,14 +69,11 @@ def report_cmd(paths, output, model, gpu_name, max_events, title, rules_file, se
     sys.exit(EXIT_INPUT if failed else 0)
 
 
-def reconcile_all(good: list[TraceAnalysis], model: str, gpu: str) -> tuple[dict | None, str | None]:
-    """Per analysis, ``traceview.budget.reconcile.reconcile(a, model, gpu)``; where the budget
+def reconcile_all(good: list[TraceAnalysis], budget: dict) -> tuple[dict | None, str | None]:
+    """Per analysis, ``traceview.budget.reconcile.reconcile(a, **budget)``; where the budget
     code is missing, (None, why) so the page says the part is unavailable."""
     try:
         from ..budget.reconcile import reconcile
     except (ImportError, AttributeError) as e:
         return None, f"the budget reconciliation is not available here ({type(e).__name__})"
-    from ..budget import get_gpu, load_model
-
-    m, g = load_model(model), get_gpu(gpu)  # bad names: UsageError -> one line, exit 2
-    return {id(a): reconcile(a, m, g) for a in good}, None
+    return {id(a): reconcile(a, **budget) for a in good}, None

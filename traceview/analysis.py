@@ -38,6 +38,19 @@ class TraceAnalysis:
     rules: RuleSet = field(repr=False, default=None)  # type: ignore[assignment]
     patterns: LevelPatterns | None = field(repr=False, default=None)
 
+    def __repr__(self) -> str:
+        """One line (a notebook cell must not fill screens with tables)."""
+        gpus = ", ".join(f"gpu{g.device} span {g.span_us / 1000:.1f} ms, exposed comm {g.exposed_comm_us / 1000:.3f} ms"
+                         for g in self.gpus[:4]) + (", ..." if len(self.gpus) > 4 else "")
+        return (f"TraceAnalysis({self.trace.name!r}, rank={self.rank}, {len(self.gpus)} GPU(s), "
+                f"{self.kernels.height} GPU events: {gpus})")
+
+    def _repr_html_(self) -> str:
+        """A notebook's summary: the verdict of each GPU and its main numbers."""
+        from .report.verdict import summary_html
+
+        return summary_html(self)
+
     @functools.cached_property
     def segmentation(self) -> Segmentation:
         """Iterations, micro-batches, layers, phases of every GPU event (computed on first use)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -120,7 +121,9 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None)
                 out.write(clean_frame(tables.TABLES[table_name](good)).write_csv())
         else:
             # markup/emoji off: a kernel named "[link=...]" or ":skull:" is printed, not interpreted
-            console = Console(file=out, width=None if out.isatty() else 160, markup=False, emoji=False)
+            # a pipe gets 160 columns unless COLUMNS says otherwise (as a terminal's width does)
+            wide = out.isatty() or os.environ.get("COLUMNS", "").isdigit()
+            console = Console(file=out, width=None if wide else 160, markup=False, emoji=False)
             terminal.render_analysis(good, console)
             for view in by:
                 for a in good:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -16,8 +17,8 @@ MAX_GPU_COLUMNS = 4
 
 
 def gpu_label(a: TraceAnalysis, device: int) -> str:
-    rank = "?" if a.rank is None else str(a.rank)
-    return f"r{rank}/gpu{device}"
+    """'r0/gpu0'; a file without a rank (one process driving several GPUs) says 'gpu0', 'gpu1'."""
+    return f"gpu{device}" if a.rank is None else f"r{a.rank}/gpu{device}"
 
 
 def render_analysis(results: list[TraceAnalysis], console: Console, top: int = 8) -> None:
@@ -59,17 +60,29 @@ def _header(results: list[TraceAnalysis], console: Console) -> None:
 
 
 def _gpu_table(results: list[TraceAnalysis]) -> Table:
-    t = Table(title="GPU time (ms)", title_justify="left", header_style="bold")
-    for col in ("trace", "rank", "gpu", "span", "busy", "compute", "comm", "overlap", "exposed comm",
-                "exposed %", "memory", "idle"):
-        t.add_column(col, justify="left" if col == "trace" else "right")
-    for a in results:
+    # no vertical rules, numbers never cut, a long trace name folds onto a second line: in a
+    # 110-column terminal names that differ at their end ("..._rank0", "..._rank1") were all "prefil…"
+    t = Table(title="GPU time (ms)", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+              padding=(0, 0, 0, 1), pad_edge=False)
+    names = [clean(a.trace.name, 40) for a in results]
+    ext = next((e for e in (".json.gz", ".json") if all(n.endswith(e) for n in names)), "")
+    names = [n[: len(n) - len(ext)] for n in names]  # the header says the extension once
+    ranked = any(a.rank is not None for a in results)
+    rows = []
+    for a, name in zip(results, names):
         for g in a.gpus:
-            exposed_style = "red" if (g.exposed_comm_ratio or 0) > 0.5 else "green" if g.comm_us > 0 else ""
-            t.add_row(clean(a.trace.name, 40), "-" if a.rank is None else str(a.rank), str(g.device),
-                      fmt_ms(g.span_us), fmt_ms(g.busy_us), fmt_ms(g.compute_us), fmt_ms(g.comm_us),
-                      fmt_ms(g.overlap_us), Text(fmt_ms(g.exposed_comm_us), style=exposed_style),
-                      fmt_pct(g.exposed_comm_ratio), fmt_ms(g.memory_us), fmt_ms(g.idle_us))
+            rows.append([name, *(("-" if a.rank is None else str(a.rank),) * ranked), str(g.device),
+                         fmt_ms(g.span_us), fmt_ms(g.busy_us), fmt_ms(g.compute_us), fmt_ms(g.comm_us),
+                         fmt_ms(g.overlap_us), Text(fmt_ms(g.exposed_comm_us), style=SEVERITY_STYLE[severity(a, g)]),
+                         fmt_pct(g.exposed_comm_ratio), fmt_ms(g.memory_us), fmt_ms(g.idle_us)])
+    cols = (f"trace ({ext})" if ext else "trace",) + ("rank",) * ranked + ("gpu", "span", "busy", "compute", "comm", "overlap",
+                                              "exposed\ncomm", "exposed\n% of comm", "memory", "idle")
+    for i, col in enumerate(cols):
+        widest = max(len(str(r[i])) for r in rows) if rows else 1
+        t.add_column(col, justify="left" if i == 0 else "right", overflow="fold" if i == 0 else "ellipsis",
+                     min_width=None if i == 0 else widest)
+    for r in rows:
+        t.add_row(*r)
     return t
 
 

@@ -24,6 +24,10 @@ def test_loader_warnings_come_first(tmp_path):
     lines = r.output.splitlines()
     assert lines[1].startswith("warning: cut_rank0.json: file is truncated")
     assert not any(l.startswith("warning:") for l in lines[2:])
+    out = tmp_path / "cut.html"
+    assert CliRunner().invoke(main, ["report", str(cut), "-o", str(out)]).exit_code == 0
+    html = out.read_text()
+    assert html.index("<b>Loader warnings</b>") < html.index('<div class="verdicts">')
 
 
 @needs_shared

@@ -182,15 +182,15 @@ def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_E
              'Exposed communication (<span class="exposed">red</span>) is communication that ran while no '
              'compute kernel ran on the same GPU.</p>')
     page.add(_header(results))
+    warn_html = _warnings(results)
+    if warn_html:  # first: a truncated or repaired file changes how every number reads
+        page.add(warn_html)
     page.add(_verdicts(results))
     page.add(_gpu_table(results))
     page.add(_iterations(results))
     page.add(_skew(results))
-    warn_html = _warnings(results)
     reduced_slot = len(page.parts)
     page.add("")  # filled below when a timeline was reduced
-    if warn_html:
-        page.add(warn_html)
 
     # timelines
     page.add("<h2>Timeline</h2>")

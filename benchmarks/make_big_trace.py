@@ -22,7 +22,14 @@ Usage::
     python benchmarks/make_big_trace.py ../shared/fixtures/deepseek/train.json --target-mb 1024 \
         -o benchmarks/data/train_1g.json
 
-A sidecar ``OUT.meta.json`` records the source, the repeat count and the period.
+``--shape kineto`` writes the events as the PyTorch profiler does instead: several lines per
+event (``ph``/``cat``/``name``/ids on one, ``ts``/``dur`` on the next, ``args`` over several
+indented lines) and times with fractional microseconds (``1740461679479712.345``: 19
+significant digits, which a decoder must parse exactly).  The fractions are a fixed function
+of the event's position, so such a trace is no longer exactly ``K`` times the source: the
+runner checks it by comparing the two decoders instead.
+
+A sidecar ``OUT.meta.json`` records the source, the repeat count, the period and the shape.
 """
 
 from __future__ import annotations
@@ -107,9 +114,42 @@ class Repeater:
             yield e
 
 
-def write_trace(doc: dict, rep: Repeater, repeats: int, out) -> None:
+def _kineto_number(v: Any, i: int) -> str:
+    """A time with a nanosecond fraction (a fixed function of the position ``i``)."""
+    if isinstance(v, bool) or not _is_num(v) or v != int(v):
+        return json.dumps(v)
+    return f"{int(v)}.{(i * 7919) % 1000:03d}"
+
+
+def kineto_event(e: dict, i: int, enc: json.JSONEncoder) -> str:
+    """One event laid out over several lines, as Kineto writes them."""
+    head = ", ".join(f"{json.dumps(k)}: {enc.encode(v)}" for k, v in e.items() if k not in ("ts", "dur", "args"))
+    lines = ["{", f"    {head}" + ("," if any(k in e for k in ("ts", "dur", "args")) else "")]
+    times = ", ".join(f'"{k}": {_kineto_number(e[k], i + n)}' for n, k in enumerate(("ts", "dur")) if k in e)
+    if times:
+        lines.append(f"    {times}" + ("," if "args" in e else ""))
+    if "args" in e:
+        a = e["args"]
+        if isinstance(a, dict) and a:
+            body = ",\n".join(f"      {json.dumps(k)}: {enc.encode(v)}" for k, v in a.items())
+            lines.append('    "args": {\n' + body + "\n    }")
+        else:
+            lines.append(f'    "args": {enc.encode(a)}')
+    return "\n  ".join(lines) + "\n  }"
+
+
+def write_trace(doc: dict, rep: Repeater, repeats: int, out, shape: str = "compact") -> None:
     """Write the header keys that came before ``traceEvents``, the events, then the rest."""
     enc = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False)
+    if shape == "kineto":
+        events = 0
+
+        def line(e: dict) -> str:
+            nonlocal events
+            events += 1
+            return kineto_event(e, events, enc)
+    else:
+        line = enc.encode
     keys = list(doc)
     split = keys.index("traceEvents")
     out.write(b"{\n")
@@ -126,7 +166,7 @@ def write_trace(doc: dict, rep: Repeater, repeats: int, out) -> None:
         out.write((b"" if first else b",\n") + b"  " + enc.encode(span).encode())
         first = False
     for k in range(repeats):
-        lines = [enc.encode(e) for e in rep.copy(k)]
+        lines = [line(e) for e in rep.copy(k)]
         if lines:
             out.write((b"" if first else b",\n") + ("  " + ",\n  ".join(lines)).encode())
             first = False
@@ -143,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--target-mb", type=float, help="approximate output size in MiB (uncompressed)")
     size.add_argument("--repeats", type=int, help="exact number of copies")
     ap.add_argument("-o", "--output", type=Path, required=True, help="output file (.json, or .json.gz to gzip)")
+    ap.add_argument("--shape", choices=("compact", "kineto"), default="compact",
+                    help="compact: one event per line, integer times; kineto: several lines per event, "
+                         "fractional microseconds")
     args = ap.parse_args(argv)
 
     doc = read_trace(args.source)
@@ -151,13 +194,16 @@ def main(argv: list[str] | None = None) -> int:
         repeats = args.repeats
     else:
         enc = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False)
-        per_copy = sum(len(enc.encode(e).encode()) + 4 for e in rep.copy(1))
+        if args.shape == "kineto":
+            per_copy = sum(len(kineto_event(e, 0, enc).encode()) + 4 for e in rep.copy(1))
+        else:
+            per_copy = sum(len(enc.encode(e).encode()) + 4 for e in rep.copy(1))
         repeats = max(1, round(args.target_mb * (1 << 20) / per_copy))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if args.output.name.endswith(".gz") else open
     with opener(args.output, "wb") as f:
-        write_trace(doc, rep, repeats, f)
-    meta = {"source": str(args.source), "repeats": repeats, "period_us": rep.period,
+        write_trace(doc, rep, repeats, f, args.shape)
+    meta = {"source": str(args.source), "repeats": repeats, "period_us": rep.period, "shape": args.shape,
             "events_per_copy": len(rep.events), "bytes": args.output.stat().st_size}
     Path(str(args.output) + ".meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"{args.output}: {repeats} copies of {args.source.name}, {meta['bytes'] / (1 << 20):.1f} MiB",

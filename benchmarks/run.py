@@ -22,6 +22,14 @@ repeat count ``K`` of its ``.meta.json`` sidecar: busy, compute, comm, memory, o
 exposed times, events, per-stream and per-category time and count times ``K``, and span
 ``(K - 1) * P + span`` (``P`` the copy period); shares unchanged.
 
+Decoders: ``traceview analyze`` runs with the compiled decoder (when built) and, as the
+baseline in the same run, with ``TRACEVIEW_DECODER=python`` (the pure-Python path); the table
+gives both and their ratios; the two decoders must give the same event table, exactly (the
+per-GPU results are compared too: polars sums in threads, so their last bits may vary run to run).
+Start-up is ``import traceview.cli`` and ``traceview --version`` (which names the decoder).
+Sizes ending in ``-kineto`` are made with ``make_big_trace.py --shape kineto`` (several lines
+per event, fractional microseconds); they are checked by the two decoders' agreement.
+
 ``--ranks N`` adds a directory of N ranks (hard links to the largest size, named
 ``rank{i}.json``) analyzed with ``--jobs 1`` and ``--jobs J`` to show that memory is bounded
 by the jobs running at once, not by the number of ranks.
@@ -52,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_SOURCE = REPO.parent / "shared" / "fixtures" / "deepseek" / "train.json"
 #: size label -> target MiB (None: the source itself)
-SIZES = {"3mb": None, "100mb": 100, "1gb": 1024}
+SIZES = {"3mb": None, "100mb": 100, "1gb": 1024, "100mb-kineto": 100, "1gb-kineto": 1024}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -156,6 +164,7 @@ class Input:
     path: Path
     repeats: int = 1
     period_us: float = 0.0
+    shape: str = "compact"
 
     @property
     def mb(self) -> float:
@@ -166,19 +175,22 @@ def prepare(label: str, source: Path, data_dir: Path) -> Input:
     target = SIZES[label]
     if target is None:
         return Input(label, source)
+    shape = "kineto" if label.endswith("-kineto") else "compact"
     out = data_dir / f"{source.name.split('.')[0]}_{label.replace('mb', 'm').replace('gb', 'g')}.json"
     meta = Path(str(out) + ".meta.json")
     if not (out.exists() and meta.exists()):
-        print(f"[generating {out} ({target} MiB)]", file=sys.stderr, flush=True)
+        print(f"[generating {out} ({target} MiB, {shape})]", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, str(HERE / "make_big_trace.py"), str(source), "--target-mb", str(target),
-                        "-o", str(out)], check=True)
+                        "--shape", shape, "-o", str(out)], check=True)
     m = json.loads(meta.read_text())
-    return Input(label, out, int(m["repeats"]), float(m["period_us"]))
+    return Input(label, out, int(m["repeats"]), float(m["period_us"]), m.get("shape", "compact"))
 
 
 # ---------------------------------------------------------------- the programs
 
 TRACEVIEW = [sys.executable, "-m", "traceview"]
+#: the baseline: the same command on the pure-Python decoder
+PURE_ENV = {**os.environ, "TRACEVIEW_DECODER": "python"}
 
 #: One untimed run per input for the correctness check: per-GPU results as JSON.
 _RESULTS = """
@@ -186,6 +198,18 @@ import json, sys
 from traceview.analysis import analyze
 a = analyze(sys.argv[1])
 print(json.dumps([g.to_dict() for g in a.gpus]))
+"""
+
+#: The two decoders' event tables, compared exactly (every column, every bit of ts/dur).
+_SAME_EVENTS = """
+import json, os, sys
+from traceview.load import load, native
+a = load(sys.argv[1]).events
+os.environ["TRACEVIEW_DECODER"] = "python"  # (spawned decoding processes read it)
+native.ENABLED = False
+b = load(sys.argv[1]).events
+same = a.equals(b) and all(a[c].to_numpy().tobytes() == b[c].to_numpy().tobytes() for c in ("ts", "dur"))
+print(json.dumps({"rows": a.height, "same": bool(same)}))
 """
 
 _ORJSON = """
@@ -243,7 +267,8 @@ def run_hta(py: Path, inp: Input, timeout_note: str = "") -> Run:
 # ---------------------------------------------------------------- correctness
 
 def check_scaled(base: list[dict], big: list[dict], k: int, period: float, tol: float = 1e-9) -> tuple[bool, float, str]:
-    """Big trace's per-GPU results == base's x K (span: (K-1)*P + span).  (ok, max rel error, first problem)."""
+    """Big trace's per-GPU results == base's x K (span: (K-1)*P + span).  (ok, max rel error, first problem).
+    (With K = 1 and P = 0: two runs' results against each other.)"""
     worst, problem = 0.0, ""
 
     def cmp(what: str, want: float, got: float) -> None:
@@ -302,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranks", type=int, default=0, help="also analyze a directory of N links to the largest size")
     ap.add_argument("--jobs", type=int, default=2, help="--jobs for the --ranks directory (also run with 1)")
     ap.add_argument("--json", type=Path, help="also write the measurements here as JSON")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the pure-Python decoder's runs")
     args = ap.parse_args(argv)
 
     labels = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
@@ -319,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         if hta_py is None:
             print("HTA is not installable here: its columns are left out", file=sys.stderr)
 
-    def best(argv: list[str]) -> Run:
-        runs = [measure(argv) for _ in range(max(1, args.runs))]
+    def best(argv: list[str], env: dict | None = None) -> Run:
+        runs = [measure(argv, env=env) for _ in range(max(1, args.runs))]
         for r in runs:
             if r.rc != 0:
                 print(f"FAILED ({r.rc}): {' '.join(argv)}\n{r.stderr[-3000:]}", file=sys.stderr)
@@ -329,11 +355,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     base_gpus = None
     ok_all = True
+    decoder = subprocess.run(TRACEVIEW + ["--version"], capture_output=True, text=True).stdout.strip()
+    startup = {"import_cli": _summary(best([sys.executable, "-c", "import traceview.cli"])),
+               "version": _summary(best(TRACEVIEW + ["--version"])), "decoder": decoder}
+    print(f"[{decoder}]", file=sys.stderr, flush=True)
     for inp in inputs:
         print(f"[{inp.label}: {inp.path} ({inp.mb:.0f} MiB, {inp.repeats} copies)]", file=sys.stderr, flush=True)
         res: dict = {"size": inp.label, "file": str(inp.path), "mib": round(inp.mb, 1), "repeats": inp.repeats}
         tv = best(TRACEVIEW + ["analyze", str(inp.path)])
         res["traceview"] = _summary(tv)
+        if not args.no_baseline:
+            res["pure"] = _summary(best(TRACEVIEW + ["analyze", str(inp.path)], env=PURE_ENV))
         if not args.no_orjson:
             oj = best([sys.executable, "-c", _ORJSON, str(inp.path)])
             res["orjson"] = {**_summary(oj), "loads_s": oj.inner.get("loads_s")}
@@ -348,6 +380,21 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_check:
             chk = measure([sys.executable, "-c", _RESULTS, str(inp.path)])
             gpus = json.loads(chk.stdout.strip().splitlines()[-1]) if chk.rc == 0 else None
+            if not args.no_baseline:  # the two decoders: the same event table, exactly
+                ev = measure([sys.executable, "-c", _SAME_EVENTS, str(inp.path)])
+                same = ev.rc == 0 and ev.inner.get("same") is True
+                res["decoders"] = (f"same events ({ev.inner['rows']:,} rows)" if same else
+                                   f"DIFFERENT events {ev.inner or ev.stderr[-300:]}")
+                ok_all &= same
+                pure = measure([sys.executable, "-c", _RESULTS, str(inp.path)], env=PURE_ENV)
+                if pure.rc == 0 and gpus is not None:  # sums in polars' threads: last bits may differ
+                    _, worst, _ = check_scaled(json.loads(pure.stdout.strip().splitlines()[-1]), gpus, 1, 0.0)
+                    res["decoders"] += f"; per-GPU results within {worst:.0e}"
+            if inp.shape == "kineto":
+                res["check"] = "decoders " + res.get("decoders", "not compared")
+                results.append(res)
+                print(json.dumps(res, default=str)[:400], file=sys.stderr, flush=True)
+                continue
             if inp.repeats == 1 and inp.path == args.source:
                 base_gpus = gpus
                 res["check"] = "source"
@@ -367,8 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         multi = run_ranks(inputs[-1], args.ranks, args.jobs, args.data_dir, best)
 
     print_table(results, multi)
+    print_decoders(results, startup)
     if args.json:
-        args.json.write_text(json.dumps({"sizes": results, "ranks": multi}, indent=1, default=str) + "\n")
+        args.json.write_text(json.dumps({"sizes": results, "ranks": multi, "startup": startup}, indent=1,
+                                        default=str) + "\n")
     return 0 if ok_all else 1
 
 
@@ -395,6 +444,28 @@ def run_ranks(inp: Input, n: int, jobs: int, data_dir: Path, best) -> dict:
         r = best(TRACEVIEW + ["analyze", str(d), "--jobs", str(j)])
         out["by_jobs"][j] = _summary(r)
     return out
+
+
+def print_decoders(results: list[dict], startup: dict) -> None:
+    """The compiled decoder against the pure-Python one (the baseline), same run."""
+    print()
+    imp, ver = startup["import_cli"], startup["version"]
+    print(f"Decoder: {startup['decoder']}; start-up: import traceview.cli {imp['wall_s']:.2f} s "
+          f"({imp['cpu_s']:.2f} s cpu), traceview --version {ver['wall_s']:.2f} s ({ver['cpu_s']:.2f} s cpu)")
+    print(row(["input", "compiled s (cpu s)", "RSS / PSS MB", "pure-Python s (cpu s)", "RSS / PSS MB",
+               "time ratio", "cpu ratio", "results"]))
+    print(row(["---"] * 8))
+    for r in results:
+        tv, pu = r["traceview"], r.get("pure")
+        cells = [f"{r['size']} ({r['mib']:.0f} MiB)", f"{tv['wall_s']:.2f} ({tv['cpu_s']:.1f})",
+                 f"{tv['rss_mb']} / {tv['pss_mb']}"]
+        if pu:
+            cells += [f"{pu['wall_s']:.2f} ({pu['cpu_s']:.1f})", f"{pu['rss_mb']} / {pu['pss_mb']}",
+                      fmt_ratio(pu["wall_s"] / tv["wall_s"]), fmt_ratio(pu["cpu_s"] / max(tv["cpu_s"], 1e-9))]
+        else:
+            cells += ["—"] * 4
+        cells.append(r.get("decoders", "—"))
+        print(row(cells))
 
 
 def print_table(results: list[dict], multi: dict | None) -> None:

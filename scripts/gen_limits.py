@@ -25,6 +25,14 @@ END = "<!-- END damage table -->"
 
 #: (kind, what it is, file-name pattern after the NNN- prefix), first match wins.
 KINDS: list[tuple[str, str, str]] = [
+    ("Other exporters", "string `pid`/`tid` (\"GPU 0\", SGLang's \"[TP00-DP00-PP00-EP03] 495\"), header keys after "
+     "4,000 events, a trailer object, `systemTraceEvents`, metadata keys after the events, the key spelled "
+     "`\"traceEvent\\u0073\"`, a second `traceEvents` key", r"exp-"),
+    ("UTF-16 and UTF-32", "little/big endian, with and without a byte-order mark, gzipped, cut at half a character",
+     r"(enc-|utf16-trace)"),
+    ("Other compression", "zstd, bzip2, xz, lz4 (whole and cut in half), zstd named `.json.gz`, zstd frames and "
+     "junk after them, corrupt xz, zip of one trace or of two, a `.tar.gz` of a run directory, an xz bomb",
+     r"z-"),
     ("Truncated plain trace", "Kineto text cut at many offsets: in the header, a name, a number, args, "
      "between events, in the keys after the array", r"cut-"),
     ("Truncated bare array", "a Chrome JSON array of events, cut short", r"bare-cut-"),
@@ -43,7 +51,7 @@ KINDS: list[tuple[str, str, str]] = [
     ("gzip bomb / over the cap", "decompresses past `--max-bytes`, or a plain file larger than it",
      r"(gz-bomb|plain-over-limit)"),
     ("Empty input", "0 bytes, whitespace only", r"(empty|whitespace)\.json$"),
-    ("Not a trace", "text, binary, PNG, XML, UTF-16, JSON lines, a BOM alone, JSON scalars, objects "
+    ("Not a trace", "text, binary, PNG, XML, JSON lines, a BOM alone, JSON scalars, objects "
      "without `traceEvents`", r"(bom-only|text|binary|png-header|json-|object-without|manifest|"
      r"empty-object|utf16|xml)"),
     ("`traceEvents` not a list", "an object, string, null, number or boolean", r"trace-events-(object|string|"

@@ -430,7 +430,8 @@ def not_traces(c: Corpus, src: Source) -> None:
         "trace-events-null": (b'{"traceEvents": null}', expect_error("not a trace")),
         "trace-events-number": (b'{"traceEvents": 5}', expect_error("not a trace")),
         "trace-events-true": (b'{"traceEvents": true}', expect_error("not a trace")),
-        "utf16-trace": (("{\"traceEvents\": [" + one.decode() + "]}").encode("utf-16"), expect_error("not a trace")),
+        "utf16-trace": (("{\"traceEvents\": [" + one.decode() + "]}").encode("utf-16"),
+                        expect_ok([json.loads(one)])),  # (decoded since round two: see encodings())
         "json-lines": (b"\n".join(dumps(e) for e in events[:20]), expect_error("not a trace")),
         "xml": (b'<?xml version="1.0"?><traceEvents/>', expect_error("not a trace")),
         "cpu-only": (dumps({"traceEvents": [e for e in events if e.get("cat") not in GPU_CATS]}),
@@ -568,12 +569,10 @@ def field_damage(c: Corpus, src: Source) -> None:
                                          "ok": {"events": expect_ok(base)["events"]}},
           "two traces concatenated in one file", gz=True)
     dup = data.replace(b'"traceEvents": [', b'"traceEvents": [], "traceEvents": [', 1)
-    c.add("duplicate-trace-events-key", dup, {"exit": "either", "words_any": ["JSON", "no GPU events"],
-                                              "ok": {"events": expect_ok(base)["events"]}},
-          "the traceEvents key twice", gz=True)
+    c.add("duplicate-trace-events-key", dup, expect_ok(base, warnings=[warn("twice", "the last one")]),
+          "the traceEvents key twice (the last one counts, as in JSON.parse)", gz=True)
     nested_key = dumps({"meta": {"traceEvents": [1, 2]}, "traceEvents": base})
-    c.add("nested-trace-events-key", nested_key, {"exit": "either", "words_any": ["JSON", "truncated"],
-                                                  "ok": {"events": expect_ok(base)["events"]}},
+    c.add("nested-trace-events-key", nested_key, expect_ok(base, warnings=[warn("twice", "the last one")]),
           "a 'traceEvents' key inside a header object before the real one", gz=True)
     # duplicate keys inside events: the last one counts (as in JSON.parse and Python)
     text = dumps(trace_doc(header, base))
@@ -794,6 +793,150 @@ def more_values(c: Corpus, src: Source) -> None:
         c.add(label, data, exp, what, gz=True)
 
 
+# --- round two (issue 19): other exporters, encodings, compression formats ----------------------
+
+def _without_device_args(e: dict) -> dict:
+    """The event as an exporter without Kineto's args.device/args.stream writes it."""
+    e = copy.deepcopy(e)
+    if isinstance(e.get("args"), dict):
+        e["args"] = {k: v for k, v in e["args"].items() if k not in ("device", "stream")}
+    return e
+
+
+def exporters(c: Corpus, src: Source) -> None:
+    """Valid traces that other exporters write: string pid/tid, header keys after the events,
+    content after the events, an escaped key, a repeated key."""
+    header = src.header()
+    base = src.events(*BASE_WINDOW)
+    kidx = _kernel_indices(base)
+    for label, names, what in (
+        ("exp-pid-names", ["GPU 0"], "pid 'GPU 0' and tid 'Stream 7' as strings, no args.device"),
+        ("exp-pid-sglang", ["[TP00-DP00-PP00-EP03] 495"], "SGLang's merged pid '[TP00-DP00-PP00-EP03] 495'"),
+        ("exp-pid-two-gpus", ["GPU 0", "GPU 1"], "two GPUs named by strings ('GPU 0', 'GPU 1'), kernels alternating"),
+    ):
+        evs = copy.deepcopy(base)
+        gpu_idx = [i for i, e in enumerate(evs) if e.get("cat") in GPU_CATS]
+        for n, i in enumerate(gpu_idx):
+            evs[i] = _without_device_args(evs[i])
+            evs[i]["pid"] = names[n % len(names)]
+            evs[i]["tid"] = f"Stream {7 + n % 2}"
+        c.add(label, dumps(trace_doc(header, evs)), expect_ok(evs, device_names=sorted(names)), what, gz=True)
+    # header keys after a large event array (the rank must still come from distributedInfo)
+    h = copy.deepcopy(header)
+    h["distributedInfo"] = dict(h.get("distributedInfo") or {}, rank=2, world_size=4,
+                                pg_config=[{"pg_name": str(i), "ranks": [0, 1, 2, 3]} for i in range(40)])
+    h["deviceProperties"] = [dict(d, id=i) for i in range(8) for d in (h.get("deviceProperties") or [{}])[:1]]
+    big = base * 20
+    c.add("exp-header-after-events", dumps({"traceEvents": big, **h}),
+          expect_ok(big, rank=2, world_size=4), "distributedInfo (40 process groups) and 8 deviceProperties "
+          "after 4,000 events", gz=True)
+    after = {
+        "exp-trailer-object": {"trailer": {"producer": "perfetto", "lists": [{"a": [1, 2]}, {"b": []}] * 30}},
+        "exp-system-trace-events": {"systemTraceEvents": "# tracer: nop\n" + "  <idle>-0 [000] }] {[ ]\n" * 200},
+        "exp-metadata-keys-after": {"metadata": {"args": [[{"x": [1]}]] * 50}, "otherData": {"version": "1"},
+                                    "stackFrames": {}, "samples": []},
+    }
+    for label, extra in after.items():
+        doc = {**header, "traceEvents": base, **extra}
+        c.add(label, dumps(doc), expect_ok(base, rank=_rank_of(header)),
+              f"a Chrome/Perfetto trace with {', '.join(extra)} after the events", gz=True)
+    text = dumps({"traceEvents": base, **header})
+    c.add("exp-escaped-key", text.replace(b'"traceEvents"', b'"traceEvent\\u0073"', 1), expect_ok(base),
+          "the key spelled with a JSON escape: \"traceEvent\\u0073\"", gz=True)
+    text = dumps(trace_doc(header, base))
+    c.add("exp-two-keys-last-empty", text[:-1] + b',"traceEvents":[]}',
+          expect_error("no GPU events", "twice", "the last one"),
+          "the real events, then a second, empty traceEvents (the last counts: refused, saying why)", gz=True)
+
+
+def _rank_of(header: dict) -> int | None:
+    dist = header.get("distributedInfo")
+    return dist.get("rank") if isinstance(dist, dict) else None
+
+
+def encodings(c: Corpus, src: Source) -> None:
+    """UTF-16 and UTF-32 text, with and without a byte-order mark, plain and gzipped."""
+    header = src.header()
+    events = src.events(*SMALL_WINDOW)
+    text = json.dumps(trace_doc(header, events))
+    for codec, bom in (("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"), ("utf-32-le", b"\xff\xfe\x00\x00"),
+                       ("utf-32-be", b"\x00\x00\xfe\xff")):
+        data = text.encode(codec)
+        c.add_raw(f"enc-{codec}-bom", bom + data, expect_ok(events, rank=_rank_of(header)), f"{codec} with a BOM")
+        c.add_raw(f"enc-{codec}-no-bom", data, expect_ok(events), f"{codec} without a BOM")
+    c.add("enc-utf-16-gz", "\ufeff".encode("utf-16-le") + text.encode("utf-16-le"), expect_ok(events),
+          "UTF-16 with a BOM, gzipped", gz=True)
+    cut = text.encode("utf-16-le")
+    c.add_raw("enc-utf-16-cut", cut[: len(cut) * 2 // 3 + 1], {"exit": 0, "warnings": [warn("truncated")]},
+              "UTF-16 cut short at an odd byte (half a character)")
+
+
+def _tar_gz(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            t.addfile(info, io.BytesIO(data))
+    return gzip.compress(buf.getvalue(), 9, mtime=0)
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return buf.getvalue()
+
+
+def compressions(c: Corpus, src: Source) -> None:
+    """Traces compressed other ways than gzip, told by their magic bytes (not their names)."""
+    import bz2
+    import lzma
+
+    import lz4.frame
+    import zstandard
+
+    data, _spans = src.pretty(*BASE_WINDOW)
+    events = src.events(*BASE_WINDOW)
+    zstd = zstandard.ZstdCompressor(level=19).compress(data)
+    packed = {
+        "zstd": zstd, "bzip2": bz2.compress(data, 9), "xz": lzma.compress(data),
+        "lz4": lz4.frame.compress(data, content_checksum=True),
+    }
+    for fmt, blob in packed.items():
+        suffix = {"zstd": ".json.zst", "bzip2": ".json.bz2", "xz": ".json.xz", "lz4": ".json.lz4"}[fmt]
+        c.add_raw(f"z-{fmt}", blob, expect_ok(events), f"the base slice, {fmt}-compressed", suffix=suffix)
+        c.add_raw(f"z-{fmt}-cut", blob[: len(blob) // 2],
+                  {"exit": "either", "words_any": [f"{fmt} stream is truncated before any data"],
+                   "ok": {"warnings_any": [f"{fmt} stream is cut short"]}},
+                  f"{fmt} stream cut in half (what decompressed before the cut is kept)", suffix=suffix)
+    c.add_raw("z-zstd-named-gz", zstd, expect_ok(events), "a zstd file named .json.gz", suffix=".json.gz")
+    c.add_raw("z-zstd-two-frames", zstd + zstd[:0] + zstandard.ZstdCompressor().compress(b" "), expect_ok(events),
+              "two zstd frames (the second holds a space)", suffix=".json.zst")
+    c.add_raw("z-zstd-trailing-junk", zstd + b"junk after the frame",
+              expect_ok(events, warnings=[warn("not zstd", "ignored")]), "bytes after the zstd frame",
+              suffix=".json.zst")
+    c.add_raw("z-xz-corrupt", lzma.compress(data)[:40] + b"\x00" * 64, expect_error("corrupt xz data"),
+              "an xz header, then zeros", suffix=".json.xz")
+    c.add_raw("z-zip-one", _zip({"rank0.json": data}), expect_ok(events), "a zip holding one trace", suffix=".zip")
+    c.add_raw("z-zip-two", _zip({"rank0.json": data, "rank1.json": data}),
+              expect_error("a zip archive of 2 files", "rank0.json", "extract it"),
+              "a zip holding two ranks (a run directory)", suffix=".zip")
+    c.add_raw("z-tar-gz-run", _tar_gz({"run/rank0.json": data, "run/rank1.json": data}),
+              expect_error("a tar archive", "run/rank0.json", "extract it"), "a .tar.gz of a run directory",
+              suffix=".tar.gz")
+    c.add_raw("z-bomb-xz", lzma.compress(b'{"traceEvents": [' + b" " * (8 << 20) + b"]}"),
+              dict(expect_error("decompresses to more than", "max-bytes"), max_bytes="1M"),
+              "xz that decompresses to 8 MiB, analyzed with --max-bytes 1M", suffix=".json.xz")
+
+
 def main() -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -811,6 +954,9 @@ def main() -> None:
     hostile_names(c, src)
     nesting(c, src)
     more_values(c, src)
+    exporters(c, src)
+    encodings(c, src)
+    compressions(c, src)
     c.finish()
     size = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"{len(c.cases)} cases, {size / 1e6:.2f} MB in {OUT.relative_to(ROOT)}")

@@ -81,6 +81,48 @@ def gpu_metrics(events):
     }
 
 
+def run_wait_transfer(per_rank):
+    """Per rank: (comm, wait, transfer, exposed comm, exposed wait, exposed transfer), the simple way.
+
+    ``per_rank``: {rank: [(start, end, role, iteration, category), ...]} of one GPU per rank,
+    on one clock.  The n-th comm kernel of a category in the k-th iteration (in start order) is
+    one collective on every rank; its transfer is the shortest duration over ranks and lies at
+    the end of each rank's kernel; kernels of groups whose counts differ count whole as transfer.
+    """
+    groups = {}
+    for rank, events in per_rank.items():
+        seen = {}
+        for s, e, role, it, cat in sorted(events):
+            if role != "comm":
+                continue
+            n = seen.get((it, cat), 0)
+            seen[(it, cat)] = n + 1
+            groups.setdefault((it, cat), {}).setdefault(rank, []).append((s, e))
+    windows = {rank: [] for rank in per_rank}
+    for key, by_rank in groups.items():
+        counts = {len(v) for v in by_rank.values()}
+        if len(by_rank) != len(per_rank) or len(counts) != 1:
+            for rank, ks in by_rank.items():
+                windows[rank].extend(ks)
+            continue
+        for i in range(counts.pop()):
+            transfer = min(by_rank[r][i][1] - by_rank[r][i][0] for r in by_rank)
+            for r in by_rank:
+                end = by_rank[r][i][1]
+                windows[r].append((end - transfer, end))
+    out = {}
+    for rank, events in per_rank.items():
+        comm = merge([(s, e) for s, e, role, *_ in events if role == "comm"])
+        compute = merge([(s, e) for s, e, role, *_ in events if role == "compute"])
+        exposed = difference(comm, compute)
+        win = merge(windows[rank])
+        transfer = length(win)
+        exposed_transfer = length(intersection(win, exposed))
+        out[rank] = (length(comm), length(comm) - transfer, transfer, length(exposed),
+                     length(exposed) - exposed_transfer, exposed_transfer)
+    return out
+
+
 def iteration_metrics(events, iterations):
     """Per iteration window, by brute force over merged lists.
 
@@ -137,3 +179,21 @@ def overlap_tax(kernels, min_alone=3):
         bucket = "≥50%" if frac >= 0.5 else "<50%"
         out[(cat, bucket)] = out.get((cat, bucket), 0.0) + dur - median
     return out
+
+
+def step_time_ms(trace_path, device=0):
+    """Serving step time from the raw trace: the span of one GPU's kernels (first start to last
+    end) over the number of ProfilerStep annotations (at least 1).  Plain json, no traceview."""
+    import gzip
+    import json
+
+    opener = gzip.open if str(trace_path).endswith(".gz") else open
+    with opener(trace_path, "rt") as f:
+        doc = json.load(f)
+    events = doc["traceEvents"] if isinstance(doc, dict) else doc
+    kernels = [e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X"
+               and (e.get("args", {}).get("device", e.get("pid")) == device)]
+    start = min(e["ts"] for e in kernels)
+    end = max(e["ts"] + e["dur"] for e in kernels)
+    steps = len({e["name"] for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")})
+    return (end - start) / 1000 / max(1, steps)

@@ -1,7 +1,9 @@
 """The analytical budget against the literal numbers of docs/budget-model.md and seeds/001.
 
 Every value is compared as printed (same number of decimals), so a change in any formula, unit
-convention or GPU constant shows up as a failing cell.
+convention or GPU constant shows up as a failing cell.  These are the tables of zartbot,
+"DeepSeek-V3/R1 推理效率分析" (2025-03): every model call here asks for its convention by name
+(``zartbot-2025``); the default ``complete`` convention is tested in tests/test_budget_complete.py.
 """
 
 from __future__ import annotations
@@ -14,30 +16,40 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import functools
+
+from traceview import budget as B
 from traceview.budget import (
     GPUSpec,
     ModelConfig,
     OpCost,
-    attention_costs,
-    compute_decode,
-    compute_prefill,
-    dense_mlp_cost,
-    expert_cost,
-    alltoall_cost,
     get_gpu,
-    kv_load_cost,
     list_models,
     load_gpus,
     load_model,
     max_decode_batch,
     mla_absorbed_flops,
     mla_flops,
-    op_costs,
     total_ms,
 )
 from traceview.budget.flops import dense_mlp_flops, expert_flops, mla_params, expert_params
 from traceview.cli.budget import budget
 from traceview.errors import TraceError, UsageError
+
+
+def _article(fn):
+    """``fn`` under the article's convention unless a call names another."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return fn(*args, **{"convention": "zartbot-2025", **kwargs})
+    return call
+
+
+attention_costs, compute_decode, compute_prefill, dense_mlp_cost, expert_cost, alltoall_cost, kv_load_cost = map(
+    _article, (B.attention_costs, B.compute_decode, B.compute_prefill, B.dense_mlp_cost, B.expert_cost,
+               B.alltoall_cost, B.kv_load_cost))
+op_costs = _article(B.op_costs)
+ARTICLE = ["--convention", "zartbot-2025"]
 
 
 def p(value: float, decimals: int) -> str:
@@ -487,7 +499,7 @@ def test_kv_cache_hits_only_reduce_gemm(q: int, kv: int, r1: float, r2: float) -
 
 # --- CLI -------------------------------------------------------------------------------------
 PREFILL_ARGS = ["--model", "deepseek-v3", "--gpu", "H800,H20", "--phase", "prefill", "--seq-len", "4383",
-                "--kv-cache-rate", "0.563", "--tp", "4", "--dp", "8"]
+                "--kv-cache-rate", "0.563", "--tp", "4", "--dp", "8", *ARTICLE]
 
 
 def test_cli_prefill_table() -> None:
@@ -501,7 +513,7 @@ def test_cli_prefill_table() -> None:
 
 def test_cli_decode_json() -> None:
     res = CliRunner().invoke(budget, ["--model", "deepseek-v3", "--gpu", "H20-3e", "--phase", "decode",
-                                      "--batch", "32,64", "--seq-len", "4383", "--tp", "8", "--format", "json"])
+                                      "--batch", "32,64", "--seq-len", "4383", "--tp", "8", "--format", "json", *ARTICLE])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["phase"] == "decode" and doc["model"]["name"] == "deepseek-v3"
@@ -515,7 +527,7 @@ def test_cli_decode_table_and_hf_config(tmp_path: Path) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(DEEPSEEK_V3_HF))
     res = CliRunner().invoke(budget, ["--model", str(cfg), "--gpu", "H800", "--phase", "decode", "--batch", "32",
-                                      "--tp", "1"])
+                                      "--tp", "1", *ARTICLE])
     assert res.exit_code == 0, res.output
     assert "9.858" in res.output and "17.023" in res.output and "0.015" in res.output
 
@@ -530,7 +542,7 @@ def test_cli_gpu_file(tmp_path: Path) -> None:
 
 
 def test_cli_scaleout_override() -> None:
-    res = CliRunner().invoke(budget, ["--gpu", "H20", "--scaleout-gbps", "12.5", "--format", "json"])
+    res = CliRunner().invoke(budget, ["--gpu", "H20", "--scaleout-gbps", "12.5", "--format", "json", *ARTICLE])
     assert res.exit_code == 0, res.output
     assert p(json.loads(res.stdout)["results"][0]["sum_ms"], 3) == "1302.842"
 

@@ -194,14 +194,15 @@ def test_two_files_of_one_rank_analyze_without_skew(tmp_path):
     for args in ([], ["--by", "microbatch"], ["--tax"]):
         code, out, err = run("analyze", d, *args)
         assert code == 0, err
-        assert "several files claim the same rank (rank 0: prefill_serial_rank0.json.gz, prefill_tbo_rank0.json.gz)" in out
+        assert "two files claim one rank (rank 0: prefill_serial_rank0.json.gz, prefill_tbo_rank0.json.gz)" in out
         assert "Collective skew between ranks" not in out
     code, out, err = run("analyze", d, "--format", "json")
     doc = json.loads(out)
-    assert code == 0 and doc["skew"] is None and "same rank" in doc["skew_caveats"][0]
+    assert code == 0 and doc["skew"] is None and "claim one rank" in doc["skew_caveats"][0]
+    assert doc["run"]["cross_rank"] is False and "claim one rank" in doc["run"]["reason"]
     code, out, err = run("report", d, "-o", tmp_path / "r.html")
     assert code == 0, err
-    assert "several files claim the same rank" in (tmp_path / "r.html").read_text()
+    assert "two files claim one rank" in (tmp_path / "r.html").read_text()
 
 
 def test_ranks_of_different_runs_are_flagged(tmp_path):
@@ -212,7 +213,8 @@ def test_ranks_of_different_runs_are_flagged(tmp_path):
     (d / "rank1.json").write_bytes(raw[: len(raw) // 2])  # rank 1 cut short: fewer collectives
     code, out, err = run("analyze", d)
     assert code == 0, err
-    assert "ranks ran different numbers of communication kernels (rank 0: 36, rank 1:" in out
+    assert "no cross-rank numbers: no collective matched across ranks (" in out
+    assert "rank 0 12, rank 1 2" in out and "rank 1: trace cut short" in out
 
 
 def test_csv_of_a_view_has_a_stable_column_order_and_one_table():

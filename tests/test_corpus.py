@@ -106,6 +106,13 @@ def _check_ok(case: dict, a, exp: dict) -> None:
         assert got == whole[: len(got)], "the events kept are not the first ones of the uncut trace"
     if "name" in exp:
         assert exp["name"] in set(a.kernels["name"].cast(pl.Utf8)), "the kernel name did not survive intact"
+    if "rank" in exp:  # header keys read wherever they are in the object
+        assert a.trace.rank == exp["rank"]
+    if "world_size" in exp:
+        assert a.trace.world_size == exp["world_size"]
+    if "device_names" in exp:  # pids given as strings: shown by their names, one device per name
+        assert sorted(a.trace.device_text(g.device) for g in a.gpus) == exp["device_names"]
+        assert sorted(g.name for g in a.gpus) == exp["device_names"]
     if "name_len" in exp:
         names = [n for n in a.kernels["name"].cast(pl.Utf8).unique() if n.startswith(exp["name_start"])]
         assert [len(n) for n in names] == [exp["name_len"]]
@@ -174,7 +181,7 @@ def test_cli_error_is_one_line_exit_2(case):
 
 def test_cli_on_every_analyzable_case_exits_0_or_2_without_traceback():
     """The table view of every case that analyzes (hostile names included) renders; --strict fails
-    exactly the cases with warnings."""
+    exactly the cases with warnings or trace health problems."""
     checked = 0
     for case in CASES:
         a = _analysis(case["file"], _max_bytes(case["expect"]))
@@ -183,9 +190,11 @@ def test_cli_on_every_analyzable_case_exits_0_or_2_without_traceback():
         with watchdog():
             code, out, err = run_cli(*_cli_args(case), "--strict", "--format", "csv")
         assert "Traceback" not in out + err
-        if a.trace.warnings:
+        # trace health problems fail --strict too (a loader drop is said once, as its warning)
+        health = [h for h in a.health if h.key != "dropped_records"]
+        if a.trace.warnings or health:
             assert code == 2, case["file"]
-            assert err.count("--strict") == len(a.trace.warnings), err
+            assert err.count("--strict") == len(a.trace.warnings) + len(health), err
             for line in err.strip().splitlines():
                 assert line.startswith(f"traceview: error: {CORPUS / case['file']}: --strict: "), line
         else:
@@ -459,3 +468,218 @@ def test_hostile_names_in_the_html_report():
         assert "<script>alert(1)" not in html_text and "52;c;" not in html_text
         if label == "name-html":
             assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+
+
+# --- round two: file systems and hostile file names (generated at test time: a corpus folder in
+# git cannot hold symlink loops or file names with newlines portably) ---------------------------------
+
+def _good_bytes() -> bytes:
+    return (CORPUS / next(f for f in BY_FILE if f.endswith("gz-whole.json.gz"))).read_bytes()
+
+
+def _truncated_bytes() -> bytes:
+    """A trace that analyzes with one loader warning, so its file name reaches warning lines too."""
+    return (CORPUS / next(f for f in BY_FILE if f.endswith("cut-ev7-after-comma.json"))).read_bytes()
+
+
+def test_a_directory_names_every_file_it_cannot_read(tmp_path):
+    """A symlink loop and a dangling symlink beside a good rank: each gets its error line, by name and
+    cause, the exit code is 2, and the good rank is still analyzed."""
+    (tmp_path / "rank0.json.gz").write_bytes(_good_bytes())
+    (tmp_path / "rank1.json").symlink_to("rank1.json")
+    (tmp_path / "rank2.json.gz").symlink_to(tmp_path / "gone" / "rank2.json.gz")
+    code, out, err = run_cli("analyze", str(tmp_path))
+    assert code == 2 and "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert lines == [f"traceview: error: {tmp_path / 'rank1.json'}: symlink loop (following the links never reaches a file)",
+                     f"traceview: error: {tmp_path / 'rank2.json.gz'}: dangling symlink (its target "
+                     f"'{tmp_path / 'gone' / 'rank2.json.gz'}' does not exist)"]
+    assert "GPU time" in out
+    code, _out, err = run_cli("analyze", str(tmp_path / "rank1.json"))  # named directly: a loop, not "no such file"
+    assert code == 2 and err.strip().endswith(": symlink loop (following the links never reaches a file)")
+
+
+def test_a_directory_without_traces_lists_what_it_looked_at(tmp_path):
+    (tmp_path / "README.md").write_text("notes")
+    (tmp_path / "MANIFEST.json").write_text('{"ranks": 2}')
+    (tmp_path / "ranks.json").write_text('[{"rank": 0, "file": "rank0.json.gz"}]')
+    code, out, err = run_cli("analyze", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"traceview: error: {tmp_path}: no trace files in this directory (3 files looked at: ")
+    for name in ("MANIFEST.json: JSON without 'traceEvents'", "README.md: not a trace file name",
+                 "ranks.json: a JSON list of records"):
+        assert name in err
+
+
+def test_a_sidecar_list_beside_the_ranks_is_skipped_with_its_reason(tmp_path):
+    from traceview.load import find_trace_files
+
+    (tmp_path / "rank0.json.gz").write_bytes(_good_bytes())
+    (tmp_path / "ranks.json").write_text('[{"rank": 0, "file": "rank0.json.gz"}]')
+    (tmp_path / "sub.json").mkdir()
+    found = find_trace_files(tmp_path)
+    assert list(found) == [tmp_path / "rank0.json.gz"]
+    assert found.skipped == [(tmp_path / "ranks.json", "a JSON list of records without 'ph'/'ts' (a sidecar, not a trace)")]
+    code, out, err = run_cli("analyze", str(tmp_path))
+    assert code == 0 and err == "" and "GPU time" in out
+
+
+HOSTILE_FILE_NAMES = {"newline": b"r0\nwarning: FORGED line.json", "markup": b"[red]r0[red] [link=x]y.json",
+                      "not-utf8": b"r\xff\xfe0.json", "escape": b"r0\x1b[2J\x1b]0;pwned\x07.json"}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_FILE_NAMES))
+def test_hostile_file_names_are_escaped_everywhere(tmp_path, kind):
+    """A file name is as hostile as a kernel name: in the table, CSV, JSON, gate lines, JUnit, GitHub
+    annotations and diff JSON it cannot forge a line, set colours or fail to encode."""
+    import xml.etree.ElementTree as ET
+
+    name = os.fsdecode(HOSTILE_FILE_NAMES[kind])
+    p = tmp_path / name
+    p.write_bytes(_truncated_bytes())
+    base = tmp_path / "base.json.gz"
+    base.write_bytes(_good_bytes())
+    junit = tmp_path / "j.xml"
+    runs = {
+        "table": run_cli("analyze", str(p)),
+        "csv": run_cli("analyze", str(p), "--format", "csv"),
+        "csv-kernels": run_cli("analyze", str(p), "--format", "csv", "--table", "kernels"),
+        "json": run_cli("analyze", str(p), "--format", "json"),
+        "gate": run_cli("gate", "--no-config", "--max-exposed-comm", "50%", "--github", "--junit", str(junit), str(p)),
+        "diff-json": run_cli("diff", str(base), str(p), "--format", "json"),
+        "diff": run_cli("diff", str(base), str(p)),
+        "report": run_cli("report", "-o", str(tmp_path / "r.html"), str(p)),
+    }
+    for what, (code, out, err) in runs.items():
+        assert code in (0, 1), (what, err)
+        assert "internal error" not in err and "Traceback" not in out + err, (what, err)
+        for line in (out + err).splitlines():
+            assert not line.lstrip("│┃ ").startswith("warning: FORGED"), (what, line)
+        assert "\x1b" not in out + err and "pwned\x07" not in out + err, what
+    if kind == "markup":
+        assert "[red]r0[red]" in runs["table"][1]  # printed literally, not a colour
+    doc = json.loads(runs["json"][1])
+    assert doc["traces"][0]["file"].endswith(name if kind != "not-utf8" else "r\\xff\\xfe0.json")
+    json.loads(runs["diff-json"][1])
+    ET.parse(junit)  # well-formed XML
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "\x1b" not in page and "<red>" not in page
+    annotations = [ln for ln in runs["gate"][1].splitlines() if ln.startswith("::")]
+    assert annotations and all("\n" not in a for a in annotations)
+
+
+# --- round two: scale and memory (scaled-down versions of scripts/make_scale_cases.py) ----------------
+
+@functools.lru_cache(maxsize=None)
+def _scale_cases():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_scale_cases", ROOT / "scripts" / "make_scale_cases.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _reference_device(a, device) -> dict:
+    from reference import gpu_metrics
+
+    k = a.kernels.filter(pl.col("device") == device)
+    return gpu_metrics(list(zip(k["ts"].to_list(), k["end"].to_list(), k["role"].cast(pl.Utf8).to_list())))
+
+
+def test_many_streams_on_one_gpu_analyze_and_report(tmp_path):
+    """20,000 streams on one GPU (the full case is 200,000): per-stream busy time for each, the
+    report's timeline keeps 48 lanes and says so, all within the watchdog."""
+    from traceview.report.html import render_html
+
+    mod = _scale_cases()
+    p = mod.many_streams(tmp_path / "streams.json", 20_000)
+    with watchdog(60):
+        a = traceview.analyze(p)
+        html_text = render_html([a]).html
+    (g,) = a.gpus
+    assert len(g.streams) == 20_000
+    k = a.kernels
+    assert g.streams[1000] == pytest.approx(float(k.filter(pl.col("stream") == 1000)["dur"].sum()))
+    ref = _reference_device(a, 0)
+    assert g.busy_us == pytest.approx(ref["busy_us"]) and g.compute_us == pytest.approx(ref["compute_us"])
+    assert "20,000 streams on this GPU: the 47 busiest have a lane each" in html_text
+
+
+def test_many_devices_each_measured(tmp_path):
+    """2,000 devices (the full case is 10,000): one GpuMetrics each, equal to the reference."""
+    mod = _scale_cases()
+    p = mod.many_devices(tmp_path / "devices.json", 2_000, per_device=3)
+    with watchdog(60):
+        a = traceview.analyze(p)
+    assert [g.device for g in a.gpus] == list(range(2_000))
+    for g in (a.gpus[0], a.gpus[1234], a.gpus[-1]):
+        ref = _reference_device(a, g.device)
+        for key in ("span_us", "busy_us", "compute_us", "idle_us"):
+            assert getattr(g, key) == pytest.approx(ref[key]), key
+        assert g.events == 3
+    with watchdog(60):
+        code, out, _err = run_cli("analyze", str(p))
+    assert code == 0 and out.count("… and 1,936 more GPUs (--format csv lists every one)") == 2  # table + verdicts
+
+
+def test_a_huge_kernel_name_is_kept_and_every_command_finishes(tmp_path):
+    """An 8 MB kernel name (the full case is 500 MB): kept whole, classified, shown shortened."""
+    mod = _scale_cases()
+    p = mod.huge_name(tmp_path / "name.json", 8 << 20)
+    with watchdog(60):
+        a = traceview.analyze(traceview.load(p, workers=2, chunk_bytes=1 << 20))
+        code, out, err = run_cli("analyze", str(p))
+    assert max(len(n) for n in a.kernels["name"].cast(pl.Utf8).to_list()) == 8 << 20
+    assert code == 0 and err == "" and max(len(line) for line in out.splitlines()) < 300
+
+
+def test_nul_bytes_after_a_valid_head_under_a_memory_limit(tmp_path):
+    """256 MiB of NUL bytes after one kernel (a file zero-filled after a crash), under a 4 GiB
+    address-space limit: analyzed, with the NULs named in a warning."""
+    mod = _scale_cases()
+    p = mod.nuls_after_head(tmp_path / "nuls.json", 256 << 20)
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+            "from traceview.cli import main; sys.argv = ['traceview', 'analyze', sys.argv[1]]; main()")
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert f"warning: nuls.json: the file ends in {256 << 20} NUL bytes" in r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_a_worker_that_dies_or_memory_that_runs_out_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from traceview.load import reader
+
+    p = tmp_path / "rank0.json.gz"
+    p.write_bytes(_good_bytes())
+    for exc, words in ((BrokenProcessPool("A process in the process pool was terminated abruptly"),
+                        "a decoding worker process died while decoding it"),
+                       (MemoryError(), "out of memory while loading it")):
+        def boom(*_a, exc=exc, **_k):
+            raise exc
+
+        monkeypatch.setattr(reader, "_load", boom)
+        code, out, err = run_cli("analyze", str(p))
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in out + err
+        assert err.startswith(f"traceview: error: {p}: {words} (") and "bytes on disk" in err
+
+
+def test_the_whole_corpus_through_gate_diff_and_report():
+    """Every corpus case, old and new, through gate and diff in one run each (and the round-two
+    families through report): exit 0/1/2, each error one line naming its file, no traceback, no
+    internal error."""
+    files = [str(CORPUS / c["file"]) for c in CASES]
+    with watchdog(300):
+        runs = [run_cli("gate", "--no-config", "--max-exposed-comm", "50%", *files)]
+        new = [f for f in files if Path(f).name.split("-", 1)[1].startswith(("exp-", "enc-", "z-"))]
+        for family in ("-exp-pid-two-gpus", "-enc-utf-16-gz", "-z-zstd-named-gz", "-z-tar-gz-run"):
+            runs.append(run_cli("diff", str(CORPUS / CASES[0]["file"]), next(f for f in new if family in f)))
+        runs.append(run_cli("report", "-o", os.devnull, *new))
+    for code, out, err in runs:
+        assert code in (0, 1, 2) and "Traceback" not in out + err and "internal error" not in err, err
+        for line in err.splitlines():
+            if line.startswith("traceview: error: "):
+                assert any(line.startswith(f"traceview: error: {f}: ") for f in files), line

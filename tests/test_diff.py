@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from conftest import PROJECT_FIXTURES, needs_shared, shared
 from traceview.cli import main
-from traceview.gate.diff import diff_paths, diff_summaries
+from traceview.compare import diff_paths, diff_summaries
 from traceview.gate.summary import from_analysis
 
 SERIAL0 = PROJECT_FIXTURES / "prefill_serial_rank0.json.gz"

@@ -88,13 +88,14 @@ def test_dense_decode_is_diagnosed_host_bound():
     """GPU idle 72% of the span: most of it with no kernel queued (the CPU was late)."""
     path = shared("gpu/dense_prefill_decode_ctx1024.json.gz")
     a = analysis_of(str(path))
-    (row,) = a.iterations.iter_rows(named=True)  # no iteration marks: the whole trace
-    assert row["idle_us"] / row["duration_us"] == pytest.approx(0.719, abs=0.001)
-    assert row["idle_no_queue_us"] == pytest.approx(61_287, abs=5)
+    it = a.iterations  # the prefill pass and 16 decode steps (stage ranges are iterations): windows sum to the span
+    assert it.height == 17
+    assert it["idle_us"].sum() / it["duration_us"].sum() == pytest.approx(0.719, abs=0.001)
+    assert it["idle_no_queue_us"].sum() == pytest.approx(61_287, abs=5)
     r = CliRunner().invoke(main, ["analyze", str(path)], env={"COLUMNS": "250"})
     out = " ".join(r.output.split())
-    assert "whole trace 108.1 ms (no iteration marks)" in out
-    assert "host-bound: no kernel queued for 61.3 ms (56.7% of the trace)" in out
+    assert "iteration 6.358 ms (mean of 17)" in out
+    assert "host-bound: no kernel queued for 3.605 ms/iter (56.7% of the iteration)" in out
     # and the same split holds against the reference
     test_iteration_table_matches_reference(path)
 

@@ -125,3 +125,20 @@ def test_no_slack_is_claimed_without_layers_or_model_values():
     a = analysis_of(str(shared("deepseek/train.json")))
     assert reconcile(a, "deepseek-v3", "H800").slack.height == 0
     assert reconcile(a, "deepseek-v3", "H800", tokens=4096).slack.height == 0  # no layer segments
+
+
+def test_article_convention_by_name_in_reconciliation():
+    """zartbot-2025 leaves out the weight reads: on decode its routed experts fall far below the
+    roofline (the issue's contradiction); complete stays above it; the notes say which was used."""
+    a = analysis_of(str(EXTRA / "decode_tbo_rank0.json.gz"))
+    art = reconcile(a, "deepseek-v3", convention="zartbot-2025")
+    full = reconcile(a, "deepseek-v3")
+    r_art = art.summary.filter(pl.col("class") == "routed_experts").row(0, named=True)
+    r_full = full.summary.filter(pl.col("class") == "routed_experts").row(0, named=True)
+    assert r_art["model_ms"] < 0.2 * r_art["peak_ms"] and r_full["model_ms"] >= r_full["peak_ms"]
+    assert r_art["peak_ms"] == pytest.approx(r_full["peak_ms"])
+    assert "zartbot-2025 convention" in art.notes()[0] and "complete convention" in full.notes()[0]
+    assert any("below the roofline" in w for w in art.warnings)
+    r = CliRunner().invoke(main, ["analyze", str(EXTRA / "decode_tbo_rank0.json.gz"), "--model", "deepseek-v3",
+                                  "--convention", "zartbot-2025", "--format", "json"])
+    assert orjson.loads(r.stdout)["traces"][0]["reconciliation"]["convention"] == "zartbot-2025"

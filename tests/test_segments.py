@@ -169,12 +169,13 @@ def test_overlap_tax_finds_slower_kernels_beside_comm():
 
 
 def test_rank_skew_on_both_ep2_ranks():
-    from traceview import rank_skew
+    from traceview import analyze_run
 
-    skew, offsets = rank_skew([analysis_of(str(PROJECT_FIXTURES / f"prefill_tbo_rank{r}.json.gz")) for r in (0, 1)])
+    run = analyze_run([PROJECT_FIXTURES / f"prefill_tbo_rank{r}.json.gz" for r in (0, 1)])
+    skew = run.skew_table()
     assert set(skew["category"].to_list()) == {"moe.dispatch", "moe.combine"}
     assert skew.filter(pl.col("category") == "moe.dispatch")["collectives"][0] == 24
-    assert abs(offsets[1]) < 100  # same host: clocks agree to within NCCL's end-time jitter
+    assert abs(run.matching.offsets_us[1]) < 100  # same host: clocks agree to within NCCL's end-time jitter
 
 
 def test_cli_by_microbatch_layer_phase():

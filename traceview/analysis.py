@@ -20,10 +20,11 @@ import polars as pl
 from .classify import RuleSet, classify, load_rules
 from .errors import NotATraceError, TraceError
 from .load import DEFAULT_MAX_BYTES, Trace, find_trace_files, load
+from .load.health import HealthIssue, trace_health
+from .load.reader import missing_reason
 from .metrics import GpuMetrics, all_devices
 from .metrics.iterations import ITERATION_EXTRA, iteration_summary, iteration_table
 from .metrics.segments import segment_table
-from .metrics.skew import collective_skew
 from .metrics.tax import overlap_tax_with_notes
 from .segment import LevelPatterns, Segmentation, segment
 
@@ -37,6 +38,8 @@ class TraceAnalysis:
     gpus: list[GpuMetrics]
     rules: RuleSet = field(repr=False, default=None)  # type: ignore[assignment]
     patterns: LevelPatterns | None = field(repr=False, default=None)
+    #: problems of the recording itself (load/health.py), computed at load time
+    health: list[HealthIssue] = field(default_factory=list)
 
     def __repr__(self) -> str:
         """One line (a notebook cell must not fill screens with tables)."""
@@ -100,6 +103,13 @@ class TraceAnalysis:
             self.segments("microbatch")
             self.overlap_tax()
 
+    @functools.cached_property
+    def rank_summaries(self) -> list:
+        """This trace reduced for the run analysis (``traceview.run``): one ``RankSummary`` per GPU."""
+        from .run.summary import summarize
+
+        return summarize(self)
+
     @property
     def file(self) -> str:
         return str(self.trace.path)
@@ -134,44 +144,8 @@ def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
     gpus = all_devices(kernels)
     for g in gpus:
         g.name = trace.device_name(g.device)
-    return TraceAnalysis(trace=trace, kernels=kernels, gpus=gpus, rules=rules, patterns=patterns)
-
-
-def _single_gpu_ranks(analyses: list[TraceAnalysis]) -> dict[int, list[TraceAnalysis]]:
-    """The single-GPU traces by the rank they claim, in input order (skew pairs one GPU per rank)."""
-    by_rank: dict[int, list[TraceAnalysis]] = {}
-    for a in analyses:
-        if a.rank is not None and len(a.gpus) == 1:
-            by_rank.setdefault(int(a.rank), []).append(a)
-    return by_rank
-
-
-def rank_skew(analyses: list[TraceAnalysis]) -> tuple[pl.DataFrame, dict[int, float]]:
-    """Per-collective skew between ranks (needs two or more distinct ranks with one GPU each;
-    none when two files claim the same rank: which of them is the peer is unknown)."""
-    by_rank = _single_gpu_ranks(analyses)
-    if len(by_rank) < 2 or any(len(v) > 1 for v in by_rank.values()):
-        return pl.DataFrame(), {}
-    return collective_skew([(r, v[0].kernels) for r, v in by_rank.items()])
-
-
-def skew_caveats(analyses: list[TraceAnalysis]) -> list[str]:
-    """Why the cross-rank skew is missing or should be read with care: files claiming the same
-    rank, or ranks that ran different numbers of collectives (traces of different runs, or
-    one cut short)."""
-    by_rank = _single_gpu_ranks(analyses)
-    dup = {r: [a.trace.name for a in v] for r, v in by_rank.items() if len(v) > 1}
-    if dup:
-        return ["no collective skew: several files claim the same rank ("
-                + "; ".join(f"rank {r}: {', '.join(n)}" for r, n in sorted(dup.items())) + ")"]
-    if len(by_rank) < 2:
-        return []
-    counts = {r: v[0].kernels.filter(pl.col("role") == "comm").height for r, v in by_rank.items()}
-    if len(set(counts.values())) > 1:
-        return ["ranks ran different numbers of communication kernels ("
-                + ", ".join(f"rank {r}: {n:,}" for r, n in sorted(counts.items()))
-                + "): traces of different runs, or one cut short? the skew matches the n-th collective of each rank"]
-    return []
+    return TraceAnalysis(trace=trace, kernels=kernels, gpus=gpus, rules=rules, patterns=patterns,
+                         health=trace_health(trace))
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -185,7 +159,7 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if p.is_dir():
             out.extend(ScannedPath(f) for f in find_trace_files(p))
         elif not p.exists():
-            raise TraceError(p, "no such file or directory")
+            raise TraceError(p, missing_reason(p))  # a dangling symlink or a loop says so
         else:
             out.append(p)
     return out
@@ -200,7 +174,8 @@ class SkippedInput(NotATraceError):
     skipped, not an error; ``analyze_many(skipped=...)`` hands these to the caller to note."""
 
 
-def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None) -> TraceAnalysis | TraceError:
+def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None,
+                 summarize: bool = False) -> TraceAnalysis | TraceError | None:
     path, rules_file, max_bytes, patterns, workers, keep_events = args
     try:
         a = analyze(path, load_rules(rules_file), max_bytes, patterns, workers,
@@ -209,6 +184,8 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None)
         return SkippedInput(e.path, e.reason) if isinstance(path, ScannedPath) else e
     except TraceError as e:
         return e
+    if summarize:
+        a.rank_summaries  # noqa: B018  (computed while the events are here)
     if not keep_events:
         a.verdict_inputs()  # what the verdict reads, measured while the events are here
         a.trace.events = None  # type: ignore[assignment]  # (anything that still reads it fails loudly)
@@ -219,6 +196,7 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
                  max_bytes: int = DEFAULT_MAX_BYTES,
                  patterns: LevelPatterns | None = None, keep_events: bool = True,
                  progress: Callable[[Path, int, int], None] | None = None,
+                 summarize: bool = False,
                  skipped: list[SkippedInput] | None = None) -> list[TraceAnalysis | TraceError]:
     """Analyze several files (ranks), in parallel processes when ``jobs > 1``.
 
@@ -227,6 +205,8 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
     ``keep_events=False`` drops each trace's event table once it is measured (GPU metrics,
     classified kernels and warnings stay): memory is then bounded by the files analyzed at
     once, not by the number of ranks; segments, overlap tax and budgets need the events.
+    ``summarize=True`` computes each file's ``rank_summaries`` (the run analysis's input)
+    while its events are still loaded.
     Under ``jobs > 1`` each file's loader gets a share of the cores (``cores // jobs``
     decoding processes), not all of them.  ``progress(path, done, total)`` is called as
     each file loads (with ``jobs > 1``: once per file, when it is done).
@@ -237,12 +217,12 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
     workers = max(1, (os.cpu_count() or 1) // min(jobs, len(paths))) if parallel else None
     work = [(p, rules_file, max_bytes, patterns, workers, keep_events) for p in paths]
     if not parallel:
-        results = [_analyze_one(w, progress) for w in work]
+        results = [_analyze_one(w, progress, summarize) for w in work]
     else:
         # spawn, not fork: forking a process that runs polars thread pools can deadlock
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=spawn) as pool:
-            futures = {pool.submit(_analyze_one, w): path for w, path in zip(work, paths)}
+            futures = {pool.submit(_analyze_one, w, None, summarize): path for w, path in zip(work, paths)}
             if progress is not None:
                 for fut in as_completed(futures):
                     progress(futures[fut], 1, 1)

@@ -15,8 +15,8 @@ class TraceError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
-    def __reduce__(self):  # rebuilt from (path, reason) when it comes back from a worker process
-        return (self.__class__, (self.path, self.reason))
+    def __reduce__(self):  # it travels back from worker processes and cluster tasks
+        return type(self), (self.path, self.reason)
 
 
 class UsageError(Exception):

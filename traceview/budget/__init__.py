@@ -1,12 +1,13 @@
-"""Analytical budget model of LLM inference (DeepSeek-V3/R1 after seeds/001; dense GQA models too).
+"""Analytical budget model of LLM inference (DeepSeek-V3/R1 after zartbot, "DeepSeek-V3/R1 推理效率分析", 2025-03; dense GQA models too).
 
 Layers, one job each:
   models   ModelConfig + loaders (shipped TOML or a Hugging Face config.json)
-  gpus     GPUSpec (the seed's GPU_perf) + loaders (shipped gpus.toml, user overrides)
+  gpus     GPUSpec (the article's GPU_perf) + loaders (shipped gpus.toml, user overrides)
   flops    FLOP / byte counts per operator (pure shape arithmetic)
-  ops      modeled ms per operator for explicit shapes (OpCost), for reconciliation
-  prefill  the seed's prefill table (compute_prefill -> PrefillBudget)
-  decode   the seed's decode table (compute_decode -> DecodeBudget), memory-bound batch size
+  ops      modeled ms per operator for explicit shapes (OpCost) under a convention: complete
+           (max of FLOPs and HBM bytes, the default) or zartbot-2025 (the article's FLOP-only)
+  prefill  the article's prefill table (compute_prefill -> PrefillBudget)
+  decode   the article's decode table (compute_decode -> DecodeBudget), memory-bound batch size
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ from .flops import (
     prefill_dispatch_bytes,
     tp_allreduce_bytes,
 )
-from .gpus import GPUSpec, get_gpu, load_gpus
+from .gpus import GPUSpec, describe_device, get_gpu, gpu_from_device, load_gpus
 from .models import ModelConfig, list_models, load_model, model_from_hf
 from .ops import (
+    COMPLETE,
+    CONVENTIONS,
+    DEFAULT_CONVENTION,
+    ZARTBOT_2025,
     OpCost,
     allreduce_cost,
     alltoall_cost,
@@ -38,12 +43,20 @@ from .ops import (
     hbm_load_ms,
     kv_load_cost,
     op_costs,
+    shared_expert_cost,
     total_ms,
     transfer_ms,
 )
 from .prefill import PrefillBudget, compute_prefill
 
 __all__ = [
+    "COMPLETE",
+    "CONVENTIONS",
+    "DEFAULT_CONVENTION",
+    "ZARTBOT_2025",
+    "describe_device",
+    "gpu_from_device",
+    "shared_expert_cost",
     "AttentionFlops",
     "DecodeBudget",
     "GPUSpec",

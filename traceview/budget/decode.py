@@ -1,4 +1,4 @@
-"""The decode budget of seeds/001 (section 3): per-GPU batch ``batch`` decoding over ``kv_len``
+"""The decode budget of zartbot (2025-03) (section 3): per-GPU batch ``batch`` decoding over ``kv_len``
 keys with absorbed MLA, giving TPOT with and without overlap and the per-layer communication
 slack ("TimeBudget") that the two-micro-batch schedule can hide the all-to-all in.
 
@@ -18,7 +18,9 @@ from . import flops as F
 from .gpus import GPUSpec
 from .models import ModelConfig
 from .ops import (
+    DEFAULT_CONVENTION,
     OpCost,
+    check_convention,
     allreduce_cost,
     attention_costs,
     dense_mlp_cost,
@@ -33,7 +35,7 @@ GROUPED_GEMM_EFFICIENCY = 0.7
 
 @dataclass(frozen=True)
 class DecodeBudget:
-    """Every column of the seed's decode tables (times in ms per layer unless named otherwise).
+    """Every column of the article's decode tables (times in ms per layer unless named otherwise).
 
     ``attn_tp1_ms`` = batch x (GEMM/fp8 + attention/bf16); ``attn_tp{4,8}_ms`` = TP1/n + AR;
     ``attn_tp_ms`` is the chosen ``tp``.  ``dense_mla_ms`` = TP1 + KV load (dense layers),
@@ -44,6 +46,7 @@ class DecodeBudget:
 
     model: str
     gpu: str
+    convention: str
     batch: int
     kv_len: int
     tp: int
@@ -77,7 +80,7 @@ class DecodeBudget:
 
     @property
     def label(self) -> str:
-        """The seed's column label, e.g. ``H20(TP4)``."""
+        """The article's column label, e.g. ``H20(TP4)``."""
         return f"{self.gpu}(TP{self.tp})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,7 +90,7 @@ class DecodeBudget:
 
 
 def choose_decode_tp(attn_tp1_ms: float, attn_tp4_ms: float) -> int:
-    """The seed's rule: TP1 unless TP4 is faster, then TP4.  (Its H20-3e TP8 is a memory choice
+    """The article's rule: TP1 unless TP4 is faster, then TP4.  (Its H20-3e TP8 is a memory choice
     made by name; pass ``tp=8`` for it.)"""
     return 4 if attn_tp1_ms > attn_tp4_ms else 1
 
@@ -104,12 +107,22 @@ def compute_decode(
     expert_efficiency: float = GROUPED_GEMM_EFFICIENCY,
     gemm_precision: str = "fp8",
     attn_precision: str = "bf16",
+    experts_per_gpu: float = 2,
+    convention: str = DEFAULT_CONVENTION,
 ) -> DecodeBudget:
-    """The seed's ``decoding_time`` for one GPU type and batch size.
+    """The article's ``decoding_time`` for one GPU type and batch size.
 
     ``tp`` None applies ``choose_decode_tp``.  ``comm_sm`` defaults to 0 (decode communication
-    occupies no SMs in the seed), whatever the GPU's prefill reservation is.
+    occupies no SMs in the article), whatever the GPU's prefill reservation is.
+
+    ``convention`` ``zartbot-2025`` gives the article's tables (FLOPs plus the KV-cache read).
+    ``complete`` (default) takes each op at max(FLOPs, HBM bytes): the attention op reads the
+    FP8 KV cache and its weights, the dense MLP and shared expert their weights, the routed
+    experts the weights of those of the GPU's ``experts_per_gpu`` experts that receive rows
+    (the article's decode deployment, section 3.2: 2 per GPU); its all-reduce moves batch x dim
+    x 2 bytes (the article's expression uses kv_len).
     """
+    conv = check_convention(convention)
     for key, value in (("batch", batch), ("kv_len", kv_len)):
         if not value > 0:
             raise UsageError(f"{key} must be positive (got {value})")
@@ -121,42 +134,56 @@ def compute_decode(
     # q_len 1 per sequence, all keys cached (kv_cache_rate 1), batch sequences.
     attn = attention_costs(
         model, gpu, 1, kv_len, batch=batch, kv_cache_rate=1.0, absorbed=absorbed, comm_sm=comm_sm,
-        gemm_precision=gemm_precision, attn_precision=attn_precision,
+        gemm_precision=gemm_precision, attn_precision=attn_precision, convention=conv,
     )
     tp1 = attn[0].ms + attn[1].ms
-    ar = allreduce_cost(gpu, F.tp_allreduce_bytes(model, kv_len))
-    tp4 = tp1 / 4 + ar.ms
-    tp8 = tp1 / 8 + ar.ms
-    chosen = choose_decode_tp(tp1, tp4) if tp is None else tp
-    attn_tp = tp1 if chosen == 1 else tp1 / chosen + ar.ms
-    kv = kv_load_cost(model, gpu, kv_len, batch)
-    kv16 = kv_load_cost(model, gpu, kv_len, batch, bytes_per_value=2)
-    mlp = dense_mlp_cost(model, gpu, batch, comm_sm=comm_sm, precision=gemm_precision)
+    ar = allreduce_cost(gpu, F.tp_allreduce_bytes(model, kv_len if conv != "complete" else batch), convention=conv)
 
-    ops: list[OpCost] = [op.scaled(1 / chosen) for op in attn]
+    def at_tp(n: int) -> tuple[float, list[OpCost]]:
+        if n == 1:
+            return tp1, list(attn)
+        if conv != "complete":
+            return tp1 / n + ar.ms, [op.scaled(1 / n) for op in attn]
+        split = attention_costs(model, gpu, 1, kv_len, batch=batch, kv_cache_rate=1.0, absorbed=absorbed,
+                                comm_sm=comm_sm, tp=n, gemm_precision=gemm_precision, attn_precision=attn_precision,
+                                convention=conv)
+        return split[0].ms + split[1].ms + ar.ms, split
+
+    tp4, tp8 = at_tp(4)[0], at_tp(8)[0]
+    chosen = choose_decode_tp(tp1, tp4) if tp is None else tp
+    attn_tp, attn_ops = at_tp(chosen)
+    kv = kv_load_cost(model, gpu, kv_len, batch, convention=conv)
+    kv16 = kv_load_cost(model, gpu, kv_len, batch, bytes_per_value=2, convention=conv)
+    mlp = dense_mlp_cost(model, gpu, batch, comm_sm=comm_sm, precision=gemm_precision, convention=conv)
+    # the article adds the KV read to the attention; the complete attention op already reads it
+    kv_extra = kv.ms if conv != "complete" else 0.0
+
+    ops: list[OpCost] = attn_ops
     if chosen > 1:
         ops.append(ar)
-    ops.append(kv)
+    if conv != "complete":
+        ops.append(kv)
     shared_ms = routed_ms = dispatch_ms = combine_ms = 0.0
     if model.is_moe and model.n_moe_layers > 0:
         shared, routed, dispatch, combine = moe_costs(
-            model, gpu, shared_rows=batch * model.n_shared_experts, routed_rows=batch * model.n_activated_experts,
-            dispatch_bytes=F.decode_dispatch_bytes(model, batch), comm_sm=comm_sm, precision=gemm_precision,
-            efficiency=expert_efficiency,
+            model, gpu, shared_tokens=batch, routed_rows=batch * model.n_activated_experts,
+            local_experts=experts_per_gpu, dispatch_bytes=F.decode_dispatch_bytes(model, batch), comm_sm=comm_sm,
+            precision=gemm_precision, efficiency=expert_efficiency, convention=conv,
         )
         ops += [shared, routed, dispatch, combine]
         shared_ms, routed_ms, dispatch_ms, combine_ms = shared.ms, routed.ms, dispatch.ms, combine.ms
     else:
         ops.append(mlp)
 
-    dense_mla = tp1 + kv.ms
-    sparse_mla = attn_tp + kv.ms
+    dense_mla = tp1 + kv_extra
+    sparse_mla = attn_tp + kv_extra
     n_dense, n_moe = model.n_dense_layers, model.n_moe_layers
     tpot_o = (dense_mla + mlp.ms) * n_dense + (sparse_mla + shared_ms + routed_ms) * n_moe
     tpot = tpot_o + (dispatch_ms + combine_ms) * n_moe
     return DecodeBudget(
         model=model.name,
         gpu=gpu.name,
+        convention=conv,
         batch=batch,
         kv_len=kv_len,
         tp=chosen,
@@ -203,14 +230,14 @@ def max_decode_batch(
     mem_util: float = 0.9,
     other_params_gb: float | None = None,
 ) -> float:
-    """Largest per-GPU decode batch whose KV cache fits (the seed's ``_decoding_batchsize``).
+    """Largest per-GPU decode batch whose KV cache fits (the article's ``_decoding_batchsize``).
 
     Memory left = hbm_gb x mem_util - other weights - MLA weights x n_layers / tp - expert
     weights x n_moe_layers x experts_per_gpu (FP8, 1 byte per parameter, millions / 1024 read
-    as GB as in the seed); each sequence holds (kv_len + decode_len) x 576 x n_layers x tp
+    as GB as in the article); each sequence holds (kv_len + decode_len) x 576 x n_layers x tp
     values (TP ranks each keep the full latent cache).  ``other_params_gb`` (embeddings, lm_head,
-    dense MLPs, gates) defaults to a count from the model; the seed used 2.91.  Parameter counts
-    follow the seed's sources: standard MLA and experts with biases (187.17M, 44.05M), absorbed
+    dense MLPs, gates) defaults to a count from the model; the article used 2.91.  Parameter counts
+    follow the article's sources: standard MLA and experts with biases (187.17M, 44.05M), absorbed
     MLA without (598.15M).
     """
     mla_m = F.mla_params(model, absorbed=absorbed, bias=not absorbed) / 1e6

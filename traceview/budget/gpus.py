@@ -1,4 +1,4 @@
-"""GPU specs for the budget: the ``GPUSpec`` dataclass (the seed's ``GPU_perf``) and its loaders.
+"""GPU specs for the budget: the ``GPUSpec`` dataclass (the article's ``GPU_perf``) and its loaders.
 
 Specs are data (``data/gpus.toml``), selectable by name case-insensitively and overridable or
 extendable from a user TOML file of the same format.
@@ -7,6 +7,8 @@ extendable from a user TOML file of the same format.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,7 +18,8 @@ from traceview.errors import TraceError, UsageError
 
 from . import _toml
 
-__all__ = ["GPUSpec", "Precision", "Link", "load_gpus", "get_gpu", "PRECISIONS", "LINKS"]
+__all__ = ["GPUSpec", "Precision", "Link", "load_gpus", "get_gpu", "gpu_from_device", "describe_device", "PRECISIONS",
+           "LINKS"]
 
 Precision = Literal["fp8", "bf16", "fp16"]
 Link = Literal["nvlink", "scaleout", "hbm"]
@@ -26,11 +29,11 @@ LINKS: tuple[str, ...] = ("nvlink", "scaleout", "hbm")
 
 @dataclass(frozen=True)
 class GPUSpec:
-    """One GPU's peaks and the seed's derating (``GPU_perf``).
+    """One GPU's peaks and the article's derating (``GPU_perf``).
 
     Rates are effective: ``peak * discount * (sm - comm_sm) / sm`` for tensor FLOPs (SMs given to
     communication kernels do no math), ``peak * discount`` for bandwidths.  ``comm_sm`` is the
-    prefill reservation; the phase functions pass ``comm_sm=0`` for decode as the seed does.
+    prefill reservation; the phase functions pass ``comm_sm=0`` for decode as the article does.
     """
 
     name: str
@@ -45,6 +48,8 @@ class GPUSpec:
     discount: float = 0.85
     source: str = field(default="", compare=False)
     aliases: tuple[str, ...] = field(default=(), compare=False)
+    family: str = field(default="", compare=False)  # model number in a device name (H100, MI300X)
+    form: str = field(default="", compare=False)  # SXM, PCIe, NVL, OAM
 
     def __post_init__(self) -> None:
         if self.sm <= 0:
@@ -74,15 +79,15 @@ class GPUSpec:
         return self.peak_tflops(precision) * self.discount * (self.sm - reserved) / self.sm
 
     def fp8_rate(self, comm_sm: int | None = None) -> float:
-        """The seed's ``get_fp8_flops``."""
+        """The article's ``get_fp8_flops``."""
         return self.flops_rate("fp8", comm_sm)
 
     def bf16_rate(self, comm_sm: int | None = None) -> float:
-        """The seed's ``get_fp16_flops``."""
+        """The article's ``get_fp16_flops``."""
         return self.flops_rate("bf16", comm_sm)
 
     def hbm_rate(self) -> float:
-        """Effective memory bandwidth, GB/s (the seed's ``get_mem_bw``)."""
+        """Effective memory bandwidth, GB/s (the article's ``get_mem_bw``)."""
         return self.hbm_gbps * self.discount
 
     def nvlink_rate(self) -> float:
@@ -90,7 +95,7 @@ class GPUSpec:
         return self.nvlink_gbps * self.discount
 
     def scaleout_rate(self) -> float:
-        """Effective scale-out bandwidth per GPU, GB/s (the seed's ``get_pcie_bw``)."""
+        """Effective scale-out bandwidth per GPU, GB/s (the article's ``get_pcie_bw``)."""
         return self.scaleout_gbps * self.discount
 
     def link_rate(self, link: Link | str) -> float:
@@ -138,7 +143,7 @@ def _check_table(name: str, table: Any, source: object) -> dict[str, Any]:
     if unknown:
         raise TraceError(source, f"[{name}] unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(_FIELDS))})")
     for key, value in table.items():
-        if key in ("source",):
+        if key in ("source", "family", "form"):
             if not isinstance(value, str):
                 raise TraceError(source, f"[{name}] {key} must be a string")
         elif key == "aliases":
@@ -204,3 +209,54 @@ def get_gpu(name: str, user_file: str | Path | None = None) -> GPUSpec:
     if canon is None:
         raise UsageError(f"unknown GPU {name!r} (known: {', '.join(gpus)}; add it with --gpu-file)")
     return gpus[canon]
+
+
+# longest first, so H200 is not read as H20 nor A100 as A10
+_FAMILY = re.compile(r"(?i)(?<![A-Z0-9])(GB200|B200|H200|H100|H800|H20|A100|A10|L40S|MI355X|MI325X|MI300X)(?![0-9])")
+
+
+def describe_device(props: dict[str, Any]) -> str:
+    """'NVIDIA H200, 132 SMs, 139.8 GiB' from a Kineto ``deviceProperties`` entry."""
+    parts = [str(props.get("name") or "unnamed device")]
+    if isinstance(props.get("numSms"), int):
+        parts.append(f"{props['numSms']} SMs")
+    if isinstance(props.get("totalGlobalMem"), (int, float)):
+        parts.append(f"{props['totalGlobalMem'] / 2**30:.1f} GiB")
+    return ", ".join(parts)
+
+
+def gpu_from_device(props: dict[str, Any], user_file: str | Path | None = None) -> GPUSpec | None:
+    """The spec of a trace's ``deviceProperties`` entry (name, numSms, totalGlobalMem), or None
+    when no known family is in its name.  Within a family the form named in the device name
+    (PCIe, NVL) wins, then the spec whose SM count equals numSms, then the nearest memory size
+    (H20 96 GB vs H20-3e 141 GB)."""
+    name = str(props.get("name") or "")
+    m = _FAMILY.search(name)
+    sms, mem = props.get("numSms"), props.get("totalGlobalMem")
+    gpus = load_gpus(user_file).values()
+    if m:
+        family = m.group(1).upper()
+        cands = [g for g in gpus if g.family.upper() == family]
+    elif not name.strip() and isinstance(sms, int) and isinstance(mem, (int, float)) and mem > 0:
+        # no name (some ROCm captures): the SM count and a memory size within 10% must both fit
+        cands = [g for g in gpus if g.sm == sms and _mem_distance(mem, g) < math.log(1.1)]
+    else:
+        return None
+    if not cands:
+        return None
+    upper = name.upper()
+    named_form = "PCIE" if "PCIE" in upper else "NVL" if "NVL" in upper else None
+    if named_form:
+        cands = [g for g in cands if g.form.upper() == named_form] or cands
+    else:
+        cands = [g for g in cands if g.form.upper() not in ("PCIE", "NVL")] or cands
+    if isinstance(sms, int):
+        cands = [g for g in cands if g.sm == sms] or cands
+    if isinstance(mem, (int, float)) and mem > 0:
+        cands.sort(key=lambda g: _mem_distance(mem, g))
+    return cands[0]
+
+
+def _mem_distance(mem_bytes: float, g: GPUSpec) -> float:
+    """How far totalGlobalMem (bytes, a little under the marketed size in GB or GiB) is from hbm_gb."""
+    return min(abs(math.log(mem_bytes / 1e9 / g.hbm_gb)), abs(math.log(mem_bytes / 2**30 / g.hbm_gb)))

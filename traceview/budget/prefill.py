@@ -1,10 +1,10 @@
-"""The prefill budget of seeds/001 (section 2): per-layer op times, the per-DP-group total with
+"""The prefill budget of zartbot (2025-03) (section 2): per-layer op times, the per-DP-group total with
 and without communication overlap, and per-node throughput.
 
-The seed's deployment: DP groups of ``tp`` GPUs each prefill ``seq_len`` tokens; the first
+The article's deployment: DP groups of ``tp`` GPUs each prefill ``seq_len`` tokens; the first
 ``n_dense_layers`` run MLA at TP1 plus the dense MLP, the MoE layers run MLA at TP``tp`` plus the
 shared and routed experts (EP over all tp x dp GPUs) and the dispatch/combine all-to-all over
-the scale-out network.  As the seed's tables were computed, MLA uses q_len = kv_len = seq_len
+the scale-out network.  As the article's tables were computed, MLA uses q_len = kv_len = seq_len
 with the KV-cache hit rate discounting only the KV down-projection, and the dense MLP runs all
 seq_len tokens.
 """
@@ -20,14 +20,14 @@ from traceview.errors import UsageError
 from . import flops as F
 from .gpus import GPUSpec
 from .models import ModelConfig
-from .ops import MIB, OpCost, allreduce_cost, attention_costs, dense_mlp_cost, moe_costs
+from .ops import DEFAULT_CONVENTION, MIB, OpCost, allreduce_cost, attention_costs, check_convention, dense_mlp_cost, moe_costs
 
 __all__ = ["PrefillBudget", "compute_prefill"]
 
 
 @dataclass(frozen=True)
 class PrefillBudget:
-    """Every column of the seed's prefill tables (times in ms, per DP group of seq_len tokens).
+    """Every column of the article's prefill tables (times in ms, per DP group of seq_len tokens).
 
     ``attn_tp1_ms`` is the table's "MLA TP1", ``attn_tp_ms`` its "MLA TP<tp>" (TP1 / tp + the
     all-reduce; equal to TP1 when tp = 1).  ``sum_overlap_ms`` assumes dispatch/combine fully
@@ -37,6 +37,7 @@ class PrefillBudget:
 
     model: str
     gpu: str
+    convention: str
     seq_len: int
     kv_cache_rate: float
     tp: int
@@ -86,15 +87,18 @@ def compute_prefill(
     gemm_precision: str = "fp8",
     attn_precision: str = "bf16",
     expert_efficiency: float = 1.0,
+    convention: str = DEFAULT_CONVENTION,
 ) -> PrefillBudget:
-    """The seed's ``prefill_time_sum`` for one GPU type (defaults: its TP4 x DP8 case).
+    """The article's ``prefill_time_sum`` for one GPU type (defaults: its TP4 x DP8 case).
 
-    ``num_nodes`` defaults to tp x dp / gpus_per_node (4 in the seed; fractional when the
+    ``num_nodes`` defaults to tp x dp / gpus_per_node (4 in the article; fractional when the
     deployment is smaller than a node, i.e. per-node throughput of a node filled with such
     groups).  ``dispatch_nodes`` - the nodes one token's experts span - defaults to
-    min(topk_group, nodes) (4 in the seed: node-limited routing).  ``comm_sm`` defaults to the
-    GPU's prefill reservation (H800 24, H20 10).
+    min(topk_group, nodes) (4 in the article: node-limited routing).  ``comm_sm`` defaults to the
+    GPU's prefill reservation (H800 24, H20 10).  ``convention`` ``zartbot-2025`` gives the
+    article's tables; ``complete`` (default) also counts each op's HBM bytes (``ops`` module).
     """
+    conv = check_convention(convention)
     _check_positive(seq_len=seq_len, tp=tp, dp=dp, gpus_per_node=gpus_per_node)
     if not 0 <= kv_cache_rate <= 1:
         raise UsageError(f"kv_cache_rate must be within 0..1 (got {kv_cache_rate})")
@@ -112,12 +116,19 @@ def compute_prefill(
 
     attn = attention_costs(
         model, gpu, seq_len, seq_len, kv_cache_rate=kv_cache_rate, comm_sm=reserved,
-        gemm_precision=gemm_precision, attn_precision=attn_precision,
+        gemm_precision=gemm_precision, attn_precision=attn_precision, convention=conv,
     )
     attn_tp1 = attn[0].ms + attn[1].ms
-    ar = allreduce_cost(gpu, F.tp_allreduce_bytes(model, seq_len))
-    attn_tp = attn_tp1 if tp == 1 else attn_tp1 / tp + ar.ms
-    mlp = dense_mlp_cost(model, gpu, seq_len, comm_sm=reserved, precision=gemm_precision)
+    ar = allreduce_cost(gpu, F.tp_allreduce_bytes(model, seq_len), convention=conv)
+    if tp == 1:
+        attn_tp = attn_tp1
+    elif conv == "complete":  # each rank: 1/tp of the heads' work and weights (op by op), then the AR
+        split = attention_costs(model, gpu, seq_len, seq_len, kv_cache_rate=kv_cache_rate, comm_sm=reserved, tp=tp,
+                                gemm_precision=gemm_precision, attn_precision=attn_precision, convention=conv)
+        attn_tp = split[0].ms + split[1].ms + ar.ms
+    else:
+        attn_tp = attn_tp1 / tp + ar.ms
+    mlp = dense_mlp_cost(model, gpu, seq_len, comm_sm=reserved, precision=gemm_precision, convention=conv)
 
     ops: list[OpCost] = [*attn]
     if tp > 1:
@@ -126,12 +137,14 @@ def compute_prefill(
     shared_ms = routed_ms = dispatch_ms = combine_ms = 0.0
     if model.is_moe and model.n_moe_layers > 0:
         n_device = tp * dp
-        shared_tokens = dp * seq_len / n_device * model.n_shared_experts
+        shared_tokens = dp * seq_len / n_device
         routed_rows = seq_len * dp * model.n_activated_experts / n_device
         shared, routed, dispatch, combine = moe_costs(
-            model, gpu, shared_rows=shared_tokens, routed_rows=routed_rows,
+            model, gpu, shared_tokens=shared_tokens, routed_rows=routed_rows,
+            local_experts=model.n_routed_experts / n_device,
             dispatch_bytes=F.prefill_dispatch_bytes(model, seq_len, tp, dispatch_nodes, gpus_per_node),
             comm_sm=reserved, precision=gemm_precision, efficiency=expert_efficiency, n_gpus=gpus_per_node,
+            convention=conv,
         )
         ops += [shared, routed, dispatch, combine]
         shared_ms, routed_ms, dispatch_ms, combine_ms = shared.ms, routed.ms, dispatch.ms, combine.ms
@@ -145,6 +158,7 @@ def compute_prefill(
     return PrefillBudget(
         model=model.name,
         gpu=gpu.name,
+        convention=conv,
         seq_len=seq_len,
         kv_cache_rate=kv_cache_rate,
         tp=tp,

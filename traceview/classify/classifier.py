@@ -6,7 +6,7 @@ import polars as pl
 
 from ..load.trace import Trace
 from .launch import attach_launches, enclosing_ranges
-from .rules import ROLES, RuleSet, load_rules
+from .rules import ROLES, RuleSet, load_rules, searchable
 
 ROLE_DTYPE = pl.Enum(list(ROLES))
 
@@ -27,6 +27,7 @@ def classify(trace: Trace, rules: RuleSet | None = None) -> pl.DataFrame:
     ], dtype=pl.Utf8))
     gpu = gpu.join(mapping, on=["name", "kind"], how="left", nulls_equal=True, maintain_order="left")
     gpu = _apply_context(trace, gpu, rules)
+    gpu = _apply_position(gpu, rules)
     roles = {c: rules.role(c) for c in gpu["category"].unique().to_list()}
     return gpu.with_columns(
         pl.col("category").cast(pl.Categorical),
@@ -62,7 +63,7 @@ def _apply_context(trace: Trace, gpu: pl.DataFrame, rules: RuleSet) -> pl.DataFr
     names = enc["name"].unique()
     hit_cols = []
     for i, rule in enumerate(rules.context):
-        matched = [n for n in names.to_list() if rule.pattern.search(n)]
+        matched = [n for n in names.to_list() if rule.pattern.search(searchable(n))]
         hit_cols.append(pl.col("name").is_in(matched).any().alias(f"ctx{i}"))
     hits = enc.group_by("point").agg(hit_cols)
     cat_of_point = points.select(pl.col("row").alias("point"), "category").join(hits, on="point")
@@ -73,3 +74,27 @@ def _apply_context(trace: Trace, gpu: pl.DataFrame, rules: RuleSet) -> pl.DataFr
     relabel = cat_of_point.select(pl.col("point").alias("row"), new_cat.alias("_ctx")).filter(pl.col("_ctx").is_not_null())
     return gpu.join(relabel, on="row", how="left").with_columns(
         pl.coalesce("_ctx", "category").alias("category")).drop("_ctx")
+
+
+def _apply_position(gpu: pl.DataFrame, rules: RuleSet) -> pl.DataFrame:
+    """All-to-all still unnamed after the context rules: dispatch when the last anchor launched
+    before it on its CPU thread is not an expert GEMM, combine when it is."""
+    pos = rules.position
+    if pos is None or not gpu["category"].is_in(list(pos.experts)).any():
+        return gpu
+    if not gpu["category"].is_in(list(pos.from_categories)).any():
+        return gpu
+    anchors = list(pos.experts | pos.anchors)
+    order = (gpu.filter(pl.col("launch_ts").is_not_null())
+             .select("row", "launch_pid", "launch_tid", "launch_ts", "ts", "category")
+             .sort("launch_ts", "ts", "row")
+             .with_columns(pl.when(pl.col("category").is_in(anchors)).then(pl.col("category"))
+                           .otherwise(None).alias("_anchor"))
+             .with_columns(pl.col("_anchor").forward_fill().over(["launch_pid", "launch_tid"]).alias("_prev")))
+    relabel = order.filter(pl.col("category").is_in(list(pos.from_categories)) & pl.col("_prev").is_not_null()).select(
+        "row", pl.when(pl.col("_prev").is_in(list(pos.experts))).then(pl.lit(pos.after_experts))
+        .otherwise(pl.lit(pos.before_experts)).alias("_pos"))
+    if relabel.height == 0:
+        return gpu
+    return gpu.join(relabel, on="row", how="left").with_columns(
+        pl.coalesce("_pos", "category").alias("category")).drop("_pos")

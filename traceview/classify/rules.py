@@ -14,9 +14,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..errors import UsageError
+from .names import function_name, own_name
 
 ROLES = ("compute", "comm", "memory")
 UNCLASSIFIED = "unclassified"
+
+
+#: what part of a kernel name a rule's pattern is searched in (see names.py)
+MATCH_ON = ("name", "template")
+_KERNEL_KINDS = ("gpu_memcpy", "gpu_memset")
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,7 @@ class Rule:
     pattern: re.Pattern
     category: str
     kinds: tuple[str, ...] = ()
+    match: str = "name"   # "name": the kernel's own name; "template": with template arguments
 
 
 @dataclass(frozen=True)
@@ -33,20 +40,39 @@ class ContextRule:
     from_categories: frozenset[str]
 
 
+@dataclass(frozen=True)
+class PositionRule:
+    """Dispatch/combine from launch order (see [position] in rules.toml)."""
+
+    from_categories: frozenset[str]
+    experts: frozenset[str]
+    anchors: frozenset[str]
+    before_experts: str
+    after_experts: str
+
+
 @dataclass
 class RuleSet:
     """Ordered name rules, launch-context rules, and each category's role and help text."""
 
     rules: list[Rule] = field(default_factory=list)
     context: list[ContextRule] = field(default_factory=list)
+    position: PositionRule | None = None
     roles: dict[str, str] = field(default_factory=dict)
     help: dict[str, str] = field(default_factory=dict)
 
     def classify_name(self, name: str, kind: str) -> str:
+        """Category of one GPU event name: the first rule whose pattern is found in the part
+        of the name the rule looks at (memcpy/memset names are used as they are)."""
+        name = searchable(name)
+        if kind in _KERNEL_KINDS:
+            seen = {"name": name, "template": name}
+        else:
+            seen = {"name": own_name(name), "template": function_name(name)}
         for r in self.rules:
             if r.kinds and kind not in r.kinds:
                 continue
-            if r.pattern.search(name):
+            if r.pattern.search(seen[r.match]):
                 return r.category
         return UNCLASSIFIED
 
@@ -55,6 +81,7 @@ class RuleSet:
 
     def matches_context(self, name: str) -> bool:
         """Could a context rule use this CPU range's name? (pre-filters CPU ops)."""
+        name = searchable(name)
         return any(c.pattern.search(name) for c in self.context)
 
 
@@ -72,12 +99,24 @@ def _parse(data: dict, source: str) -> RuleSet:
         rs.roles[name] = role
         rs.help[name] = str(spec.get("help", ""))
     for i, spec in enumerate(data.get("rule", [])):
+        match = spec.get("match", "name") if isinstance(spec, dict) else "name"
+        if match not in MATCH_ON:
+            raise UsageError(f"{source}: rule {i + 1}: match = {match!r}; use one of {', '.join(MATCH_ON)}")
         rs.rules.append(Rule(_regex(spec, source, f"rule {i + 1}"), _category(spec, source, f"rule {i + 1}"),
-                             tuple(spec.get("kinds", ()))))
+                             tuple(spec.get("kinds", ())), match))
     for i, spec in enumerate(data.get("context", [])):
         rs.context.append(ContextRule(_regex(spec, source, f"context rule {i + 1}"),
                                       _category(spec, source, f"context rule {i + 1}"),
                                       frozenset(spec.get("from", ()))))
+    pos = data.get("position")
+    if pos is not None:
+        if not isinstance(pos, dict):
+            raise UsageError(f"{source}: [position] must be a table")
+        try:
+            rs.position = PositionRule(frozenset(pos["from"]), frozenset(pos["experts"]), frozenset(pos.get("anchors", ())),
+                                       str(pos["before_experts"]), str(pos["after_experts"]))
+        except KeyError as e:
+            raise UsageError(f"{source}: [position] needs {e.args[0]!r}") from None
     return rs
 
 
@@ -125,4 +164,16 @@ def load_rules(user_file: str | Path | None = None) -> RuleSet:
             n = i + 1 if i < len(user.rules) else i - len(user.rules) + 1
             raise UsageError(f"{path}: {kind} {n}: category {r.category!r} is not declared: add it under "
                              f'[categories] ("{r.category}" = {{ role = "compute" }}) or use a known one')
-    return RuleSet(user.rules + base.rules, user.context + base.context, roles, helps)
+    return RuleSet(user.rules + base.rules, user.context + base.context, user.position or base.position, roles, helps)
+
+
+#: Names longer than this are matched on their first and last halves of it: real kernel names
+#: are a few KB at most, and a pattern's backtracking over a 500 MB name would never end.
+SEARCHABLE_CHARS = 1 << 16
+
+
+def searchable(name: str) -> str:
+    if len(name) <= SEARCHABLE_CHARS:
+        return name
+    half = SEARCHABLE_CHARS // 2
+    return name[:half] + " … " + name[-half:]

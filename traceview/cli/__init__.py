@@ -6,11 +6,13 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from ..load.native import describe as describe_decoder
 from .analyze import analyze_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="traceview")
+@click.version_option(__version__, prog_name="traceview",
+                      message=f"%(prog)s %(version)s (decoder: {describe_decoder()})")
 def main() -> None:
     """traceview: where the GPU time goes in LLM inference traces (PyTorch profiler / Chrome JSON)."""
 
@@ -30,5 +32,6 @@ def _register(module: str, attr: str) -> None:
     main.add_command(getattr(mod, attr))
 
 
-for _module, _attr in (("budget", "budget"), ("report", "report_cmd"), ("gate", "gate_cmd"), ("diff", "diff_cmd")):
+for _module, _attr in (("budget", "budget"), ("report", "report_cmd"), ("gate", "gate_cmd"), ("diff", "diff_cmd"),
+                      ("annotate", "annotate_cmd")):
     _register(_module, _attr)

@@ -25,6 +25,7 @@ from traceview.budget import (
     load_gpus,
     load_model,
 )
+from traceview.budget.ops import CONVENTIONS, DEFAULT_CONVENTION
 from traceview.errors import TraceError, UsageError
 
 __all__ = ["budget"]
@@ -65,6 +66,11 @@ def _parse_tp(text: str | None, default: int | None) -> int | None:
 @click.option("--gpu", "gpu_names", default="H800", show_default=True, metavar="NAME[,NAME...]",
               help="GPU name(s), case-insensitive, comma-separated for side-by-side columns.")
 @click.option("--phase", type=click.Choice(["prefill", "decode"]), default="prefill", show_default=True)
+@click.option("--convention", type=click.Choice(list(CONVENTIONS)), default=DEFAULT_CONVENTION, show_default=True,
+              help="complete: every op at max(FLOPs, HBM bytes of weights, KV cache and activations); "
+                   "zartbot-2025: the article's FLOP-only model, reproducing its tables.")
+@click.option("--experts-per-gpu", type=float, default=2, show_default=True,
+              help="Decode, complete convention: routed experts each GPU holds (their weights are read when hit).")
 @click.option("--seq-len", type=int, default=4383, show_default=True,
               help="Prefill: tokens per DP group (q_len = kv_len). Decode: KV length per sequence.")
 @click.option("--kv-cache-rate", type=float, default=0.563, show_default=True,
@@ -96,6 +102,8 @@ def budget(
     model_name: str,
     gpu_names: str,
     phase: str,
+    convention: str,
+    experts_per_gpu: float,
     seq_len: int,
     kv_cache_rate: float,
     tp_text: str | None,
@@ -116,7 +124,7 @@ def budget(
     list_only: bool,
 ) -> None:
     """Modeled per-layer times, step totals and throughput of LLM inference (DeepSeek-V3/R1 model
-    of zartbot, "DeepSeek-V3/R1 推理效率分析" (2025-03): GFLOP / TFLOP/s and MiB / GB/s read as ms).
+    of zartbot, "DeepSeek-V3/R1 推理效率分析" (2025-03), complete by default: FLOPs and HBM bytes per op).
 
     \b
     traceview budget --gpu H800,H20 --phase prefill --seq-len 4383 --kv-cache-rate 0.563 --tp 4 --dp 8
@@ -143,6 +151,7 @@ def budget(
                     gpus_per_node=gpus_per_node, num_nodes=nodes, dispatch_nodes=dispatch_nodes,
                     comm_sm=comm_sm, gemm_precision=gemm_precision,
                     expert_efficiency=1.0 if expert_efficiency is None else expert_efficiency,
+                    convention=convention,
                 )
                 for g in gpus
             ]
@@ -155,7 +164,8 @@ def budget(
             results = [
                 compute_decode(
                     model, g, batch=b, kv_len=seq_len, tp=tp, comm_sm=comm_sm or 0,
-                    absorbed=not standard_mla, gemm_precision=gemm_precision, **kw,
+                    absorbed=not standard_mla, gemm_precision=gemm_precision, convention=convention,
+                    experts_per_gpu=experts_per_gpu, **kw,
                 )
                 for g in gpus
                 for b in batches
@@ -166,6 +176,7 @@ def budget(
     if fmt == "json":
         doc = {
             "phase": phase,
+            "convention": convention,
             "model": model.to_dict(),
             "gpus": [g.to_dict() for g in gpus],
             "results": [r.to_dict() for r in results],
@@ -256,12 +267,12 @@ def _print_table(model: ModelConfig, gpus: list[GPUSpec], phase: str, results: S
         table.add_row(label, layers, *cells)
     width = max(100, 26 + 8 + sum(max(len(h), 10) + 3 for h in headers))
     console = Console(width=width if not sys.stdout.isatty() else None, highlight=False)
-    console.print(title, soft_wrap=True)
+    console.print(title + f" ({results[0].convention} convention)", soft_wrap=True)
     console.print(table)
-    if phase == "decode":  # the seed's model, reproduced as is: say what it leaves out
+    if phase == "decode" and results[0].convention == "zartbot-2025":  # the article's model: what it leaves out
         console.print("note: as in zartbot's analysis, decode counts FLOPs and the KV-cache read, not reading the weights "
-                      "from HBM; at small batches that read bounds a step (see the roofline column of "
-                      "'traceview analyze --model').", soft_wrap=True)
+                      "from HBM; at small batches that read bounds a step (the default convention, complete, counts it).",
+                      soft_wrap=True)
 
 
 def _print_list(gpu_file: Path | None, fmt: str) -> None:
@@ -276,5 +287,5 @@ def _print_list(gpu_file: Path | None, fmt: str) -> None:
     click.echo("gpus:")
     for name, g in gpus.items():
         fp8 = f"{g.fp8_tflops:g}" if g.fp8_tflops is not None else "-"
-        click.echo(f"  {name:<8} sm {g.sm:>3}  bf16 {g.bf16_tflops:>6g}  fp8 {fp8:>6}  HBM {g.hbm_gb:g} GB "
+        click.echo(f"  {name:<10} sm {g.sm:>3}  bf16 {g.bf16_tflops:>6g}  fp8 {fp8:>6}  HBM {g.hbm_gb:g} GB "
                    f"{g.hbm_gbps:g} GB/s  NVLink {g.nvlink_gbps:g}  scale-out {g.scaleout_gbps:g}")

@@ -14,10 +14,13 @@ from ..errors import TraceError, UsageError
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
 
-def error_line(message: str) -> None:
-    """One line, whatever the message holds (a file name with a newline, escapes in a trace string)."""
-    from ..report.text import one_line
+def error_line(message: "str | TraceError") -> None:
+    """One line, whatever the message holds (a file name with a newline, escapes in a trace string);
+    a ``TraceError``'s file name is shown with its controls escaped (``\\n``, ``\\xff``)."""
+    from ..report.text import display_path, one_line
 
+    if isinstance(message, TraceError):
+        message = f"{display_path(message.path)}: {one_line(message.reason)}"
     click.echo(f"traceview: error: {one_line(message)}", err=True)
 
 
@@ -38,7 +41,7 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except TraceError as e:
-            error_line(str(e))
+            error_line(e)
             sys.exit(EXIT_INPUT)
         except UsageError as e:
             error_line(str(e))
@@ -113,7 +116,12 @@ def budget_options(f):
     opts = [
         click.option("--model", help="Reconcile against the budget model: a model name (deepseek-v3, ...) or a "
                                      "config.json."),
-        click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...)."),
+        click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...) [default: from the "
+                                               "trace's deviceProperties; a --gpu that contradicts it is used with a "
+                                               "warning]."),
+        click.option("--convention", type=click.Choice(["complete", "zartbot-2025"]), default="complete",
+                     show_default=True, help="Budget model: complete (FLOPs and HBM bytes per op) or zartbot-2025 "
+                                             "(the article's FLOP-only model)."),
         click.option("--gpu-file", type=click.Path(dir_okay=False), help="TOML file of extra/overriding GPU specs."),
         click.option("--phase", type=click.Choice(["prefill", "decode"]),
                      help="Budget phase (default: from the trace's shapes)."),
@@ -128,13 +136,33 @@ def budget_options(f):
     return f
 
 
-def budget_settings(model, gpu_name, gpu_file, phase, precision, tokens, kv_len, n_seqs) -> dict | None:
-    """The keyword arguments of ``budget.reconcile.reconcile`` for the budget options (None without --model)."""
+def budget_settings(model, gpu_name, convention, gpu_file, phase, precision, tokens, kv_len, n_seqs) -> dict | None:
+    """The budget options as the keyword arguments of the budget reconciliation (None without --model);
+    without --gpu the GPU comes from the trace's deviceProperties."""
     if not (model or gpu_name):
         return None
-    if not (model and gpu_name):
-        raise UsageError("--model and --gpu go together")
+    if not model:
+        raise UsageError("--gpu goes with --model (the budget model to reconcile against)")
     from ..budget import get_gpu, load_model
 
-    return dict(model=load_model(model), gpu=get_gpu(gpu_name, gpu_file), phase=phase, precision=precision,
-                tokens=tokens, kv_len=kv_len, batch=n_seqs)
+    return dict(model=load_model(model), gpu=get_gpu(gpu_name, gpu_file) if gpu_name else None, phase=phase,
+                precision=precision, tokens=tokens, kv_len=kv_len, batch=n_seqs, convention=convention,
+                gpu_file=gpu_file)
+
+
+def engine_options(f):
+    """``--engine local|ray`` and ``--address``: where each rank file's map step runs."""
+    f = click.option("--address", metavar="ADDR",
+                     help="The Ray cluster for --engine ray: auto (the cluster this machine belongs to, the default), "
+                          "ray://HEAD:10001 (Ray Client), or local (start a private one-machine cluster).")(f)
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Where each rank file is analysed: local processes (--jobs), or Ray tasks, each on the "
+                             "node that holds the file (paths may be node-local; see docs/engines.md). Needs "
+                             "pip install \"traceview[ray]\".")(f)
+
+
+def check_engine(engine: str, address: str | None) -> None:
+    """Refuse an engine that cannot run here before any work (one line, exit 2)."""
+    from ..run.engine import make_engine
+
+    make_engine(engine, address=address)

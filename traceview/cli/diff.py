@@ -9,9 +9,8 @@ import orjson
 from rich.console import Console
 
 from ..errors import TraceError
-from ..gate.diff import diff_paths
-from ..gate.render import render_diff
-from ..report.text import one_line
+from ..compare import diff_paths, render_diff
+from ..report.text import display_path, json_dumps, one_line
 from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
                      segment_patterns, segments_option)
 from .gate import write_file
@@ -24,6 +23,9 @@ from .progress import LoadProgress
 @click.option("--kernels", is_flag=True, help="Add kernel-level detail: kernels matched by name + launch grid.")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(0, None),
               help="Rows per table (0: all).")
+@click.option("--pairs", type=click.IntRange(0, None), default=None,
+              help="GPU pairs shown in detail after the per-rank summary, those whose iteration time changed most "
+                   "(0: all; default: all up to 3 pairs, else 3).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: findings and tables; json: the traceview.diff/1 document.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write to this file.")
@@ -32,7 +34,7 @@ from .progress import LoadProgress
 @jobs_option
 @max_bytes_option
 @handle_errors
-def diff_cmd(base, new, kernels, top, fmt, output, rules_file, segments_file, jobs, max_bytes):
+def diff_cmd(base, new, kernels, top, pairs, fmt, output, rules_file, segments_file, jobs, max_bytes):
     """Compare two runs per GPU: iteration time, exposed communication, kernel categories, micro-batches,
     layers and phases, per iteration, sorted by impact, with the findings that explain the change.
 
@@ -42,11 +44,11 @@ def diff_cmd(base, new, kernels, top, fmt, output, rules_file, segments_file, jo
     result, errors = diff_paths([base], [new], rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
                                 patterns=segment_patterns(segments_file), progress=LoadProgress)
     for e in errors:
-        error_line(str(e))
+        error_line(e)
     warned = {g.file: g.warnings for p in result.pairs for g in (p.base, p.new) if g.warnings}
     for file, warnings in warned.items():  # a truncated side makes every per-iteration value suspect
         for w in warnings:
-            click.echo(one_line(f"traceview: warning: {file}: {w}"), err=True)
+            click.echo(f"traceview: warning: {display_path(file)}: {one_line(w)}", err=True)
     if not result.pairs:
         if not errors:
             error_line(f"{base}: no GPU to compare with {new}")
@@ -56,7 +58,7 @@ def diff_cmd(base, new, kernels, top, fmt, output, rules_file, segments_file, jo
         if not kernels:
             for p in doc["pairs"]:
                 p["kernels"] = None
-        text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
+        text = json_dumps(doc, orjson.OPT_INDENT_2) + "\n"
         if output:
             write_file(output, text)
         else:
@@ -68,7 +70,7 @@ def diff_cmd(base, new, kernels, top, fmt, output, rules_file, segments_file, jo
             raise TraceError(output, f"cannot write: {e.strerror or e}") from None
         try:
             console = Console(file=out, width=None if out.isatty() else 160)
-            render_diff(result, console, top=top, kernels=kernels)
+            render_diff(result, console, top=top, kernels=kernels, pairs=pairs)
         finally:
             if output:
                 out.close()

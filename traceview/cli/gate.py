@@ -13,6 +13,7 @@ from ..errors import TraceError
 from ..gate import config as gate_config
 from ..gate.checks import PER_CHOICES, run_gate
 from ..gate.junit import github_annotations, step_summary, to_junit
+from ..report.text import json_dumps
 from .common import (error_line, handle_errors, jobs_option, max_bytes_option, rules_option, segment_patterns,
                      segments_option)
 from .progress import LoadProgress
@@ -29,6 +30,9 @@ from .progress import LoadProgress
 @click.option("--max-exposed-of-comm", "max_exposed_of_comm", metavar="PCT",
               help="Fail when more than this share of the communication time is exposed (exposed ÷ comm; "
                    "a small share of a long iteration can still fail it).")
+@click.option("--max-wait", "max_wait", metavar="PCT",
+              help="A run (several rank traces): fail a rank whose exposed waiting for the other ranks is more than "
+                   "this share of its iteration (e.g. 5%); the line names the straggler.")
 @click.option("--by", "--per", "per", type=click.Choice(PER_CHOICES), default=None,
               help="Check each GPU (default), each micro-batch, each layer of each micro-batch and iteration, "
                    "each iteration, each phase (e.g. the combine) or each stage; as analyze --by "
@@ -59,7 +63,8 @@ from .progress import LoadProgress
 @jobs_option
 @max_bytes_option
 @handle_errors
-def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, max_exposed_of_comm, per, baseline, max_regression, min_regression_ms,
+def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, max_exposed_of_comm, max_wait, per, baseline, max_regression,
+             min_regression_ms,
              config_file, no_config, strict, fmt, output, junit_file, github, rules_file, segments_file, jobs, max_bytes):
     """Check traces against thresholds and exit 0 (pass), 1 (a check failed) or 2 (input not usable).
 
@@ -75,7 +80,7 @@ def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, max_exposed_of_comm, 
         found = gate_config.discover(".")
         cfg = gate_config.load(found, required=False) if found else {}
     flags = dict(max_exposed_comm=max_exposed_comm, max_exposed_comm_ms=max_exposed_comm_ms,
-                 max_exposed_of_comm=max_exposed_of_comm, per=per,
+                 max_exposed_of_comm=max_exposed_of_comm, max_wait=max_wait, per=per,
                  baseline=baseline, max_regression=max_regression, min_regression_ms=min_regression_ms,
                  strict=strict)
     thresholds = gate_config.thresholds(cfg, flags)
@@ -83,9 +88,9 @@ def gate_cmd(paths, max_exposed_comm, max_exposed_comm_ms, max_exposed_of_comm, 
                       patterns=segment_patterns(segments_file), progress=LoadProgress)
 
     for e in result.errors:
-        error_line(str(e))
+        error_line(e)
     if fmt == "json":
-        text = orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
+        text = json_dumps(result.to_dict(), orjson.OPT_INDENT_2) + "\n"
     else:
         text = "\n".join(result.lines()) + "\n"
     if output:

@@ -26,9 +26,11 @@ class LoadProgress:
             from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("loading {task.description}"), BarColumn(), DownloadColumn(),
+            self.bar = Progress(TextColumn("loading {task.description}", markup=False), BarColumn(), DownloadColumn(),
                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-            name = Path(paths[0]).name if len(paths) == 1 else f"{len(paths)} files"
+            from ..report.text import display_path
+
+            name = display_path(Path(paths[0]).name) if len(paths) == 1 else f"{len(paths)} files"
             self.task = self.bar.add_task(name, total=max(1, total))
 
     def __call__(self, path: Path, done: int, total: int) -> None:
@@ -57,3 +59,38 @@ def _size(p: Path) -> int:
         return os.path.getsize(p)
     except OSError:
         return 0
+
+
+class RankProgress:
+    """A bar counting rank files done, for engines whose files the driver may not see (Ray):
+    ``expect(n)`` once the files are found, then ``progress(path, 1, 1)`` per file done."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.bar = None
+        if enabled if enabled is not None else sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("analysing ranks"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task("ranks", total=None)
+        self.done = 0
+
+    def expect(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, total=n)
+
+    def __call__(self, path: Path, done: int, total: int) -> None:
+        if done >= total:
+            self.done += 1
+            if self.bar is not None:
+                self.bar.update(self.task, completed=self.done)
+
+    def __enter__(self) -> "RankProgress":
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

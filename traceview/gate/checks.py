@@ -88,6 +88,7 @@ class Thresholds:
     max_regression_pct: float | None = None
     min_regression_us: float = DEFAULT_MIN_REGRESSION_US
     strict: bool = False         # loader warnings (skipped/repaired events, truncation) fail the gate
+    max_wait_pct: float | None = None  # a run: exposed waiting for other ranks, % of the iteration, per rank
 
     def validate(self) -> "Thresholds":
         if self.per not in PER_CHOICES:
@@ -97,14 +98,14 @@ class Thresholds:
         if self.baseline and self.max_regression_pct is None:
             self.max_regression_pct = 5.0
         if not self.any():
-            raise UsageError("no thresholds: give --max-exposed-comm, --max-exposed-comm-ms, --max-exposed-of-comm "
-                             "or --baseline "
+            raise UsageError("no thresholds: give --max-exposed-comm, --max-exposed-comm-ms, --max-exposed-of-comm, "
+                             "--max-wait or --baseline "
                              "(or a [tool.traceview.gate] table in pyproject.toml / traceview.toml)")
         return self
 
     def any(self) -> bool:
         return any(v is not None for v in (self.max_exposed_comm_pct, self.max_exposed_comm_us,
-                                           self.max_exposed_of_comm_pct, self.baseline))
+                                           self.max_exposed_of_comm_pct, self.baseline, self.max_wait_pct))
 
     def exposed_checks(self) -> bool:
         return any(v is not None for v in (self.max_exposed_comm_pct, self.max_exposed_comm_us,
@@ -151,6 +152,7 @@ class CheckResult:
             "regression.span": "regression: iteration time (span)",
             "regression.category": f"regression: {self.category} time",
             "loader_warnings": "loader warnings",
+            "run.wait_pct": "exposed waiting for other ranks",
         }.get(self.check, self.check)
 
     def value_text(self) -> str:
@@ -163,6 +165,8 @@ class CheckResult:
             return f"{self.value:.1f}% of the iteration"
         if self.check == "exposed_of_comm_pct":
             return f"{self.value:.1f}% of comm"
+        if self.check == "run.wait_pct":
+            return f"{self.value:.1f}% of the iteration"
         if self.check.startswith("regression."):
             return f"{_ms(self.value)} ms/iter vs baseline {_ms(self.baseline)} ms/iter ({_signed_pct(self.value, self.baseline)})"
         return f"{_ms(self.value)} ms/iter"
@@ -174,6 +178,8 @@ class CheckResult:
             return f"max {self.threshold:g}%"
         if self.check == "exposed_comm_ms":
             return f"max {_ms(self.threshold)} ms/iter"
+        if self.check == "run.wait_pct":
+            return f"max {self.threshold:g}%"
         return f"max +{self.threshold:g}%"
 
     def line(self) -> str:
@@ -262,7 +268,10 @@ def _signed_pct(new: float | None, base: float | None) -> str:
 
 
 def _basename(path: str) -> str:
-    return path.replace("\\", "/").rsplit("/", 1)[-1]
+    """The file's name as shown (controls escaped: a name cannot forge a line or annotation)."""
+    from ..report.text import display_path
+
+    return display_path(path.replace("\\", "/").rsplit("/", 1)[-1])
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -411,7 +420,36 @@ def _warning_checks(gpus: list[GpuSummary], t: Thresholds) -> list[CheckResult]:
     return out
 
 
-def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] | None = None) -> list[CheckResult]:
+def run_checks(runs: list, t: Thresholds) -> list[CheckResult]:
+    """``--max-wait``: per rank of each run, the exposed waiting for other ranks (the part of its
+    communication that waited for the last rank and that no compute hid) as a share of the
+    iteration; the line names the straggler.  A run without cross-rank numbers is a SKIP."""
+    out: list[CheckResult] = []
+    if t.max_wait_pct is None:
+        return out
+    for run in runs:
+        if not run.cross_rank:
+            first = run.ranks[0] if run.ranks else None
+            out.append(CheckResult("run.wait_pct", SKIP, None, t.max_wait_pct, "%", file=first.file if first else "",
+                                   rank=None, device=first.device if first else 0,
+                                   detail=f"no cross-rank numbers: {run.reason}"))
+            continue
+        s = run.straggler
+        who = f"; straggler: rank {s.rank}" if s is not None and s.rank is not None else ""
+        by_rank = {r.rank: r for r in run.ranks}
+        for tm in run.times:
+            share = 100.0 * tm.per_iteration(tm.exposed_wait_us) / tm.iteration_us if tm.iteration_us else 0.0
+            r = by_rank[tm.rank]
+            out.append(CheckResult("run.wait_pct", PASS if share <= t.max_wait_pct + 1e-9 else FAIL, share,
+                                   t.max_wait_pct, "%", file=r.file, rank=tm.rank, device=r.device,
+                                   detail=f"{_ms(tm.per_iteration(tm.exposed_wait_us))} ms/iter of a "
+                                          f"{_ms(tm.iteration_us)} ms iteration{who}"
+                                          + (f"; {run.partial_note}" if run.partial else "")))
+    return out
+
+
+def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] | None = None,
+             runs: list | None = None) -> list[CheckResult]:
     """Every check the thresholds ask for, GPU by GPU, in a stable order; loader warnings first."""
     out: list[CheckResult] = _warning_checks(gpus, t)
     pairs = match_gpus(gpus, baseline) if baseline is not None else [(g, None, "") for g in gpus]
@@ -420,6 +458,7 @@ def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] |
             out.extend(_absolute_checks(g, t))
         if baseline is not None:
             out.extend(_regression_checks(g, b, how, t))
+    out.extend(run_checks(runs or [], t))
     return out
 
 
@@ -435,9 +474,11 @@ def run_gate(paths: Iterable[str], thresholds: Thresholds, rules_file: str | Non
     views = [t.per] if t.per != "gpu" else []
     baseline = load_baseline(t.baseline, views, rules_file, max_bytes, patterns) if t.baseline else None
     skipped: list = []
+    runs: list = [] if t.max_wait_pct is not None else None
     gpus, errors = load_inputs(list(paths), views=views, kernels=False, rules_file=rules_file, jobs=jobs,
-                               max_bytes=max_bytes, patterns=patterns, progress=progress, skipped=skipped)
-    return GateResult(thresholds=t, checks=evaluate(gpus, t, baseline), errors=errors,
+                               max_bytes=max_bytes, patterns=patterns, progress=progress, runs=runs,
+                               skipped=skipped)
+    return GateResult(thresholds=t, checks=evaluate(gpus, t, baseline, runs), errors=errors,
                       inputs=list(dict.fromkeys(g.file for g in gpus)),
                       notes=[f"skipped {s.path}: {s.reason} (found in a directory)" for s in skipped])
 

@@ -32,8 +32,8 @@ else:  # pragma: no cover - 3.10
 from ..errors import TraceError, UsageError
 from .checks import PER_CHOICES, Thresholds, parse_duration_us, parse_percent
 
-KEYS = ("max_exposed_comm", "max_exposed_comm_ms", "max_exposed_of_comm", "by", "per", "baseline", "max_regression",
-        "min_regression_ms", "strict")
+KEYS = ("max_exposed_comm", "max_exposed_comm_ms", "max_exposed_of_comm", "max_wait", "by", "per", "baseline",
+        "max_regression", "min_regression_ms", "strict")
 CONFIG_NAMES = ("traceview.toml", "pyproject.toml")
 
 
@@ -116,6 +116,8 @@ def thresholds(config: dict[str, Any], flags: dict[str, Any]) -> Thresholds:
     pct = parse_percent(v, name) if v is not None else None
     v, name = pick("max_exposed_comm_ms", "--max-exposed-comm-ms")
     ms = parse_duration_us(v, name) if v is not None else None
+    v, name = pick("max_wait", "--max-wait")
+    wait = parse_percent(v, name) if v is not None else None
     v, name = pick("max_exposed_of_comm", "--max-exposed-of-comm")
     of_comm = parse_percent(v, name) if v is not None else None
     v, name = pick("max_regression", "--max-regression")
@@ -130,7 +132,8 @@ def thresholds(config: dict[str, Any], flags: dict[str, Any]) -> Thresholds:
     if strict is not None and not isinstance(strict, bool):
         raise UsageError(f"{name}: {str(strict)[:40]!r} is not true or false")
     t = Thresholds(max_exposed_comm_pct=pct, max_exposed_comm_us=ms, max_exposed_of_comm_pct=of_comm, per=per or "gpu",
-                   baseline=str(baseline) if baseline else None, max_regression_pct=reg, strict=bool(strict))
+                   baseline=str(baseline) if baseline else None, max_regression_pct=reg, strict=bool(strict),
+                   max_wait_pct=wait)
     if floor is not None:
         t.min_regression_us = floor
     return t

@@ -84,7 +84,10 @@ class GpuSummary:
 
     @property
     def file_name(self) -> str:
-        return Path(self.file).name
+        """The file's name as shown (controls escaped: a name cannot forge a line)."""
+        from ..report.text import display_path
+
+        return display_path(Path(self.file).name)
 
     @property
     def per(self) -> int:
@@ -300,12 +303,15 @@ def load_document(path: str | os.PathLike) -> list[GpuSummary]:
 
 def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True,
                 rules_file: str | None = None, jobs: int = 1, max_bytes: int | None = None,
-                patterns=None, progress=None, skipped: list | None = None) -> tuple[list[GpuSummary], list[TraceError]]:
+                patterns=None, progress=None, runs: list | None = None,
+                skipped: list | None = None) -> tuple[list[GpuSummary], list[TraceError]]:
     """GPU summaries of traces, directories of ranks and saved analyze documents, in order.
 
     Input that cannot be used comes back as a ``TraceError`` beside the good summaries, so
     a caller can report every problem at once.  ``progress(trace_paths)``, when given, makes the
     context manager whose value is ``analyze_many``'s progress callback (the CLI's bar).
+    ``runs``: when a list is given, the ``RunAnalysis`` of the traces (all of them, as one run)
+    is appended to it.
     Scanned files that hold no trace are appended to ``skipped`` (see ``analyze_many``).
     """
     from ..analysis import TraceAnalysis, analyze_many, expand_paths
@@ -331,7 +337,7 @@ def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGME
         try:
             with (progress(traces) if progress is not None else contextlib.nullcontext()) as bar:
                 results = analyze_many(traces, rules_file, jobs, max_bytes or DEFAULT_MAX_BYTES, patterns,
-                                       progress=bar, skipped=skipped)
+                                       progress=bar, summarize=runs is not None, skipped=skipped)
         except TraceError as e:
             errors.append(e)
             results = []
@@ -340,4 +346,8 @@ def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGME
                 out.extend(from_analysis(r, views, kernels=kernels, tax=kernels))
             else:
                 errors.append(r)
+        if runs is not None and results:
+            from ..run import run_from_analyses
+
+            runs.append(run_from_analyses(results))
     return out + docs, errors

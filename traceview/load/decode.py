@@ -10,6 +10,7 @@ what it can and counts what it had to skip.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -34,6 +35,11 @@ CATEGORY_ALIASES = {
     "user_annotation": "user_annotation",
     "gpu_user_annotation": "gpu_user_annotation",
 }
+#: What ``traceview annotate`` adds carries this category.  It is not one of the kept
+#: categories above (the only filter), so reading an annotated trace measures the original
+#: events alone: the same numbers as the trace before annotation.
+ANNOTATION_CATEGORY = "traceview"
+assert ANNOTATION_CATEGORY not in CATEGORY_ALIASES
 KEPT_PHASES = {"X", "B", "E"}
 #: Every phase of the Chrome trace format (other phases of a kept category are skipped and counted).
 CHROME_PHASES = frozenset("BEXiICbnestfPNODMVvRcSTpF()")
@@ -78,7 +84,8 @@ class ColumnBuffer:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
 
     def thread_key(self, value: Any) -> int | None:
-        """pid/tid as an int; strings (Chrome allows them) get stable negative ids."""
+        """pid/tid as an int; strings (Chrome allows them: "GPU 0", SGLang's
+        "[TP00-DP00-PP00-EP03] 495") get the stable id ``named_id`` gives them."""
         if isinstance(value, bool):
             return None
         if isinstance(value, (int, float)):
@@ -88,10 +95,20 @@ class ColumnBuffer:
                 return int(value)
             key = self.thread_ids.get(value)
             if key is None:
-                key = -(len(self.thread_ids) + 1_000_000)
-                self.thread_ids[value] = key
+                key = self.thread_ids[value] = named_id(value)
             return key
         return None
+
+
+#: pid/tid strings get ids in [NAMED_ID_BASE, NAMED_ID_BASE + 2**56): a hash of the string,
+#: so that one name is one id in every file (a diff of two traces pairs them) and in any
+#: decoding order; the names are kept (``Trace.thread_names``) and shown instead of the ids.
+NAMED_ID_BASE = -(1 << 62)
+
+
+def named_id(name: str) -> int:
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=7).digest()
+    return NAMED_ID_BASE + int.from_bytes(digest, "big")
 
 
 def _num(value: Any) -> float | None:
@@ -243,10 +260,16 @@ class EventArray:
     end: int            # offset of the closing ']' (len(raw) when the file is cut short)
     complete: bool      # False: the array never closes (a job killed mid-write)
     header: dict        # distributedInfo, deviceProperties, ... ({} for a bare array)
+    duplicate: bool = False  # "traceEvents" occurs twice: the last one is this array
 
 
 def locate_events(raw: bytes) -> EventArray | None:
-    """Find the ``traceEvents`` array (or a bare top-level array); None if there is none."""
+    """Find the ``traceEvents`` array (or a bare top-level array); None if there is none.
+
+    The header keys are read from around the array, wherever they are (before it, after
+    it, or both), without decoding the events.  When the key occurs twice at the top
+    level, the last one counts (as in ``JSON.parse``) and ``duplicate`` says so.
+    """
     head = raw[:64].lstrip()
     if head.startswith(b"\xef\xbb\xbf"):
         head = head[3:].lstrip()
@@ -257,30 +280,134 @@ def locate_events(raw: bytes) -> EventArray | None:
         return EventArray(start, last if complete else len(raw), complete, {})
     if not head.startswith(b"{"):
         return None
-    m = _TRACE_EVENTS_KEY.search(raw)
-    if m is None:
+    start = _first_key(raw)
+    if start is None:
         return None
-    start = m.end()
+    # A repeated top-level key: the last one counts (as in JSON.parse).  Looked for just after
+    # the first array opens (``"traceEvents": [], "traceEvents": [...]``) and after it
+    # closes, not through the whole file: the events cannot hold the key (a string's quotes
+    # are escaped), and scanning gigabytes for it would cost more than decoding them.
+    duplicate = False
+    later = _last_key(raw, start, min(len(raw), start + (1 << 20)))
+    if later is not None:
+        start, duplicate = later, True
     prefix = bytes(raw[: start]).lstrip().removeprefix(b"\xef\xbb\xbf")
-    # Try the last few ']' in the file as the array's end: the right one makes
-    # prefix + ']' + rest a valid object (Kineto writes only small keys after the events).
-    # The earliest of them that works wins: keys after the events may hold lists of objects
-    # (``deviceProperties``), whose ']' would also make a valid object.
-    idx, found = len(raw), None
-    for _ in range(16):
+    found = _array_end(raw, start, prefix)
+    if found is not None:
+        later = _last_key(raw, found[0], len(raw))
+        if later is not None:
+            start, duplicate = later, True
+            prefix = bytes(raw[: start]).lstrip().removeprefix(b"\xef\xbb\xbf")
+            found = _array_end(raw, start, prefix)
+    if found is None:
+        header = _try_header(prefix + b"]}") or {}
+        return EventArray(start, len(raw), False, header, duplicate)
+    return EventArray(start, found[0], True, found[1], duplicate)
+
+
+def _first_key(raw) -> int | None:
+    """The offset just after the ``[`` of the first ``"traceEvents": [`` (a key spelled with
+    JSON escapes, ``"traceEvent\\u0073"``, when there is no plain one)."""
+    m = _TRACE_EVENTS_KEY.search(raw)
+    if m is not None:
+        return m.end()
+    for m in _ESCAPED_KEY.finditer(raw):
+        try:
+            if json.loads(b'"' + m.group(1) + b'"') == "traceEvents":
+                return m.end()
+        except ValueError:
+            continue
+    return None
+
+
+def _last_key(raw, lo: int, hi: int) -> int | None:
+    """The offset after the ``[`` of the last plain ``"traceEvents": [`` in ``raw[lo:hi]``."""
+    last, pos = None, lo
+    while (pos := raw.find(b'"traceEvents"', pos, hi)) >= 0:
+        m = _TRACE_EVENTS_KEY.match(raw, pos)
+        if m is not None:
+            last = m.end()
+        pos += 13
+    return last
+
+
+_ESCAPED_KEY = re.compile(rb'"((?:[^"\\\n]|\\.){0,256}\\(?:[^"\\\n]|\\.){0,256})"\s*:\s*\[')
+
+
+def _array_end(raw, start: int, prefix: bytes) -> tuple[int, dict] | None:
+    """(offset of the closing ``]``, header) of the array opened just before ``start``; None
+    when it never closes (a file cut short) or the text after it is not the object's end.
+
+    Fast guess first: the right ``]`` makes ``prefix + ']' + rest`` a valid object, and the
+    earliest one that does wins (keys after the events may hold lists of objects).  A ``]``
+    inside the events never works, so the search stops a little past the first success.
+    When the text after the events is long or full of ``]`` (a ``systemTraceEvents``
+    string, metadata lists), the exact way: one pass of msgspec over the array, without
+    building it, which stops where the array ends.
+    """
+    idx, found, first, tries, since = len(raw), None, None, 0, 0
+    while tries < 64:
         idx = raw.rfind(b"]", start - 1, idx)
         if idx < 0:
-            break
+            return found or first
+        if found is not None and (since >= 4 or idx < found[0] - (1 << 20)):
+            return found  # well inside the events now
         before = raw[max(start - 1, idx - 256): idx].rstrip()
         if before and not before.endswith((b"}", b"[")):  # a list inside an event, not the array
             continue
+        tries += 1
         header = _try_header(prefix + raw[idx:])
         if header is not None:
-            found = EventArray(start, idx, True, header)
-    if found is not None:
-        return found
-    header = _try_header(prefix + b"]}") or {}
-    return EventArray(start, len(raw), False, header)
+            first = first or (idx, header)
+        if header is not None and _ends_events(raw, start, idx):
+            found, since = (idx, header), 0
+        elif found is not None:
+            since += 1
+    exact = _exact_end(raw, start)
+    if exact is not None:
+        header = _try_header(prefix + raw[exact:])
+        if header is not None:
+            return exact, header
+    return found or first
+
+
+def _ends_events(raw, start: int, idx: int) -> bool:
+    """Whether the text just before ``idx`` is the end of a run of events (not, say, the
+    ``[`` of an empty list among the keys after the array)."""
+    lo = max(start, idx - (1 << 20))
+    tail = bytes(raw[lo: idx])
+    if lo > start:
+        m = _BOUNDARY.search(tail)
+        if m is None:
+            return True  # one event of over 1 MiB: cannot tell cheaply, take it
+        tail = tail[m.end() - 1:]
+    data = b"[" + tail.strip().rstrip(b",") + b"]"
+    try:
+        return isinstance(msgspec.json.decode(data), list)
+    except msgspec.DecodeError:
+        return _is_json(data)
+    except UnicodeDecodeError:
+        return _is_json(repair_utf8(data))
+
+
+def _exact_end(raw, start: int) -> int | None:
+    """The offset of the ``]`` that closes the array opened at ``start - 1``, by decoding it
+    (as a ``msgspec.Raw``: validated, not built); None when it does not close."""
+    with memoryview(raw) as view:
+        part = view[start - 1:]
+        try:
+            value = msgspec.json.decode(part, type=msgspec.Raw)
+            n = len(value)
+            del value
+        except msgspec.DecodeError as e:
+            m = re.search(r"trailing characters \(byte (\d+)\)", str(e))
+            if m is None:
+                return None
+            n = int(m.group(1))
+        finally:
+            part.release()
+    end = raw.rfind(b"]", start - 1, start - 1 + n)
+    return end if end >= 0 else None
 
 
 def _try_header(data: bytes) -> dict | None:

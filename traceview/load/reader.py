@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import mmap
 import os
@@ -11,14 +12,17 @@ import sys
 import tempfile
 import types
 import zlib
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import polars as pl
 
+from .identity import identity_from_name
 from ..errors import NotATraceError, TraceError
 from . import decode, fast
+from .health import no_gpu_activity_reason
 from .trace import GPU_KINDS, KIND_DTYPE, Trace
 
 def parse_size(value: object) -> int | None:
@@ -36,11 +40,6 @@ def parse_size(value: object) -> int | None:
 #: TRACEVIEW_MAX_BYTES (a value that is not a size is reported by the CLI's --max-bytes).
 DEFAULT_MAX_BYTES = parse_size(os.environ.get("TRACEVIEW_MAX_BYTES", "")) or 16 << 30
 
-TRACE_SUFFIXES = (".json", ".json.gz")
-_RANK_PATTERNS = (
-    re.compile(r"rank[-_]?(\d+)", re.IGNORECASE),
-    re.compile(r"(?:^|[-_.])TP[-_]?(\d+)(?:[-_.]|$)"),
-)
 
 
 def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes | bytearray:
@@ -78,6 +77,7 @@ class Source:
         self.file = file
         self._cleanup = cleanup
         self.gzip_damage: GzipDamage | None = None
+        self.encoding: str | None = None  # a UTF-16/32 original (re-encoded as UTF-8)
         # Pieces of a mapped file are read with pread: slicing the map would leave every page
         # read resident in this process (RSS would grow to the file's size).
         self._fd = os.open(file, os.O_RDONLY) if file is not None else None
@@ -92,6 +92,27 @@ class Source:
 
     def blank(self) -> bool:
         return _NON_SPACE.search(self.raw) is None
+
+    def drop_nul_tail(self) -> int:
+        """Forget the NUL bytes the data ends with (a file zero-filled after a crash: NUL is
+        never valid JSON text), reading only that tail; how many there were."""
+        n = end = len(self.raw)
+        while end > 0 and self.raw[end - 1: end] == b"\0":
+            begin = max(0, end - (1 << 20))
+            end = begin + len(self.raw[begin:end].rstrip(b"\0"))
+            if end > begin:
+                break
+        if end == n:
+            return 0
+        if isinstance(self.raw, mmap.mmap):
+            old = self.raw
+            self.raw = mmap.mmap(self._fd, end, access=mmap.ACCESS_READ) if end else b""
+            old.close()
+        elif isinstance(self.raw, bytearray):
+            del self.raw[end:]
+        else:
+            self.raw = self.raw[:end]
+        return n - end
 
     def close(self) -> None:
         if self._fd is not None:
@@ -118,48 +139,251 @@ SPILL_BYTES = 256 << 20
 
 
 def open_source(path: Path, max_bytes: int = DEFAULT_MAX_BYTES, spill_bytes: int | None = SPILL_BYTES) -> Source:
-    """Open a trace file for decoding (see ``Source``); errors are ``TraceError`` lines."""
+    """Open a trace file for decoding (see ``Source``); errors are ``TraceError`` lines.
+
+    The format is told by content, not by the file name: gzip, zstd, bzip2, xz, lz4 and
+    one-member zip archives are decompressed; UTF-16/UTF-32 text is re-encoded as UTF-8.
+    """
     try:
-        with open(path, "rb") as f:
-            if not f.seekable():  # a pipe, e.g. <(zcat t.json.gz): read it whole, up to the cap
-                data = bytearray()
-                while len(data) <= max_bytes and (block := f.read(1 << 20)):
-                    data += block
-                if len(data) > max_bytes:
-                    raise TraceError(path, f"more than {max_bytes} bytes (raise the limit with --max-bytes)")
-                if data[:2] != b"\x1f\x8b":
-                    return Source(bytes(data))
-                f = io.BytesIO(data)  # gzip: decompressed below like a file
-            magic = f.read(2)
-            f.seek(0)
-            if magic != b"\x1f\x8b":
-                size = os.fstat(f.fileno()).st_size
-                if size > max_bytes:
-                    raise TraceError(path, f"file is {size} bytes, over the {max_bytes}-byte limit "
-                                           "(raise it with --max-bytes)")
-                if size == 0:
-                    return Source(b"")
-                try:
-                    return Source(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), Path(path))
-                except (OSError, ValueError):  # a pipe or a special file: read it
-                    return Source(f.read())
-            sink = _Sink(spill_bytes)
-            try:
-                damage = _gunzip(path, f, max_bytes, sink)
-            except BaseException:
-                sink.discard()
-                raise
-            src = sink.source()
-            src.gzip_damage = damage
-            return src
+        src = _open_bytes(path, max_bytes, spill_bytes)
     except IsADirectoryError:
         raise TraceError(path, "is a directory") from None
     except FileNotFoundError:
-        raise TraceError(path, "no such file") from None
+        raise TraceError(path, missing_reason(Path(path))) from None
     except PermissionError:
         raise TraceError(path, "permission denied") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise TraceError(path, "symlink loop (following the links never reaches a file)") from None
         raise TraceError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        return _as_utf8(path, src, max_bytes, spill_bytes)
+    except BaseException:
+        src.close()
+        raise
+
+
+def missing_reason(path: Path) -> str:
+    """Why a path that does not open is missing: a dangling symlink or a loop says so."""
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return "symlink loop (following the links never reaches a file)"
+        return f"dangling symlink (its target {os.readlink(path)!r} does not exist)"
+    return "no such file or directory"
+
+
+#: Magic bytes -> the compression format they start (gzip is handled by ``_gunzip``).
+_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+    (b"PK\x03\x04", "zip"),
+)
+
+
+def compression_of(head: bytes) -> str | None:
+    """The compression format whose magic bytes ``head`` starts with (None: not compressed)."""
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    return None
+
+
+def _open_bytes(path: Path, max_bytes: int, spill_bytes: int | None) -> Source:
+    with open(path, "rb") as f:
+        if not f.seekable():  # a pipe, e.g. <(zcat t.json.gz): read it whole, up to the cap
+            data = bytearray()
+            while len(data) <= max_bytes and (block := f.read(1 << 20)):
+                data += block
+            if len(data) > max_bytes:
+                raise TraceError(path, f"more than {max_bytes} bytes (raise the limit with --max-bytes)")
+            if compression_of(bytes(data[:8])) is None:
+                return Source(bytes(data))
+            f = io.BytesIO(data)  # compressed: decompressed below like a file
+        magic = f.read(8)
+        f.seek(0)
+        fmt = compression_of(magic)
+        if fmt is None:
+            size = len(f.getbuffer()) if isinstance(f, io.BytesIO) else os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise TraceError(path, f"file is {size} bytes, over the {max_bytes}-byte limit "
+                                       "(raise it with --max-bytes)")
+            if size == 0:
+                return Source(b"")
+            try:
+                return Source(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), Path(path))
+            except (OSError, ValueError):  # a pipe or a special file: read it
+                return Source(f.read())
+        sink = _Sink(spill_bytes)
+        try:
+            damage = _gunzip(path, f, max_bytes, sink) if fmt == "gzip" else _decompress(path, fmt, f, max_bytes, sink)
+        except BaseException:
+            sink.discard()
+            raise
+        src = sink.source()
+        src.gzip_damage = damage
+        return src
+
+
+def _decompress(path: Path, fmt: str, f, max_bytes: int, out: "_Sink") -> GzipDamage | None:
+    """zstd / bzip2 / xz / lz4 / zip into ``out``, up to the cap.  As for gzip: concatenated
+    streams are read in order, a stream cut short or corrupt keeps what decompressed before
+    the damage (with a note), bytes after the last stream that are not one are ignored."""
+    if fmt == "zip":
+        return _unzip(path, f, max_bytes, out)
+    new = _decompressor(path, fmt)
+    magic = next(m for m, name in _MAGIC if name == fmt)
+    d, fed, at, opened = new(), 0, 0, False
+
+    def over() -> None:
+        if len(out) > max_bytes:
+            raise TraceError(path, f"{fmt} data decompresses to more than {max_bytes} bytes "
+                                   "(a bomb?); raise the limit with --max-bytes")
+
+    try:
+        while block := f.read(1 << 14):  # (16 KiB of input: bounded output per call, even for zstd)
+            at += len(block)
+            while block:
+                opened = True
+                if fmt == "zstd":
+                    out += d.decompress(block)
+                else:
+                    out += d.decompress(block, 1 << 24)
+                    over()
+                    while not d.eof and not d.needs_input:
+                        out += d.decompress(b"", 1 << 24)
+                        over()
+                over()
+                block = b""
+                if d.eof:
+                    opened = False
+                    rest = d.unused_data or b""
+                    if rest.startswith(magic):
+                        d, block = new(), rest
+                    elif rest.strip(b"\0") or f.read(1 << 14).strip(b"\0"):
+                        return GzipDamage(f"the bytes after compressed byte {at - len(rest)} are not {fmt}",
+                                          "ignored them", explains_failure=False)
+    except TraceError:
+        raise
+    except Exception as e:  # each library has its own error type: all mean corrupt data
+        if not len(out) or out.blank():
+            raise TraceError(path, f"corrupt {fmt} data ({e})") from None
+        return GzipDamage(f"{fmt} data is corrupt ({e}) near compressed byte {at}",
+                          f"analyzed the {len(out)} bytes before the damage")
+    if opened:
+        if not len(out):
+            raise TraceError(path, f"{fmt} stream is truncated before any data")
+        return GzipDamage(f"{fmt} stream is cut short", "analyzed what decompressed")
+    return None
+
+
+def _decompressor(path: Path, fmt: str) -> Callable[[], object]:
+    """A factory of incremental decompressors (a well-kept library for each format)."""
+    if fmt == "bzip2":
+        import bz2
+        return bz2.BZ2Decompressor
+    if fmt == "xz":
+        import lzma
+        return lzma.LZMADecompressor
+    if fmt == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise TraceError(path, "zstd-compressed: reading it needs the zstandard package "
+                                   "(pip install zstandard)") from None
+        return zstandard.ZstdDecompressor().decompressobj
+    try:
+        import lz4.frame
+    except ImportError:
+        raise TraceError(path, "lz4-compressed: reading it needs the lz4 package "
+                               "(pip install 'traceview[lz4]', or decompress it with lz4 -d)") from None
+    return lz4.frame.LZ4FrameDecompressor
+
+
+def _unzip(path: Path, f, max_bytes: int, out: "_Sink") -> None:
+    """A zip of one file is that file; several files are a run directory to extract."""
+    import zipfile
+
+    try:
+        z = zipfile.ZipFile(f)
+        members = [i for i in z.infolist() if not i.is_dir()]
+        if len(members) != 1:
+            names = ", ".join(i.filename for i in members[:5]) + (", ..." if len(members) > 5 else "")
+            raise TraceError(path, f"a zip archive of {len(members)} files ({names}): extract it "
+                                   "(unzip) and pass the directory or one file")
+        with z.open(members[0]) as member:
+            while block := member.read(1 << 20):
+                out += block
+                if len(out) > max_bytes:
+                    raise TraceError(path, f"zip member decompresses to more than {max_bytes} bytes "
+                                           "(a bomb?); raise the limit with --max-bytes")
+    except TraceError:
+        raise
+    except Exception as e:  # BadZipFile, encrypted members, unknown methods, CRC errors, EOF
+        raise TraceError(path, f"cannot read the zip archive ({type(e).__name__}: {e})") from None
+    return None
+
+
+#: Byte-order marks and, without one, the NUL pattern of a JSON text's first two ASCII
+#: characters (RFC 8259 section 8.1 of the obsolete RFC 4627): which UTF-16/32 it is.
+_WIDE = (
+    (b"\x00\x00\xfe\xff", "utf-32-be", 4), (b"\xff\xfe\x00\x00", "utf-32-le", 4),
+    (b"\xfe\xff", "utf-16-be", 2), (b"\xff\xfe", "utf-16-le", 2),
+)
+_WIDE_NO_BOM = (
+    (re.compile(rb"\x00\x00\x00[^\x00]"), "utf-32-be"), (re.compile(rb"[^\x00]\x00\x00\x00"), "utf-32-le"),
+    (re.compile(rb"\x00[^\x00]\x00[^\x00]"), "utf-16-be"), (re.compile(rb"[^\x00]\x00[^\x00]\x00"), "utf-16-le"),
+)
+
+
+def wide_encoding(head: bytes) -> tuple[str, int] | None:
+    """(codec, BOM length) when ``head`` is UTF-16/UTF-32 text, else None."""
+    for bom, codec, n in _WIDE:
+        if head.startswith(bom):
+            return codec, n
+    for pattern, codec in _WIDE_NO_BOM:
+        if pattern.match(head):
+            return codec, 0
+    return None
+
+
+def _as_utf8(path: Path, src: Source, max_bytes: int, spill_bytes: int | None) -> Source:
+    """``src`` itself, or (UTF-16/32 text) its text re-encoded as UTF-8; a tar archive is named."""
+    head = src.read(0, 512)
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        name = head[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        raise TraceError(path, f"a tar archive (first member {name!r}): extract it (tar xf) and pass the "
+                               "directory of traces")
+    wide = wide_encoding(head[:4])
+    if wide is None:
+        return src
+    codec, bom = wide
+    import codecs
+
+    decoder = codecs.getincrementaldecoder(codec)("replace")
+    sink = _Sink(spill_bytes)
+    try:
+        at, n = bom, len(src)
+        while at < n:
+            block = src.read(at, 1 << 20)
+            at += len(block)
+            sink += decoder.decode(block, final=at >= n).encode("utf-8", "replace")
+            if len(sink) > max_bytes:
+                raise TraceError(path, f"{codec} text re-encodes to more than {max_bytes} bytes of UTF-8 "
+                                       "(raise the limit with --max-bytes)")
+        out = sink.source()
+    except BaseException:
+        sink.discard()
+        raise
+    out.gzip_damage = src.gzip_damage
+    out.encoding = codec
+    src.close()
+    return out
 
 
 class _Sink:
@@ -290,12 +514,12 @@ def _gunzip(path: Path, f, max_bytes: int, out: _Sink) -> GzipDamage | None:
 
 
 def rank_from_filename(path: Path) -> int | None:
-    for pat in _RANK_PATTERNS:
-        m = pat.search(path.name)
-        if m:
-            return int(m.group(1))
-    return None
+    """The rank a serving stack's naming convention puts in the file name (load/identity.py)."""
+    return identity_from_name(path.name).rank
 
+
+DUPLICATE_KEY_NOTE = ("'traceEvents' occurs twice: analyzed the last one (as JSON.parse does with a repeated "
+                      "key); the first was ignored")
 
 #: Files (decompressed) at least this big are decoded by worker processes when cores allow.
 PARALLEL_MIN_BYTES = 96 << 20
@@ -316,10 +540,23 @@ def load(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES, workers: i
         return _load(Path(path), max_bytes, workers, progress, chunk_bytes, damage)
     except RecursionError:  # the JSON decoders recurse once per nesting level
         raise TraceError(path, "JSON nested too deeply (limit: a few hundred levels)") from None
+    except MemoryError:  # (a memory limit: ulimit -v, a container) named, with the file's size
+        raise TraceError(path, f"out of memory while loading it ({_size_text(path)}; a memory limit such as "
+                               "ulimit -v or a container's is too small for it)") from None
+    except BrokenProcessPool:  # a decoding worker was killed (the kernel's OOM killer, a signal)
+        raise TraceError(path, f"a decoding worker process died while decoding it ({_size_text(path)}; "
+                               "killed for memory? try --jobs 1 or more memory)") from None
     except TraceError as e:
         if damage and damage[0].explains_failure and "gzip" not in e.reason:  # the damage is the cause
             raise TraceError(e.path, f"{e.reason}; {damage[0].what}") from None  # (damaged, not "not a trace")
         raise
+
+
+def _size_text(path) -> str:
+    try:
+        return f"{os.path.getsize(path):,} bytes on disk"
+    except OSError:
+        return "size unknown"
 
 
 def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | None,
@@ -329,8 +566,11 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
         if src.gzip_damage:
             damage.append(src.gzip_damage)
             notes.append(src.gzip_damage.warning)
+        nuls = src.drop_nul_tail()
+        if nuls:
+            notes.append(f"the file ends in {nuls} NUL bytes (zero-filled after a crash?): ignored them")
         if src.blank():
-            raise TraceError(path, "file is empty")
+            raise TraceError(path, "file is empty" + (f" (but for {nuls} NUL bytes)" if nuls else ""))
         raw = src.raw
         arr = decode.locate_events(raw)
         if arr is None:
@@ -338,6 +578,8 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
         # a bare JSON array holding something: if none of it is an event, it is not a trace at all
         listed = not arr.header and bytes(raw[:64]).lstrip().lstrip(b"\xef\xbb\xbf").startswith(b"[") \
             and bool(bytes(raw[arr.start: min(arr.end, arr.start + 4096)]).strip())
+        if arr.duplicate:
+            notes.append(DUPLICATE_KEY_NOTE)
         table = _Table()
         salvaged = False
         complete = arr.complete
@@ -378,9 +620,12 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
         notes.append(f"{n} {reason} skipped")
     events = table.frame()
     if events.filter(pl.col("kind").is_in(GPU_KINDS)).height == 0:
-        why = "; ".join(n for n in notes if n.endswith(" skipped"))  # e.g. every kernel had "ph": "x"
+        why = "; ".join(n for n in notes if n.endswith(" skipped") or n == DUPLICATE_KEY_NOTE)  # e.g. "ph": "x"
         if events.height == 0 and not why and complete and listed:  # a JSON list of something else (results)
             raise NotATraceError(path, "not a trace: none of its JSON objects is a trace event")
+        launched = no_gpu_activity_reason(events)  # CPU side launched kernels: say why none are here
+        if launched and not why:
+            raise TraceError(path, launched)
         raise TraceError(path, "no GPU events (kernels, memcpys, memsets) in this trace" + (f" ({why})" if why else ""))
     header = arr.header
     dist = header.get("distributedInfo") or {}
@@ -396,13 +641,16 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
         devices=devices,
         metadata={k: v for k, v in header.items() if k != "deviceProperties"},
         warnings=notes,
+        thread_names={v: k for k, v in table.buf.thread_ids.items()},
     )
 
 
 def _workers(workers: int | None, size: int) -> int:
     if workers is not None:
         return max(1, workers)
-    return max(1, min(os.cpu_count() or 1, 8)) if size >= PARALLEL_MIN_BYTES else 1
+    # (the compiled decoder runs in threads, which cost nothing to start: from two pieces on)
+    least = 2 * decode.CHUNK_BYTES if fast.native.ENABLED else PARALLEL_MIN_BYTES
+    return max(1, min(os.cpu_count() or 1, 8)) if size >= least else 1
 
 
 _NOT_RUN = object()  # the fast path has not been tried on this piece yet
@@ -434,10 +682,12 @@ class _Pieces:
             return
         import multiprocessing
         from collections import deque
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-        # spawn, not fork: forking a process that runs polars thread pools can deadlock
-        self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        if fast.native.ENABLED:  # it releases the GIL while it parses: threads, no processes to start
+            self.pool = ThreadPoolExecutor(self.workers)
+        else:  # spawn, not fork: forking a process that runs polars thread pools can deadlock
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         ahead: deque = deque()
         for offset, length in cuts:
             with _bare_main():
@@ -561,13 +811,85 @@ def _lists_frame(buf: decode.ColumnBuffer) -> pl.DataFrame:
     return df
 
 
-def find_trace_files(directory: Path) -> list[Path]:
-    """Trace files directly inside ``directory`` (sorted), by suffix."""
+class TraceFiles(list):
+    """The trace files of a directory (a list of paths, sorted), and ``skipped``: the other
+    files looked at, each with why it was not taken (``(path, reason)``)."""
+
+    def __init__(self, files: list[Path], skipped: list[tuple[Path, str]]) -> None:
+        super().__init__(files)
+        self.skipped = skipped
+
+
+def find_trace_files(directory: Path) -> TraceFiles:
+    """Trace files directly inside ``directory`` (sorted), by suffix.
+
+    A symlink that is dangling or loops is taken (its load says what is wrong with it,
+    by name) rather than dropped; a JSON beside the ranks that is plainly not a trace (a
+    list of records, a small object without ``traceEvents``: a manifest, a config) is
+    skipped, with its reason in ``skipped``.  A directory with no trace at all is an error
+    that lists what was looked at.
+    """
     try:
-        entries = sorted(p for p in directory.iterdir() if p.is_file())
+        entries = sorted(directory.iterdir())
     except PermissionError:
         raise TraceError(directory, "permission denied (cannot list the directory)") from None
-    files = [p for p in entries if p.name.endswith(TRACE_SUFFIXES)]
+    files, skipped, looked = [], [], 0
+    for p in entries:
+        if p.is_dir():
+            continue
+        looked += 1
+        if not p.name.endswith(TRACE_SUFFIXES):
+            skipped.append((p, "not a trace file name (" + ", ".join("*" + x for x in TRACE_SUFFIXES) + ")"))
+            continue
+        if not p.is_file() and not p.is_symlink():  # a socket, a device: nothing to read
+            skipped.append((p, "not a regular file"))
+            continue
+        why = sidecar_reason(p) if p.is_file() else None
+        if why is not None:
+            skipped.append((p, why))
+            continue
+        files.append(p)
     if not files:
-        raise TraceError(directory, "no trace files (*.json, *.json.gz) in this directory")
-    return files
+        shown = "; ".join(f"{q.name}: {why}" for q, why in skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
+        raise TraceError(directory, f"no trace files in this directory ({looked} files looked at"
+                                    + (f": {shown})" if shown else ")"))
+    return TraceFiles(files, skipped)
+
+
+#: The compressed suffixes a directory scan takes besides plain JSON (read by content anyway).
+TRACE_SUFFIXES = (".json", ".json.gz", ".json.zst", ".json.zstd", ".json.bz2", ".json.xz", ".json.lz4")
+
+_SNIFF_BYTES = 64 << 10
+
+
+def sidecar_reason(path: Path) -> str | None:
+    """Why a JSON file beside the ranks is not a trace (a manifest, a config, a list of
+    records), from its first 64 KiB; None when it may be one (the loader decides)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+            whole = len(head) < _SNIFF_BYTES
+            if head[:2] == b"\x1f\x8b":
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                head = d.decompress(head, _SNIFF_BYTES)
+                whole = whole and d.eof
+            elif compression_of(head) is not None or wide_encoding(head[:4]) is not None:
+                return None
+    except (OSError, zlib.error):
+        return None  # unreadable or damaged: the loader says what is wrong, by name
+    text = head.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()
+    if text.startswith(b"{"):
+        if whole and decode._TRACE_EVENTS_KEY.search(text) is None and b"traceEvent" not in text:
+            return "JSON without 'traceEvents' (a sidecar, not a trace)"
+        return None
+    if text.startswith(b"["):
+        first = text[1:].lstrip()
+        if first.startswith(b"]"):
+            return None  # an empty array: the loader says "no GPU events"
+        if not first.startswith(b"{"):
+            return "a JSON list of values, not of trace events (a sidecar, not a trace)"
+        m = re.match(rb'\{\s*"(\w+)"', first)
+        body = first[: first.find(b"}") + 1] if b"}" in first else first[:4096]
+        if m is not None and b'"ph"' not in body and b'"ts"' not in body:
+            return "a JSON list of records without 'ph'/'ts' (a sidecar, not a trace)"
+    return None

@@ -39,6 +39,8 @@ class Trace:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: human-readable counts of what the loader had to skip or repair
     warnings: list[str] = field(default_factory=list)
+    #: the names of ``pid``/``tid`` values given as strings, by the id they got
+    thread_names: dict[int, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -53,7 +55,11 @@ class Trace:
         for d in self.devices:
             if d.get("id") == device:
                 return d.get("name")
-        return None
+        return self.thread_names.get(device)  # a pid given as a string ("GPU 0")
+
+    def device_text(self, device: int) -> str:
+        """The device as a user knows it: its number, or the name it was given as a string."""
+        return self.thread_names.get(device, str(device))
 
     def to_pandas(self) -> "pandas.DataFrame":
         """The event table as a pandas DataFrame, for notebooks (needs pandas + pyarrow)."""

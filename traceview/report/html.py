@@ -31,6 +31,7 @@ from ..analysis import TraceAnalysis
 from .html_charts import category_figure, layer_figure, microbatch_figure, reconciliation_figure
 from .html_style import EXPOSED, category_color, esc, ms, pct
 from .html_timeline import gpu_timeline
+from ..classify.names import demangle
 from .terminal import gpu_label
 from .verdict import BAD_SHARE, WARN_SHARE, severity, verdict, verdict_lines
 from .text import short_kernel_name, word
@@ -160,7 +161,7 @@ def _per_gpu_budget(max_events: int, n_gpus: int) -> int:
 
 def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_EVENTS,
                 reconciliations: dict[int, Any] | None = None, budget_note: str | None = None,
-                title: str | None = None) -> Report:
+                title: str | None = None, run=None) -> Report:
     """Build the report page for analyzed traces (one per rank).
 
     ``max_events`` is shared among the GPUs' timelines, each getting at least
@@ -185,10 +186,20 @@ def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_E
     warn_html = _warnings(results)
     if warn_html:  # first: a truncated or repaired file changes how every number reads
         page.add(warn_html)
+    from .html_run import run_sections
+
+    run_parts, run_figures = run_sections(run)
+    for part in run_parts:
+        if part == "<!--figure-->":
+            page.figure(run_figures.pop(0))
+        else:
+            page.add(part)
+    if run_parts:
+        page.add('<h2>Per-rank detail</h2><p class="sub">Each rank on its own, on its own clock.</p>')
     page.add(_verdicts(results))
     page.add(_gpu_table(results))
     page.add(_iterations(results))
-    page.add(_skew(results))
+    page.add(_skew(run))
     reduced_slot = len(page.parts)
     page.add("")  # filled below when a timeline was reduced
 
@@ -341,23 +352,21 @@ def _gpu_table(results: list[TraceAnalysis]) -> str:
     rows = []
     for a in results:
         for g in a.gpus:
-            rows.append([esc(a.trace.name), "–" if a.rank is None else str(a.rank), str(g.device), ms(g.span_us),
+            rows.append([esc(a.trace.name), "–" if a.rank is None else str(a.rank), esc(a.trace.device_text(g.device)),
+                         ms(g.span_us),
                          ms(g.busy_us), ms(g.compute_us), ms(g.comm_us), ms(g.overlap_us),
                          f'<span class="exposed">{ms(g.exposed_comm_us)}</span>', pct(g.exposed_comm_ratio),
                          ms(g.memory_us), ms(g.idle_us)])
     return "<h3>GPU time (ms)</h3>" + _table(headers, rows)
 
 
-def _skew(results: list[TraceAnalysis]) -> str:
-    """Per collective category, how long ranks waited for each other (2+ ranks)."""
-    from ..analysis import rank_skew, skew_caveats
-
-    if len(results) < 2:
+def _skew(run) -> str:
+    """Per collective category, how long ranks waited for each other (a run of 2+ ranks)."""
+    if run is None or not run.cross_rank:
         return ""
-    skew, _offsets = rank_skew(results)
-    notes = "".join(f'<p class="note">{esc(c)}</p>' for c in skew_caveats(results))
+    skew = run.skew_table()
     if skew.height == 0:
-        return notes
+        return ""
     waits = [c for c in skew.columns if c.startswith("wait_us_")]
     headers = [("category", False), ("collectives", True), ("mean skew ms", True), ("max skew ms", True)]
     headers += [(f"rank {esc(c[8:])} waiting ms (% of its time in them)", True) for c in waits]
@@ -368,12 +377,13 @@ def _skew(results: list[TraceAnalysis]) -> str:
         rows.append(row)
     return ("<h3>Waiting for a peer: collective skew between ranks</h3>"
             '<p class="sub">For the same collective on every rank, how much later the last rank arrived than the '
-            "first (clock offsets removed). A rank that arrives early waits inside the communication kernel: "
-            "that time looks like communication but moves no data.</p>" + notes + _table(headers, rows))
+            "first (clocks aligned). A rank that arrives early waits inside the communication kernel: "
+            "that time looks like communication but moves no data.</p>" + _table(headers, rows))
 
 
 def _warnings(results: list[TraceAnalysis]) -> str:
     items = [f"<li>{esc(a.trace.name)}: {esc(w)}</li>" for a in results for w in a.trace.warnings]
+    items += [f"<li>{esc(a.trace.name)}: trace health: {esc(h.message)}</li>" for a in results for h in a.health]
     return f'<div class="note"><b>Loader warnings</b><ul class="warn-list">{"".join(items)}</ul></div>' if items else ""
 
 
@@ -391,6 +401,9 @@ def _segments(page: _Page, results: list[TraceAnalysis]) -> None:
     fig = microbatch_figure(items)
     if fig:
         page.figure(fig)
+    for a in results:
+        for note in a.segmentation.approximate:
+            page.add(f'<p class="muted">{esc(a.trace.name)}: approximate: {esc(note)}</p>')
     any_layer = False
     for a in results:
         src = a.segmentation.sources
@@ -484,7 +497,8 @@ def _kernels(page: _Page, results: list[TraceAnalysis]) -> None:
 
 
 def _kernel_cell(name: str) -> str:
-    full = name if len(name) <= 2000 else name[:2000] + "…"
+    full = demangle(name)  # the whole signature on hover, demangled
+    full = full if len(full) <= 2000 else full[:2000] + "…"
     return f'<span class="k" title="{esc(full)}">{esc(short_kernel_name(name, 140))}</span>'
 
 
@@ -514,7 +528,12 @@ def _reconciliation(page: _Page, results: list[TraceAnalysis], recs: dict[int, A
         fig = reconciliation_figure(summary, title)
         if fig:
             page.figure(fig)
-        page.add(_frame_table(summary))
+        if hasattr(rec, "table"):  # the columns, warnings and notes the terminal prints, in its words
+            page.add(_frame_table(rec.table()))
+            page.add("".join(f'<p>{esc(line)}</p>' for line in rec.serving_lines()))
+            page.add("".join(f'<p class="note"><b>warning:</b> {esc(w)}</p>' for w in rec.warnings))
+        else:
+            page.add(_frame_table(summary))
         if hasattr(rec, "notes"):
             page.add("".join(f'<p class="note">{esc(n)}</p>' for n in rec.notes()))
 
@@ -522,9 +541,10 @@ def _reconciliation(page: _Page, results: list[TraceAnalysis], recs: dict[int, A
 _RATIO_COLUMNS = ("efficiency", "vs_model")
 
 
-def _frame_table(df: pl.DataFrame, limit: int = 200) -> str:
-    """Any polars table as an escaped HTML table (ratios as percentages, other floats to 3 decimals)."""
-    headers = [(esc(word(c)), df.schema[c].is_numeric()) for c in df.columns]
+def _frame_table(df: pl.DataFrame, limit: int = 200, raw_names: bool = False) -> str:
+    """Any polars table as an escaped HTML table (ratios as percentages, other floats to 3 decimals);
+    ``raw_names`` keeps the column names as the JSON spells them."""
+    headers = [(esc(c if raw_names else word(c)), df.schema[c].is_numeric()) for c in df.columns]
     rows = []
     for r in df.head(limit).iter_rows(named=True):
         cells = []

@@ -103,9 +103,9 @@ def _kernel_boxes(d: pl.DataFrame, t0: float, span: float, budget: int,
     else a detail window plus long kernels and merged bins of short ones."""
     names = _names(d["name"])
     single = d.with_columns(
-        pl.format("<b>{}</b><br>{} · {}<br>stream {} · starts at {} ms",
+        pl.format("<b>{}</b><br>{} · {}<br>{} · starts at {} ms",
                   pl.col("name").replace_strict(names, return_dtype=pl.Utf8),
-                  pl.col("category"), _fmt_dur("dur"), pl.col("stream"),
+                  pl.col("category"), _fmt_dur("dur"), pl.col("stream_text"),
                   ((pl.col("ts") - t0) / 1000).round(3)).alias("hover"),
         pl.lit(1, dtype=pl.UInt32).alias("n"), pl.lit(1.0).alias("alpha"))
     cols = ["ts", "end", "stream", "category", "role", "hover", "n", "alpha"]
@@ -128,20 +128,51 @@ def _kernel_boxes(d: pl.DataFrame, t0: float, span: float, budget: int,
         per_cat = (short.group_by("stream", "bin", "category", "role")
                    .agg(pl.col("dur").sum().alias("t")))
         merged = (short.group_by("stream", "bin").agg(
-            pl.col("ts").min(), pl.col("end").max(), pl.len().alias("n"), pl.col("dur").sum().alias("busy"))
+            pl.col("ts").min(), pl.col("end").max(), pl.len().alias("n"), pl.col("dur").sum().alias("busy"),
+            pl.col("stream_text").first())
             .join(per_cat.sort("t", descending=True).group_by("stream", "bin", maintain_order=True).agg(
                 pl.col("category").first(), pl.col("role").first(),
                 pl.format("{} {}", pl.col("category"), _fmt_dur("t")).head(4).str.join(", ").alias("mix")),
                 on=["stream", "bin"]))
         merged = merged.with_columns(
-            pl.format("<b>{} short kernels merged</b><br>busy {} of {}<br>{}<br>stream {} · from {} ms",
-                      pl.col("n"), _fmt_dur("busy"), pl.lit(_fmt_us(r)), pl.col("mix"), pl.col("stream"),
+            pl.format("<b>{} short kernels merged</b><br>busy {} of {}<br>{}<br>{} · from {} ms",
+                      pl.col("n"), _fmt_dur("busy"), pl.lit(_fmt_us(r)), pl.col("mix"), pl.col("stream_text"),
                       ((pl.col("ts") - t0) / 1000).round(3)).alias("hover"),
             (pl.col("busy") / (pl.col("end") - pl.col("ts")).clip(lower_bound=1e-9)).clip(0.3, 0.999).alias("alpha"),
         ).select(cols)
-        if detail.height + long.height + solo.height + merged.height <= budget:
+        if detail.height + long.height + solo.height + merged.height <= budget or r > 4 * span:
+            # (past the span every lane holds one bin: what is left cannot shrink further)
             return pl.concat([detail, long, solo, merged]), int(short.height), r, detail_end
         r *= 2
+
+
+#: Lanes of streams drawn at most; beyond, the busiest streams keep their lanes and the rest
+#: share one (200,000 streams would be a page 7 million pixels high, drawn box by box).
+MAX_STREAM_LANES = 48
+OTHER_STREAMS = -(1 << 63)  # the shared lane's stream id (int64's minimum: no real stream)
+
+
+def _cap_lanes(d: pl.DataFrame, thread_names: dict[int, str]) -> tuple[pl.DataFrame, str | None]:
+    """``d`` with a ``stream_text`` column (how a stream is shown: its number, or the name it
+    was given as a string) and, past ``MAX_STREAM_LANES`` streams, all but the busiest moved
+    to one shared lane; the note that says so."""
+    def text(s: pl.Series) -> pl.Series:
+        return pl.Series([f"stream {thread_names.get(v, v)}" for v in s.to_list()], dtype=pl.Utf8)
+
+    streams = d.group_by("stream").agg(pl.col("dur").sum().alias("t")).sort("t", "stream", descending=[True, False])
+    names = dict(zip(streams["stream"].to_list(), text(streams["stream"]).to_list()))
+    if streams.height <= MAX_STREAM_LANES:
+        return d.with_columns(pl.col("stream").replace_strict(names, return_dtype=pl.Utf8).alias("stream_text")), None
+    keep = streams["stream"].head(MAX_STREAM_LANES - 1)
+    others = streams.height - keep.len()
+    names = {k: names[k] for k in keep.to_list()} | {OTHER_STREAMS: f"other {others:,} streams"}
+    own = pl.col("stream").is_in(keep.implode())
+    d = (d.with_columns(pl.when(own).then(pl.col("stream")).otherwise(pl.lit(OTHER_STREAMS, dtype=pl.Int64))
+                        .alias("stream"))
+         .with_columns(pl.col("stream").replace_strict(names, return_dtype=pl.Utf8).alias("stream_text"))
+         .sort("stream", "ts"))
+    return d, (f"{streams.height:,} streams on this GPU: the {keep.len()} busiest have a lane each, the other "
+               f"{others:,} share the last lane")
 
 
 def _fmt_us(us: float) -> str:
@@ -236,6 +267,7 @@ def gpu_timeline(a, g, budget: int = 10_000, label: str = "", subtitle: str = ""
          .with_columns(pl.col("stream").fill_null(-1))
          .sort("stream", "ts"))
     t0, span = g.start_us, max(g.span_us, 1e-3)
+    d, lane_note = _cap_lanes(d, a.trace.thread_names)
     streams = sorted(d["stream"].unique().to_list())
     stream_role = {s: r for s, r in d.group_by("stream", "role").agg(pl.col("dur").sum())
                    .sort("dur", descending=True).unique("stream", keep="first").select("stream", "role").iter_rows()}
@@ -248,7 +280,8 @@ def gpu_timeline(a, g, budget: int = 10_000, label: str = "", subtitle: str = ""
     if has_comm:
         lanes.append("<b>exposed comm</b>")
     stream_y = {s: len(lanes) + i for i, s in enumerate(streams)}
-    lanes += [f"stream {s} · {esc(stream_role.get(s, ''))}" for s in streams]
+    text_of = dict(d.select("stream", "stream_text").unique("stream").iter_rows())
+    lanes += [f"{esc(text_of.get(s, s))} · {esc(stream_role.get(s, ''))}" for s in streams]
 
     traces: list[dict] = [_band_trace(lbl, level, runs, float(y), t0, span, detail_end)
                           for y, (lbl, level, runs) in enumerate(bands)]  # drawn first: below the rest
@@ -317,7 +350,7 @@ def gpu_timeline(a, g, budget: int = 10_000, label: str = "", subtitle: str = ""
         "plot_bgcolor": "#ffffff",
         "paper_bgcolor": "#ffffff",
     }
-    notes = []
+    notes = [lane_note] if lane_note else []
     if merged_kernels:
         detail_ms = (detail_end - t0) / 1000
         layout["shapes"] = [{"type": "rect", "xref": "x", "yref": "paper", "x0": 0, "x1": detail_ms, "y0": 0, "y1": 1,

@@ -52,6 +52,7 @@ def trace_dict(a: TraceAnalysis, with_segments: bool = True) -> dict[str, Any]:
         "rank": t.rank,
         "world_size": t.world_size,
         "warnings": list(t.warnings),
+        "health": [h.to_dict() for h in a.health],
         "gpus": [_gpu_dict(a, g) for g in a.gpus],
         "unclassified": [
             {"name": n, "time_us": tu, "count": c} for n, tu, c in a.unclassified().iter_rows()
@@ -61,20 +62,20 @@ def trace_dict(a: TraceAnalysis, with_segments: bool = True) -> dict[str, Any]:
 
 
 def analysis_document(results: list[TraceAnalysis | TraceError], extra: dict | None = None,
-                      with_segments: bool = True) -> dict[str, Any]:
+                      with_segments: bool = True, run=None) -> dict[str, Any]:
+    """``run``: the RunAnalysis of the files when there are several (the ``run`` object)."""
     from .. import __version__
-    from ..analysis import rank_skew, skew_caveats
 
     good = [r for r in results if isinstance(r, TraceAnalysis)]
-    skew, offsets = rank_skew(good)
+    skew = run.skew_table() if run is not None and run.cross_rank else None
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "traceview_version": __version__,
         "traces": [trace_dict(r, with_segments) for r in good],
         "errors": [{"file": e.path, "error": e.reason} for e in results if isinstance(e, TraceError)],
-        "skew": {"clock_offset_us": {str(k): v for k, v in offsets.items()}, "by_category": skew.to_dicts()}
-        if skew.height else None,
-        "skew_caveats": skew_caveats(good),
+        "run": run.to_dict() if run is not None else None,
+        "skew": {"by_category": skew.to_dicts()} if skew is not None and skew.height else None,
+        "skew_caveats": ([run.reason] if run.reason else []) + run.caveats if run is not None else [],
     }
     if extra:
         doc.update(extra)

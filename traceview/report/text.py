@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from ..classify.names import display_name
+
 #: C0/C1 controls (ESC included), zero-width and bidi marks/overrides/isolates, word joiners and
 #: other invisible format characters, the BOM, interlinear annotations, unpaired surrogates.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
@@ -15,12 +17,25 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?"
 _BLANKS = re.compile(r"[\t\n]")
 
 
+#: A byte of a file name that is not UTF-8, as Python decodes it (``surrogateescape``).
+_FS_BYTE = re.compile(r"[\udc80-\udcff]")
+
+
+def fs_text(text: object) -> str:
+    """``str(text)`` with the undecodable bytes of a file name written ``\\xNN``: printable,
+    encodable (no UnicodeEncodeError in CSV or JSON), and still telling which file it is."""
+    return _FS_BYTE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", str(text))
+
+
 def clean(text: object, limit: int | None = None) -> str:
     """Strip ANSI escapes and control/bidi characters; optionally shorten with an ellipsis.
 
     Tabs and newlines are kept (callers that need one line use ``one_line``).
     """
-    s = _CONTROL.sub("", _ANSI.sub("", str(text)))
+    s = str(text)
+    if limit is not None and len(s) > 4 * limit + 4096:  # a 500 MB name: only its start can be shown
+        s = s[: 4 * limit + 4096]
+    s = _CONTROL.sub("", _ANSI.sub("", fs_text(s)))
     if limit is not None and len(s) > limit:
         s = s[: limit - 1] + "…"
     return s
@@ -43,28 +58,11 @@ def word(key: str) -> str:
     return WORDS.get(key, key.replace("_", " "))
 
 
-def display_name(name: str) -> str:
-    """The name a kernel is shown by in tables and HTML.  Identity for now: the labels work
-    (classify/, issue 13) plugs kernel-name demangling / display names in here, once."""
-    return name
-
-
 def short_kernel_name(name: str, limit: int = 90) -> str:
-    """A readable kernel name: drop 'void ' and the trailing parameter list."""
-    s = clean(display_name(name))
-    if s.startswith("void "):
-        s = s[5:]
-    if s.endswith(")"):
-        depth = 0
-        for i in range(len(s) - 1, 0, -1):  # find the '(' matching the final ')'
-            if s[i] == ")":
-                depth += 1
-            elif s[i] == "(":
-                depth -= 1
-                if depth == 0:
-                    s = s[:i]
-                    break
-    return clean(s, limit)
+    """A readable kernel name (``traceview.classify.display_name``: demangled, no return type
+    or parameter list), made safe and shortened."""
+    name = name if len(name) <= 1 << 16 else name[: 1 << 16]  # (a huge name: shown by its start)
+    return clean(display_name(clean(name)), limit)
 
 
 def fmt_ms(us: float | None) -> str:
@@ -90,3 +88,47 @@ def clean_frame(df: "pl.DataFrame") -> "pl.DataFrame":
 def one_line(text: object, limit: int | None = None) -> str:
     """``clean()``, with tabs and newlines made spaces: a trace string cannot forge an output line."""
     return clean(_BLANKS.sub(" ", str(text)), limit)
+
+
+#: What a file name may hold that must not reach a terminal as it is: controls (newlines
+#: included), bidi and invisible characters, bytes that are not UTF-8.
+_PATH_UNSAFE = re.compile(_CONTROL.pattern[:-1] + r"\t\n]")
+
+
+def display_path(path: object, limit: int | None = None) -> str:
+    """A file name for a terminal line: controls and invisible characters shown as escapes
+    (``\\n``, ``\\x1b``, ``\\u202e``), bytes that are not UTF-8 as ``\\xNN``, so the name
+    cannot forge a line or hide itself, yet still says which file it is."""
+    def esc(m: re.Match) -> str:
+        c = m.group()
+        if 0xDC80 <= ord(c) <= 0xDCFF:
+            return f"\\x{ord(c) - 0xDC00:02x}"
+        return c.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+    s = _PATH_UNSAFE.sub(esc, str(path))
+    if limit is not None and len(s) > limit:
+        s = s[: limit - 1] + "…"
+    return s
+
+
+def json_safe(value):
+    """``value`` with every string (keys too) passed through ``fs_text``: a document that
+    holds a file name that is not UTF-8 can still be written as JSON."""
+    if isinstance(value, str):
+        return fs_text(value)
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_dumps(doc, option: int = 0) -> str:
+    """``orjson.dumps`` of ``doc`` as text; a string that is not valid Unicode (a file name's
+    undecodable bytes) is written ``\\xNN`` instead of failing."""
+    import orjson
+
+    try:
+        return orjson.dumps(doc, option=option).decode()
+    except orjson.JSONEncodeError:
+        return orjson.dumps(json_safe(doc), option=option).decode()

@@ -19,6 +19,7 @@ Three sources, in this order, per level (the result says which one was used):
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ class Segmentation:
     labels: pl.DataFrame                      # row, iteration, stage, microbatch, layer, phase
     sources: dict[str, str] = field(default_factory=dict)  # level -> annotations|threads|inferred|none
     num_microbatches: int = 1
+    approximate: list[str] = field(default_factory=list)  # which figures are estimates, and why
 
     def summary(self) -> dict:
         lab = self.labels
@@ -47,7 +49,13 @@ class Segmentation:
             "iterations": lab["iteration"].drop_nulls().n_unique(),
             "microbatches": sorted(m for m in lab["microbatch"].drop_nulls().unique().to_list()),
             "layers": lab["layer"].drop_nulls().n_unique(),
+            # one per layer pass: S profiled steps of an L-layer model give S x L
+            # (kernels outside every iteration, e.g. eager work before the first graph replay, are not a pass)
+            "layer_instances": lab.filter(pl.col("layer").is_not_null() & (pl.col("iteration").is_not_null()
+                                          | pl.col("iteration").is_null().all()))
+            .select("iteration", "layer").unique().height,
             "phases": sorted(p for p in lab["phase"].drop_nulls().unique().to_list()),
+            "approximate": list(self.approximate),
         }
 
 
@@ -57,22 +65,28 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
     pats = (patterns or LevelPatterns()).compiled()
     labels = _from_annotations(trace, kernels, pats)
     sources = {lvl: ("annotations" if labels[lvl].drop_nulls().len() else "none") for lvl in LEVELS}
+    if sources["iteration"] == "annotations":
+        labels = _iterations_by_time(trace, kernels, labels, pats)
     if sources["microbatch"] == "none":
-        by_thread = _microbatch_from_threads(kernels)
+        by_thread = _microbatch_from_threads(kernels, labels.select("row", "iteration"))
         if by_thread is not None:
             labels = labels.drop("microbatch").join(by_thread, on="row", how="left")
             sources["microbatch"] = "threads"
     annotated = any(sources[lvl] == "annotations" for lvl in ("microbatch", "layer", "phase"))
-    if sources["iteration"] == "annotations":
-        labels = _iterations_by_time(trace, kernels, labels, pats)
+    approximate: list[str] = []
     if infer and not annotated and (sources["microbatch"] == "none" or sources["layer"] == "none"):
         labels, inferred = _infer(trace, kernels, labels, sources)
         sources.update(inferred)
+        if inferred.get("microbatch") == "inferred" and labels["microbatch"].drop_nulls().n_unique() > 1:
+            approximate.append("micro-batches inferred from the launch order (no annotation, no micro-batch "
+                               "threads): communication (or, without it, each expert block) is attributed by "
+                               "its position, the other kernels by the same alternation; per-micro-batch "
+                               "compute and cover figures are approximate")
     if sources["microbatch"] == "none":
         labels = labels.with_columns(pl.lit("mb0").alias("microbatch"))
         sources["microbatch"] = "single"
     n_mb = max(1, labels["microbatch"].drop_nulls().n_unique())
-    return Segmentation(labels=labels, sources=sources, num_microbatches=n_mb)
+    return Segmentation(labels=labels, sources=sources, num_microbatches=n_mb, approximate=approximate)
 
 
 # --- 1. annotations ---------------------------------------------------------------------
@@ -102,7 +116,20 @@ def _from_annotations(trace: Trace, kernels: pl.DataFrame, pats) -> pl.DataFrame
     for lvl in LEVELS:
         if lvl not in inner.columns:
             inner = inner.with_columns(pl.lit(None, dtype=pl.Utf8).alias(lvl))
-    return kernels.select("row").join(inner.rename({"point": "row"}).select("row", *LEVELS), on="row", how="left")
+    out = kernels.select("row").join(inner.rename({"point": "row"}).select("row", *LEVELS), on="row", how="left")
+    # without iteration ranges, each stage range (SGLang's step[DECODE bs=32], vLLM's
+    # execute_..., a decode_step range) is one pass of the model: an iteration, numbered in
+    # the order the ranges start
+    stage_enc = enc.filter(pl.col("level") == "stage")
+    if stage_enc.height and out["iteration"].drop_nulls().len() == 0:
+        outer = (stage_enc.join(ranges.select("range", "ts"), on="range").sort("depth")
+                 .group_by("point").agg(pl.col("range").first(), pl.col("ts").first()))
+        starts = outer.select("range", "ts").unique().sort("ts", "range")
+        number = {r: str(i + 1) for i, r in enumerate(starts["range"].to_list())}
+        it = outer.select(pl.col("point").alias("row"),
+                          pl.col("range").replace_strict(number, return_dtype=pl.Utf8).alias("_stage_it"))
+        out = out.join(it, on="row", how="left").with_columns(pl.col("_stage_it").alias("iteration")).drop("_stage_it")
+    return out
 
 
 def _iterations_by_time(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, pats) -> pl.DataFrame:
@@ -129,30 +156,55 @@ def _iterations_by_time(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFram
 
 # --- 2. launching threads ---------------------------------------------------------------
 
-def _microbatch_from_threads(kernels: pl.DataFrame) -> pl.DataFrame | None:
-    """Micro-batch = launching CPU thread, when two or more threads each launch a real share."""
-    counts = kernels.filter(pl.col("launch_tid").is_not_null()).group_by("launch_tid").agg(
-        pl.len(), (pl.col("role") == "comm").sum().alias("comm"))
+def _microbatch_from_threads(kernels: pl.DataFrame, iteration: pl.DataFrame) -> pl.DataFrame | None:
+    """Micro-batch = launching CPU thread, for the serving pattern only (vLLM's dual-batch
+    overlap): two or more threads that each launch a real share of the kernels, both compute
+    and communication, interleaved within an iteration.  Never training's forward/backward
+    threads (the autograd thread launches no communication of its own, or the two do not
+    interleave) and never a trace without communication.  Numbered by each thread's first
+    launch, so mb0 is the same micro-batch on every rank whatever the thread ids are."""
+    k = kernels.filter(pl.col("launch_tid").is_not_null()).join(iteration, on="row", how="left")
+    counts = k.group_by("launch_pid", "launch_tid").agg(
+        pl.len(), (pl.col("role") == "comm").sum().alias("comm"), (pl.col("role") == "compute").sum().alias("compute"),
+        pl.col("launch_ts").min().alias("first"))
     total = counts["len"].sum()
-    major = counts.filter(pl.col("len") >= 0.1 * total).sort("launch_tid")
-    if major.height < 2:
+    major = counts.filter(pl.col("len") >= 0.1 * total)
+    if major.height < 2 or (major["comm"] == 0).any() or (major["compute"] == 0).any():
         return None
-    # each micro-batch issues its own communication; a thread that launches none (e.g. the
-    # autograd engine's backward thread) is not a micro-batch
-    if counts["comm"].sum() > 0 and (major["comm"] == 0).any():
+    if not _interleaved(k.join(major.select("launch_pid", "launch_tid"), on=["launch_pid", "launch_tid"])):
         return None
-    mb = {tid: f"mb{i}" for i, tid in enumerate(major["launch_tid"].to_list())}
-    return kernels.select("row", pl.col("launch_tid").replace_strict(mb, default=None, return_dtype=pl.Utf8)
-                          .alias("microbatch"))
+    order = major.sort("first", "launch_tid")
+    mb = {(pid, tid): f"mb{i}" for i, (pid, tid) in enumerate(zip(order["launch_pid"].to_list(), order["launch_tid"].to_list()))}
+    keys = pl.DataFrame({"launch_pid": [p for p, _ in mb], "launch_tid": [t for _, t in mb], "microbatch": list(mb.values())},
+                        schema={"launch_pid": kernels.schema["launch_pid"], "launch_tid": kernels.schema["launch_tid"],
+                                "microbatch": pl.Utf8})
+    return kernels.select("row", "launch_pid", "launch_tid").join(keys, on=["launch_pid", "launch_tid"], how="left").select(
+        "row", "microbatch")
+
+
+def _interleaved(k: pl.DataFrame) -> bool:
+    """Do the threads' communication launches alternate within iterations?  Micro-batch
+    threads ping-pong (A's dispatch, B's dispatch, A's combine, ...); threads that run one
+    after the other (forward, then backward) switch once per iteration."""
+    comm = k.filter(pl.col("role") == "comm").sort("launch_ts")
+    if comm.height < 4:
+        return False
+    it = comm["iteration"].fill_null("").to_list() if "iteration" in comm.columns else [""] * comm.height
+    who = list(zip(comm["launch_pid"].to_list(), comm["launch_tid"].to_list()))
+    switches = sum(1 for i in range(1, len(who)) if who[i] != who[i - 1] and it[i] == it[i - 1])
+    n_iters = max(1, len(set(it)))
+    return switches >= 2 * n_iters
 
 
 # --- 3. inference -----------------------------------------------------------------------
 
 def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: dict[str, str]):
     """Micro-batches from stage alternation, layers from attention kernels, iterations from syncs."""
+    # launch order; the kernels of one graph replay share their launch, so GPU order within it
     k = (kernels.filter(pl.col("launch_ts").is_not_null())
-         .select("row", "launch_ts", "launch_tid", "launch_pid", pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8))
-         .sort("launch_ts", "row"))
+         .select("row", "launch_ts", "ts", "correlation", "launch_tid", "launch_pid", pl.col("category").cast(pl.Utf8),
+                 pl.col("role").cast(pl.Utf8), pl.col("name").cast(pl.Utf8))
+         .sort("launch_ts", "ts", "row"))
     if k.height == 0:
         return labels, {}
     out: dict[str, str] = {}
@@ -160,31 +212,51 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
     is_comm = k["role"].to_numpy() == "comm"
     rows = k["row"].to_numpy()
 
-    # iterations: device synchronizations on the launching thread (when no ProfilerStep)
+    # iterations (when no ProfilerStep / stage ranges): one per CUDA-graph launch when the
+    # kernels are graph replays, else device synchronizations on the launching thread
     iteration = labels.select("row", "iteration")
     if sources["iteration"] == "none":
-        syncs = trace.events.filter(
-            pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
-            & pl.col("name").cast(pl.Utf8).str.contains("DeviceSynchronize|cuCtxSynchronize"))["ts"].to_numpy()
-        it = np.searchsorted(np.sort(syncs), k["launch_ts"].to_numpy())
+        bounds = _graph_launches(trace, k)
+        if bounds is None:
+            bounds = np.sort(trace.events.filter(
+                pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
+                & pl.col("name").cast(pl.Utf8).str.contains("DeviceSynchronize|cuCtxSynchronize"))["ts"].to_numpy())
+            it = np.searchsorted(bounds, k["launch_ts"].to_numpy())
+            outside = np.zeros(len(it), dtype=bool)
+        else:
+            # graph launch i and the eager work after it until launch i + 1; eager work before
+            # the first replay (warm-up, input copies) belongs to no replay
+            it = np.searchsorted(bounds, k["launch_ts"].to_numpy(), side="right")
+            outside = it == 0
         # renumber so that the first iteration holding kernels is 1
-        _, it = np.unique(it, return_inverse=True)
-        iteration = pl.DataFrame({"row": rows, "iteration": (it + 1).astype(str)})
-        if len(np.unique(it)) > 1:
+        uniq, it = np.unique(np.where(outside, -1, it), return_inverse=True)
+        it = it - (1 if outside.any() else 0)
+        iteration = pl.DataFrame({"row": rows, "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
+                                 schema={"row": pl.Int64, "iteration": pl.Utf8})
+        if len(np.unique(it[~outside])) > 1:
             out["iteration"] = "inferred"
     it_of_row = dict(zip(iteration["row"].to_list(), iteration["iteration"].to_list()))
     iters = np.array([it_of_row.get(r) or "" for r in rows])
 
     mb = labels["microbatch"] if sources["microbatch"] != "none" else None
-    if mb is None:
+    if mb is None and is_comm.any():  # micro-batches overlap communication: none without it
         mb_arr, n_mb = _infer_microbatches(cats, is_comm, iters)
         out["microbatch"] = "inferred"
+    elif mb is None:
+        mb_arr = np.full(len(rows), "mb0", dtype=object)
+        # no communication kernels (a one-rank EP run, a graph whose transfers are copies):
+        # micro-batches still show as rounds of layer starts before each expert block
+        anchor = _layer_anchors(cats, k["name"].to_numpy(), is_comm, iters, mb_arr)
+        by_rounds = _microbatches_from_rounds(anchor, cats == "gemm.grouped", iters) if anchor is not None else None
+        if by_rounds is not None:
+            mb_arr = by_rounds
+            out["microbatch"] = "inferred"
     else:
         mb_of_row = dict(zip(labels["row"].to_list(), labels["microbatch"].to_list()))
         mb_arr = np.array([mb_of_row.get(r) or "mb0" for r in rows])
     layer = None
     if sources["layer"] == "none":
-        layer = _infer_layers(cats, is_comm, iters, mb_arr)
+        layer = _infer_layers(cats, k["name"].to_numpy(), is_comm, iters, mb_arr)
         if layer is not None:
             out["layer"] = "inferred"
     inferred = pl.DataFrame({"row": rows, "microbatch_i": mb_arr,
@@ -251,22 +323,153 @@ def _infer_microbatches(cats: np.ndarray, is_comm: np.ndarray, iters: np.ndarray
     return np.array([f"mb{m}" for m in mb_of_stage[stage]]), n_mb
 
 
-def _infer_layers(cats: np.ndarray, is_comm: np.ndarray, iters: np.ndarray, mb: np.ndarray) -> np.ndarray | None:
-    """Layer index = running count of attention kernels per (iteration, micro-batch).
+#: attention kernels that prepare a call rather than compute it (FA3's scheduler, FlashMLA's
+#: tile metadata, FlashInfer plans): they may run once per step, so they never start a layer
+ATTENTION_AUX = re.compile(r"(?i)metadata|prepare_varlen_num_blocks|plan_kernel|scheduler")
 
-    Without attention kernels, count communication groups instead (a comm group = one run
-    of consecutive communication launches)."""
-    anchor = np.array([c.startswith("attention") for c in cats])
-    if not anchor.any():
-        starts = is_comm & ~np.concatenate([[False], is_comm[:-1]])
-        if not starts.any():
-            return None
-        anchor = starts
-    layer = np.empty(len(cats), dtype=object)
+
+def _infer_layers(cats: np.ndarray, names: np.ndarray, is_comm: np.ndarray, iters: np.ndarray,
+                  mb: np.ndarray) -> np.ndarray | None:
+    """Layer index per kernel: a running count of layer starts (``_layer_anchors``) per
+    (iteration, micro-batch); kernels before the first start are in layer 0."""
+    anchor = _layer_anchors(cats, names, is_comm, iters, mb)
+    if anchor is None:
+        return None
+    n = len(cats)
+    layer = np.empty(n, dtype=object)
     counters: dict[tuple, int] = {}
-    for i in range(len(cats)):
+    for i in range(n):
         key = (iters[i], mb[i])
         if anchor[i]:
             counters[key] = counters.get(key, -1) + 1
         layer[i] = str(max(0, counters.get(key, 0)))
     return layer
+
+
+def _layer_anchors(cats: np.ndarray, names: np.ndarray, is_comm: np.ndarray, iters: np.ndarray,
+                   mb: np.ndarray) -> np.ndarray | None:
+    """Layer index per kernel: a running count of layer starts per (iteration, micro-batch).
+
+    A layer starts at each attention *group*: the kernels one attention call launches (main
+    kernel, split-KV combine/reduce, ROCm's ll4mi QKV + reduce) follow each other with no
+    GEMM or communication between, so only the first of a run counts; preparation kernels
+    (``ATTENTION_AUX``) never count.  Without attention kernels (attention as bmm + softmax,
+    a stripped trace): one layer per MoE dispatch group, else per repeating GEMM (the GEMM
+    name launched the modal number of times per iteration: L per pass of an L-layer model),
+    else per communication group."""
+    n = len(cats)
+    attn = np.array([c.startswith("attention") for c in cats])
+    aux = np.array([bool(ATTENTION_AUX.search(x)) for x in names]) if attn.any() else np.zeros(n, dtype=bool)
+    gemm = np.array([c.startswith("gemm") for c in cats])
+    anchor = np.zeros(n, dtype=bool)
+    main = attn & ~aux
+    if main.any():
+        # first attention kernel of each run, per (iteration, micro-batch) stream of launches
+        last: dict[tuple, str] = {}
+        for i in range(n):
+            key = (iters[i], mb[i])
+            if main[i]:
+                anchor[i] = last.get(key) != "attn"
+                last[key] = "attn"
+            elif gemm[i] or is_comm[i]:
+                last[key] = "other"
+    elif (cats == "moe.dispatch").any():
+        disp = cats == "moe.dispatch"
+        anchor = _run_starts(disp, is_comm | gemm, iters, mb)
+    elif gemm.any():
+        anchor = _repeating(names, gemm, iters)
+    elif is_comm.any():
+        anchor = is_comm & ~np.concatenate([[False], is_comm[:-1]])
+    return anchor if anchor.any() else None
+
+
+def _microbatches_from_rounds(anchor: np.ndarray, grouped: np.ndarray, iters: np.ndarray) -> np.ndarray | None:
+    """Micro-batches of a two-batch-overlap MoE step without communication kernels.
+
+    Serially, every layer start is followed by its experts' grouped GEMMs; under TBO the
+    micro-batches take turns, so layer starts come in *rounds* (one per micro-batch, no expert
+    GEMM between) followed by as many expert blocks.  The number of micro-batches is the usual
+    size of a round that precedes expert GEMMs; within a round of size r the j-th start goes
+    to micro-batch floor(j n / r) (a first round holding the dense layers of every micro-batch
+    splits in order), within the expert block after it the i-th of c grouped GEMMs to floor(i n
+    / c); every other kernel follows the last start or expert GEMM before it.  None when the
+    rounds say one micro-batch."""
+    n = len(anchor)
+    events = [(i, "A" if anchor[i] else "E") for i in range(n) if anchor[i] or grouped[i]]
+    rounds: list[tuple[list[int], list[int]]] = []  # (layer starts, expert GEMMs after them)
+    for i, kind in events:
+        new_iter = rounds and iters[i] != iters[(rounds[-1][1] or rounds[-1][0])[-1]]
+        if kind == "A":
+            if not rounds or rounds[-1][1] or new_iter:
+                rounds.append(([i], []))
+            else:
+                rounds[-1][0].append(i)
+        elif rounds and not new_iter:
+            rounds[-1][1].append(i)
+    sizes = [len(a) for a, e in rounds if e]
+    if not sizes:
+        return None
+    n_mb = min(Counter(sizes).most_common(1)[0][0], 8)
+    if n_mb < 2 or Counter(sizes).most_common(1)[0][1] < 2:
+        return None
+    owner = np.full(n, -1, dtype=np.int64)
+    for starts, experts in rounds:
+        for j, i in enumerate(starts):
+            owner[i] = j * n_mb // len(starts)
+        for j, i in enumerate(experts):
+            owner[i] = j * n_mb // len(experts)
+    out = np.empty(n, dtype=object)
+    cur, last_it = 0, None
+    for i in range(n):
+        if iters[i] != last_it:
+            cur, last_it = 0, iters[i]
+        if owner[i] >= 0:
+            cur = int(owner[i])
+        out[i] = f"mb{cur}"
+    return out
+
+
+def _run_starts(mark: np.ndarray, breaks: np.ndarray, iters: np.ndarray, mb: np.ndarray) -> np.ndarray:
+    """First ``mark`` kernel of each run of marks (a run ends at a ``breaks`` kernel that is not a mark)."""
+    out = np.zeros(len(mark), dtype=bool)
+    last: dict[tuple, bool] = {}
+    for i in range(len(mark)):
+        key = (iters[i], mb[i])
+        if mark[i]:
+            out[i] = not last.get(key, False)
+            last[key] = True
+        elif breaks[i]:
+            last[key] = False
+    return out
+
+
+def _repeating(names: np.ndarray, gemm: np.ndarray, iters: np.ndarray) -> np.ndarray:
+    """The launches of the GEMM that starts each repetition of the layer body: of the GEMM
+    names launched the modal number of times per iteration (> 1), the one launched first."""
+    per_iter = Counter((iters[i], names[i]) for i in np.flatnonzero(gemm))
+    n_iters = max(1, len(set(iters[gemm])))
+    per_name: dict[str, list[int]] = {}
+    for (it, name), c in per_iter.items():
+        per_name.setdefault(name, []).append(c)
+    steady = {nm: cs[0] for nm, cs in per_name.items() if len(cs) == n_iters and len(set(cs)) == 1 and cs[0] > 1}
+    if not steady:
+        return np.zeros(len(names), dtype=bool)
+    mode = Counter(steady.values()).most_common(1)[0][0]
+    first_seen = {}
+    for i in np.flatnonzero(gemm):
+        first_seen.setdefault(names[i], i)
+    anchor_name = min((nm for nm, c in steady.items() if c == mode), key=lambda nm: first_seen[nm])
+    return names == anchor_name
+
+
+def _graph_launches(trace: Trace, k: pl.DataFrame) -> np.ndarray | None:
+    """Start times of the CUDA/HIP graph launches, when most kernels are graph replays."""
+    ev = trace.events
+    launches = ev.filter(pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
+                         & pl.col("name").cast(pl.Utf8).str.contains("(?i)GraphLaunch"))
+    if launches.height < 2:
+        return None
+    replayed = k["correlation"].is_in(launches["correlation"].drop_nulls().implode()).mean()
+    if not replayed or replayed < 0.5:
+        return None
+    return np.sort(launches["ts"].to_numpy())

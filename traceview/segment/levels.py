@@ -22,9 +22,19 @@ LEVELS = ("iteration", "stage", "microbatch", "layer", "phase")
 @dataclass
 class LevelPatterns:
     iteration: list[str] = field(default_factory=lambda: [r"^ProfilerStep#(\d+)$", r"(?i)^(?:iter|iteration|step)[._#-]?(\d+)$"])
-    stage: list[str] = field(default_factory=lambda: [r"(?i)^(prefill|extend|decode)(?:_step|_graph|[._#-]?\d+)*$",
-                                                       r"(?i)^forward_(extend|decode)$"])
-    microbatch: list[str] = field(default_factory=lambda: [r"(?i)^(?:mb|micro_?batch|ubatch|ub|tbo|dbo)[._#-]?(\d+)$"])
+    stage: list[str] = field(default_factory=lambda: [
+        r"(?i)^(prefill|extend|decode)(?:_step|_graph|[._#-]?\d+)*$",
+        r"(?i)^forward_(extend|decode)$",
+        # SGLang scheduler: step[EXTEND bs=15 toks=15360], step[DECODE bs=32]
+        r"^step\[(EXTEND|DECODE|MIXED|IDLE)\b",
+        # vLLM model runner: execute_<tokens>_context_<n>(...)_generation_<m>(...)
+        r"^execute_\d+_(?:(context)_[1-9]\d*|context_0)\(.*\)_(?:(generation)_[1-9]\d*|generation_0)\(",
+    ])
+    microbatch: list[str] = field(default_factory=lambda: [
+        r"(?i)^(?:mb|micro_?batch|ubatch|ub|tbo|dbo)[._#-]?(\d+)$",
+        # SGLang two-batch overlap with SGLANG_OPERATIONS_ENABLE_PROFILE=1: a<k> / b<k> stage ranges
+        r"^([ab])\d+$",
+    ])
     layer: list[str] = field(default_factory=lambda: [r"(?i)^(?:layer|layers|decoder_layer|block)[._#-]?(\d+)$",
                                                        r"(?i)(?:^|\.)layers\.(\d+)$"])
     #: ranges that are never phases: added by libraries, not by the user
@@ -59,17 +69,28 @@ class LevelPatterns:
         return lp
 
 
+#: one stage vocabulary whatever the stack calls it (vLLM: context / generation requests;
+#: SGLang: EXTEND, a prefill that may reuse a cached prefix)
+STAGE_WORDS = {"context": "prefill", "generation": "decode", "extend": "prefill"}
+#: SGLang's two-batch-overlap stage prefixes: a = first micro-batch, b = second
+MICROBATCH_LETTERS = {"a": "mb0", "b": "mb1"}
+
+
 def level_of(name: str, pats: dict[str, list[re.Pattern]]) -> tuple[str, str] | None:
-    """(level, label) for an annotation name; None for library ranges."""
+    """(level, label) for an annotation name; None for library ranges.
+
+    The label is the pattern's captured group (several groups: the non-empty ones joined
+    with '+'; none: the whole name)."""
     for lvl in ("iteration", "microbatch", "layer", "stage"):
         for p in pats[lvl]:
             m = p.search(name)
             if m:
-                label = m.group(1) if m.groups() else name
+                groups = [g for g in m.groups() if g]
+                label = "+".join(groups) if groups else name
                 if lvl == "microbatch":
-                    label = f"mb{int(label)}" if label.isdigit() else label
+                    label = f"mb{int(label)}" if label.isdigit() else MICROBATCH_LETTERS.get(label, label)
                 elif lvl == "stage":
-                    label = label.lower()
+                    label = "+".join(STAGE_WORDS.get(w, w) for w in label.lower().split("+"))
                 return lvl, label
     for p in pats["not_phase"]:
         if p.search(name):

@@ -21,8 +21,8 @@ from typing import Iterable
 
 import polars as pl
 
-from .checks import match_gpus
-from .summary import SEGMENT_VIEWS, GpuSummary, load_inputs
+from ..gate.checks import match_gpus
+from ..gate.summary import SEGMENT_VIEWS, GpuSummary, load_inputs
 
 DIFF_SCHEMA = "traceview.diff/1"
 TOTAL_METRICS = ("span_us", "compute_us", "comm_us", "overlap_us", "exposed_comm_us", "exposed_memory_us",
@@ -194,11 +194,31 @@ class GpuDiff:
 class DiffResult:
     pairs: list[GpuDiff]
     unmatched: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary_rows(self) -> list[dict]:
+        """One row per compared GPU (rank): iteration time and exposed communication per iteration,
+        base and new; the table that comes before any detail."""
+        rows = []
+        for d in self.pairs:
+            span, exp = d.total("span_us"), d.total("exposed_comm_us")
+            rows.append({"rank": d.new.rank, "device": d.new.device, "base": d.base.label, "new": d.new.label,
+                         "iteration_base_us": span.base, "iteration_new_us": span.new, "iteration_delta_us": span.delta,
+                         "iteration_delta_pct": _pct(span.new, span.base), "exposed_comm_base_us": exp.base,
+                         "exposed_comm_new_us": exp.new, "exposed_comm_delta_us": exp.delta,
+                         "findings": len(d.findings)})
+        return rows
+
+    def biggest(self, n: int) -> list[GpuDiff]:
+        """The ``n`` pairs whose iteration time changed most (all when ``n`` is 0)."""
+        order = sorted(self.pairs, key=lambda d: -abs(d.total("span_us").delta))
+        return order if not n else order[:n]
 
     def to_dict(self, top: int | None = None) -> dict:
         from .. import __version__
 
         return {"schema": DIFF_SCHEMA, "traceview_version": __version__, "units": "microseconds per iteration",
+                "summary": self.summary_rows(), "warnings": self.warnings,
                 "pairs": [p.to_dict(top) for p in self.pairs], "unmatched": self.unmatched}
 
 
@@ -385,7 +405,12 @@ def diff_summaries(base: list[GpuSummary], new: list[GpuSummary],
         pairs.append(d)
     unmatched = [f"base {b.label} ({b.file_name})" for b in base if id(b) not in used]
     unmatched += [f"new {n.label} ({n.file_name})" for n, b, _ in match_gpus(new, base) if b is None]
-    return DiffResult(pairs, unmatched)
+    warnings = []
+    nb, nn = len({(g.rank, g.device) for g in base}), len({(g.rank, g.device) for g in new})
+    if nb != nn:
+        warnings.append(f"the runs have different numbers of GPUs (base {nb}, new {nn}): a different world size "
+                        "changes every per-rank figure; only matched GPUs are compared")
+    return DiffResult(pairs, unmatched, warnings)
 
 
 def diff_paths(base: Iterable[str], new: Iterable[str], rules_file: str | None = None, jobs: int = 1,

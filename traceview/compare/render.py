@@ -31,13 +31,42 @@ def _count(x: float) -> str:
     return f"{x:.1f}".rstrip("0").rstrip(".") if x else "0"
 
 
-def render_diff(result: DiffResult, console: Console, top: int = 10, kernels: bool = False) -> None:
+#: with more GPU pairs than this, the details follow for the pairs that changed most only
+DETAIL_PAIRS = 3
+
+
+def render_diff(result: DiffResult, console: Console, top: int = 10, kernels: bool = False,
+                pairs: int | None = None) -> None:
+    """The summary across ranks first (one row per GPU), then the details of the pairs that
+    changed most (``pairs``: how many; 0 = all; default: all up to DETAIL_PAIRS pairs)."""
     if not result.pairs:
         console.print(Text("no GPUs to compare"))
-    for d in result.pairs:
+    for w in result.warnings:
+        console.print(Text(f"warning: {clean(w)}", style="yellow"))
+    if len(result.pairs) > 1:
+        _summary(result, console)
+    n = pairs if pairs is not None else (0 if len(result.pairs) <= DETAIL_PAIRS else DETAIL_PAIRS)
+    shown = result.biggest(n)
+    if len(shown) < len(result.pairs):
+        console.print(Text(f"details for the {len(shown)} of {len(result.pairs)} GPUs whose iteration time changed "
+                           "most (--pairs 0 for all; --format json has every pair)", style="dim"))
+    for d in shown:
         _pair(d, console, top, kernels)
     for u in result.unmatched:
         console.print(Text(f"not compared: {clean(u)}", style="yellow"))
+
+
+def _summary(result: DiffResult, console: Console) -> None:
+    t = Table(title="per rank, ms per iteration", title_justify="left", header_style="bold")
+    for c in ("rank", "gpu", "iteration base", "iteration new", "delta", "change", "exposed comm base",
+              "exposed comm new", "delta exposed"):
+        t.add_column(c, justify="right")
+    for r in result.summary_rows():
+        t.add_row("-" if r["rank"] is None else str(r["rank"]), str(r["device"]), _ms(r["iteration_base_us"]),
+                  _ms(r["iteration_new_us"]), _d(r["iteration_delta_us"]),
+                  _pct(r["iteration_new_us"], r["iteration_base_us"]), _ms(r["exposed_comm_base_us"]),
+                  _ms(r["exposed_comm_new_us"]), _d(r["exposed_comm_delta_us"]))
+    console.print(t)
 
 
 def _pair(d: GpuDiff, console: Console, top: int, kernels: bool) -> None:

@@ -1,0 +1,127 @@
+"""Collective instances across ranks: one clock, one row per (instance, rank), wait vs transfer.
+
+Clocks.  Kineto writes ``ts`` relative to ``baseTimeNanoseconds``; the bases of two ranks can
+differ, so each rank's times are first moved by its base difference to the lowest base.  Then
+the residual offset of each rank to the reference rank (the lowest rank number) is estimated
+as the median difference of matched collective *end* times - a collective ends nearly
+together on every rank, whenever each rank joined it - and removed.  What remains of the
+end-time spread is reported as a health figure: large values mean the clocks or the matching
+are wrong.
+
+Matching.  The n-th communication kernel of one category in the k-th iteration (iterations
+counted in time order on each rank) is one collective instance on every rank.  Groups whose
+kernel counts differ between ranks are not matched (and are reported).  c10d's
+``Process Group Name``/``Seq`` are not used: DeepEP kernels and NCCL kernels issued under
+dispatch/combine carry none, and the ordinal works for both.
+
+Per instance (TraceLens's and the TensorBoard plugin's definitions):
+  arrival_r  = start on rank r, on the common clock
+  transfer   = min over ranks of the kernel's duration
+  wait_r     = dur_r - transfer        (the transfer lies at the END of each rank's kernel)
+  last       = the rank with the latest arrival
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from .summary import RankSummary
+
+
+@dataclass
+class Matching:
+    """The matched instances (long format) and how the clocks were aligned."""
+
+    instances: pl.DataFrame              # one row per (instance, rank)
+    offsets_us: dict[int, float]         # each rank's clock offset to the reference rank, from collective ends
+    base_shift_us: dict[int, float]      # added to each rank's times for its baseTimeNanoseconds
+    end_spread_median_us: float | None   # after alignment: median over instances of (max end - min end)
+    end_spread_p95_us: float | None
+    unmatched: list[str] = field(default_factory=list)  # groups left out, in words
+    unmatched_kernels: dict[int, int] = field(default_factory=dict)
+
+    def to_common(self, rank: int) -> float:
+        """What to add to a rank's own times to put them on the run's clock."""
+        return self.base_shift_us.get(rank, 0.0) - self.offsets_us.get(rank, 0.0)
+
+
+def match(ranks: list[RankSummary]) -> Matching:
+    """Match every rank's communication kernels into instances on one clock."""
+    bases = {r.rank: r.base_time_ns for r in ranks}
+    if all(b is not None for b in bases.values()):
+        lo = min(bases.values())
+        base_shift = {r: (b - lo) / 1000.0 for r, b in bases.items()}
+    else:
+        base_shift = {r: 0.0 for r in bases}
+    use_iterations = all(r.iterations.height > 0 for r in ranks)
+    frames = []
+    for r in ranks:
+        c = r.comm.select("idx", "it", "category", "name", "stream", "ts", "end", "dur", "layer", "microbatch", "phase")
+        if not use_iterations:
+            c = c.with_columns(pl.lit(-1, dtype=pl.Int64).alias("it"))
+        c = c.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("it", "category").alias("ordinal"),
+                           pl.lit(r.rank, dtype=pl.Int64).alias("rank"),
+                           (pl.col("ts") + base_shift[r.rank]).alias("ts"),
+                           (pl.col("end") + base_shift[r.rank]).alias("end"))
+        frames.append(c)
+    allc = pl.concat(frames)
+    n = len(ranks)
+    counts = allc.group_by("it", "category", "rank").agg(pl.len().alias("k"))
+    per_group = counts.group_by("it", "category").agg(pl.col("k").min().alias("kmin"), pl.col("k").max().alias("kmax"),
+                                                      pl.len().alias("ranks"))
+    bad = per_group.filter((pl.col("kmin") != pl.col("kmax")) | (pl.col("ranks") != n)).sort("it", "category")
+    unmatched = []
+    for it, cat, kmin, kmax, nr in bad.iter_rows():
+        where = f"iteration {it + 1} " if it >= 0 else ""
+        got = counts.filter((pl.col("it") == it) & (pl.col("category") == cat)).sort("rank")
+        unmatched.append(f"{where}{cat}: " + ", ".join(f"rank {rk} {k}" for _, _, rk, k in got.iter_rows())
+                         + (f" (on {nr} of {n} ranks)" if nr != n else ""))
+    good = per_group.filter((pl.col("kmin") == pl.col("kmax")) & (pl.col("ranks") == n)).select("it", "category")
+    matched = allc.join(good, on=["it", "category"])
+    unmatched_kernels = {int(r): int(k) for r, k in
+                         allc.join(good, on=["it", "category"], how="anti").group_by("rank").len().iter_rows()}
+    ref = min(r.rank for r in ranks)
+    key = ["it", "category", "ordinal"]
+    if matched.height:
+        refend = matched.filter(pl.col("rank") == ref).select(*key, pl.col("end").alias("_ref"))
+        offs = matched.join(refend, on=key).group_by("rank").agg((pl.col("end") - pl.col("_ref")).median().alias("off"))
+        residual = {int(r): float(o) for r, o in offs.iter_rows()}
+    else:
+        residual = {r.rank: 0.0 for r in ranks}
+    offsets = {rk: residual.get(rk, 0.0) for rk in base_shift}
+    matched = matched.with_columns(pl.col("rank").replace_strict(residual, default=0.0).alias("_off")).with_columns(
+        (pl.col("ts") - pl.col("_off")).alias("arrival"), (pl.col("end") - pl.col("_off")).alias("end_aligned")
+    ).drop("_off")
+    inst = matched.select(*key).unique().sort(key).with_row_index("instance").with_columns(
+        pl.col("instance").cast(pl.Int64))
+    matched = matched.join(inst, on=key)
+    matched = matched.with_columns(
+        pl.col("dur").min().over("instance").alias("transfer_us"),
+        pl.col("arrival").max().over("instance").alias("_last_arrival"),
+    ).with_columns(
+        (pl.col("dur") - pl.col("transfer_us")).alias("wait_us"),
+        (pl.col("arrival") == pl.col("_last_arrival")).alias("_is_last"),
+    )
+    # one last rank per instance (ties: the lowest rank), and how late it was against the median arrival
+    last = (matched.filter(pl.col("_is_last")).group_by("instance").agg(pl.col("rank").min().alias("last_rank")))
+    med = matched.group_by("instance").agg(pl.col("arrival").median().alias("_med"),
+                                           (pl.col("end_aligned").max() - pl.col("end_aligned").min()).alias("end_spread_us"),
+                                           (pl.col("arrival").max() - pl.col("arrival").min()).alias("start_spread_us"))
+    # a rank "arrived last" only when the others really waited: the arrival spread exceeds the
+    # clock noise (1 µs plus twice the instance's end-time spread); ties name nobody
+    last = last.join(med, on="instance").with_columns(
+        pl.when(pl.col("start_spread_us") > 1.0 + 2 * pl.col("end_spread_us")).then(pl.col("last_rank"))
+        .otherwise(None).alias("last_rank")).select("instance", "last_rank")
+    matched = (matched.join(last, on="instance").join(med, on="instance")
+               .with_columns((pl.col("rank") == pl.col("last_rank")).fill_null(False).alias("arrived_last"),
+                             (pl.col("arrival") - pl.col("_med")).alias("late_us"))
+               .drop("_last_arrival", "_is_last", "_med").sort("instance", "rank"))
+    spread = med["end_spread_us"].to_numpy() if med.height else np.empty(0)
+    return Matching(
+        instances=matched, offsets_us=offsets, base_shift_us=base_shift,
+        end_spread_median_us=float(np.median(spread)) if len(spread) else None,
+        end_spread_p95_us=float(np.percentile(spread, 95)) if len(spread) else None,
+        unmatched=unmatched, unmatched_kernels=unmatched_kernels)

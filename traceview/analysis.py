@@ -148,16 +148,24 @@ def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
                          health=trace_health(trace))
 
 
-def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+def expand_paths(paths: Iterable[str | os.PathLike], skipped: list | None = None) -> list[Path]:
     """Files as given, directories replaced by the trace files directly inside them.
 
     Files found by scanning a directory are returned as ``ScannedPath`` so that a
     non-trace JSON beside the ranks (a manifest) can be skipped instead of failing.
+    A file with a trace's name that the scan already saw is not a trace (a results list, a
+    manifest) is appended to ``skipped`` as a ``SkippedInput`` (when given), for the caller's note.
     """
+    from .load.reader import TRACE_SUFFIXES
+
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(ScannedPath(f) for f in find_trace_files(p))
+            found = find_trace_files(p)
+            out.extend(ScannedPath(f) for f in found)
+            if skipped is not None:
+                skipped.extend(SkippedInput(q, f"not a trace: {why}") for q, why in getattr(found, "skipped", ())
+                               if q.name.endswith(TRACE_SUFFIXES))
         elif not p.exists():
             raise TraceError(p, missing_reason(p))  # a dangling symlink or a loop says so
         else:

@@ -86,11 +86,11 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
     if engine != "local":
         return _analyze_on_engine(paths, fmt, output, by or tax or budget or strict or fmt == "csv", rules_file,
                                   patterns, engine, address, max_bytes)
-    files = expand_paths(paths)
+    skipped: list = []
+    files = expand_paths(paths, skipped)
     # the event tables are needed only by segments, the overlap tax, budgets and JSON: without
     # them, drop each rank's table once measured (memory bounded by --jobs, not by the ranks)
     keep_events = bool(by or tax or budget or fmt == "json")
-    skipped: list = []
     with LoadProgress(files) as progress:
         results = analyze_many(files, rules_file, jobs, max_bytes, patterns, keep_events=keep_events,
                                progress=progress, summarize=len(files) > 1, skipped=skipped)

@@ -51,8 +51,8 @@ def report_cmd(paths, output, model, gpu_name, convention, gpu_file, phase, prec
         # the page draws every kernel of every rank: it reads event tables, which stay on the nodes
         raise UsageError(f"report --engine {engine}: the HTML page needs the run page built from summaries "
                          "(not yet); use analyze --engine ray for the run analysis, or report --engine local")
-    files = expand_paths(paths)
     skipped: list = []
+    files = expand_paths(paths, skipped)
     with LoadProgress(files) as progress:
         results = analyze_many(files, rules_file, jobs, max_bytes, segment_patterns(segments_file), progress=progress,
                                summarize=len(files) > 1, skipped=skipped)

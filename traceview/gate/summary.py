@@ -329,7 +329,7 @@ def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGME
                 errors.append(e)
         else:
             try:
-                traces.extend(expand_paths([p]))
+                traces.extend(expand_paths([p], skipped))
             except TraceError as e:
                 errors.append(e)
     out: list[GpuSummary] = []

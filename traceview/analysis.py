@@ -164,7 +164,7 @@ def expand_paths(paths: Iterable[str | os.PathLike], skipped: list | None = None
             found = find_trace_files(p)
             out.extend(ScannedPath(f) for f in found)
             if skipped is not None:
-                skipped.extend(SkippedInput(q, f"not a trace: {why}") for q, why in getattr(found, "skipped", ())
+                skipped.extend(SkippedInput(q, "not a trace: " + why.replace(" (a sidecar, not a trace)", " (a sidecar)")) for q, why in getattr(found, "skipped", ())
                                if q.name.endswith(TRACE_SUFFIXES))
         elif not p.exists():
             raise TraceError(p, missing_reason(p))  # a dangling symlink or a loop says so

@@ -41,6 +41,19 @@ class TraceAnalysis:
     #: problems of the recording itself (load/health.py), computed at load time
     health: list[HealthIssue] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        """One line (a notebook cell must not fill screens with tables)."""
+        gpus = ", ".join(f"gpu{g.device} span {g.span_us / 1000:.1f} ms, exposed comm {g.exposed_comm_us / 1000:.3f} ms"
+                         for g in self.gpus[:4]) + (", ..." if len(self.gpus) > 4 else "")
+        return (f"TraceAnalysis({self.trace.name!r}, rank={self.rank}, {len(self.gpus)} GPU(s), "
+                f"{self.kernels.height} GPU events: {gpus})")
+
+    def _repr_html_(self) -> str:
+        """A notebook's summary: the verdict of each GPU and its main numbers."""
+        from .report.verdict import summary_html
+
+        return summary_html(self)
+
     @functools.cached_property
     def segmentation(self) -> Segmentation:
         """Iterations, micro-batches, layers, phases of every GPU event (computed on first use)."""
@@ -135,16 +148,24 @@ def analyze(source: str | os.PathLike | Trace, rules: RuleSet | None = None,
                          health=trace_health(trace))
 
 
-def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+def expand_paths(paths: Iterable[str | os.PathLike], skipped: list | None = None) -> list[Path]:
     """Files as given, directories replaced by the trace files directly inside them.
 
     Files found by scanning a directory are returned as ``ScannedPath`` so that a
     non-trace JSON beside the ranks (a manifest) can be skipped instead of failing.
+    A file with a trace's name that the scan already saw is not a trace (a results list, a
+    manifest) is appended to ``skipped`` as a ``SkippedInput`` (when given), for the caller's note.
     """
+    from .load.reader import TRACE_SUFFIXES
+
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(ScannedPath(f) for f in find_trace_files(p))
+            found = find_trace_files(p)
+            out.extend(ScannedPath(f) for f in found)
+            if skipped is not None:
+                skipped.extend(SkippedInput(q, "not a trace: " + why.replace(" (a sidecar, not a trace)", " (a sidecar)")) for q, why in getattr(found, "skipped", ())
+                               if q.name.endswith(TRACE_SUFFIXES))
         elif not p.exists():
             raise TraceError(p, missing_reason(p))  # a dangling symlink or a loop says so
         else:
@@ -156,6 +177,11 @@ class ScannedPath(type(Path())):  # type: ignore[misc]
     """A path found inside a directory rather than named by the user."""
 
 
+class SkippedInput(NotATraceError):
+    """A file found by scanning a directory that holds no trace (a manifest, a results list):
+    skipped, not an error; ``analyze_many(skipped=...)`` hands these to the caller to note."""
+
+
 def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None,
                  summarize: bool = False) -> TraceAnalysis | TraceError | None:
     path, rules_file, max_bytes, patterns, workers, keep_events = args
@@ -163,7 +189,7 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None,
         a = analyze(path, load_rules(rules_file), max_bytes, patterns, workers,
                     None if progress is None else functools.partial(progress, path))
     except NotATraceError as e:
-        return None if isinstance(path, ScannedPath) else e
+        return SkippedInput(e.path, e.reason) if isinstance(path, ScannedPath) else e
     except TraceError as e:
         return e
     if summarize:
@@ -178,7 +204,8 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
                  max_bytes: int = DEFAULT_MAX_BYTES,
                  patterns: LevelPatterns | None = None, keep_events: bool = True,
                  progress: Callable[[Path, int, int], None] | None = None,
-                 summarize: bool = False) -> list[TraceAnalysis | TraceError]:
+                 summarize: bool = False,
+                 skipped: list[SkippedInput] | None = None) -> list[TraceAnalysis | TraceError]:
     """Analyze several files (ranks), in parallel processes when ``jobs > 1``.
 
     A bad file gives a ``TraceError`` in its place; the good ones are still analyzed.
@@ -191,6 +218,8 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
     Under ``jobs > 1`` each file's loader gets a share of the cores (``cores // jobs``
     decoding processes), not all of them.  ``progress(path, done, total)`` is called as
     each file loads (with ``jobs > 1``: once per file, when it is done).
+    Files found by scanning a directory that hold no trace are left out of the result and
+    appended to ``skipped`` (when given) so the caller can say so.
     """
     parallel = jobs > 1 and len(paths) > 1
     workers = max(1, (os.cpu_count() or 1) // min(jobs, len(paths))) if parallel else None
@@ -206,7 +235,9 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
                 for fut in as_completed(futures):
                     progress(futures[fut], 1, 1)
             results = [f.result() for f in futures]
-    results = [r for r in results if r is not None]
+    if skipped is not None:
+        skipped.extend(r for r in results if isinstance(r, SkippedInput))
+    results = [r for r in results if not isinstance(r, SkippedInput)]
     if not results:
         raise TraceError(paths[0].parent if paths else ".", "no trace files among the inputs")
     # ranks in rank order; files without a rank keep their (sorted) position after them

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -13,8 +14,9 @@ from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
 from ..report.text import clean_frame, json_dumps
-from .common import (EXIT_INPUT, check_engine, engine_options, error_line, handle_errors, jobs_option,
-                     max_bytes_option, rules_option, segment_patterns, segments_option)
+from .common import (EXIT_INPUT, budget_options, budget_settings, check_engine, engine_options, error_line,
+                     handle_errors, jobs_option, max_bytes_option, note_skipped, rules_option, segment_patterns,
+                     segments_option)
 from .progress import LoadProgress, RankProgress
 
 
@@ -35,18 +37,7 @@ from .progress import LoadProgress, RankProgress
                                   "phase...; rank: rank x layer tables of exposed communication and waiting (a run). "
                                   "Repeatable.")
 @click.option("--tax/--no-tax", default=None, help="Show the overlap tax table (default: with --by).")
-@click.option("--model", help="Reconcile against the budget model: a model name (deepseek-v3, ...) or a config.json.")
-@click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...) [default: from the trace's "
-                                        "deviceProperties; a --gpu that contradicts it is used with a warning].")
-@click.option("--convention", type=click.Choice(["complete", "zartbot-2025"]), default="complete", show_default=True,
-              help="Budget model: complete (FLOPs and HBM bytes per op) or zartbot-2025 (the article's FLOP-only model).")
-@click.option("--gpu-file", type=click.Path(dir_okay=False), help="TOML file of extra/overriding GPU specs.")
-@click.option("--phase", type=click.Choice(["prefill", "decode"]), help="Budget phase (default: from the trace's shapes).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp8"]), default="auto", show_default=True,
-              help="GEMM precision for the model (auto: fp8 when the kernels are fp8).")
-@click.option("--tokens", type=int, help="Tokens per micro-batch, where the trace has no shapes (or to override).")
-@click.option("--kv-len", type=int, help="KV length for the attention model (override).")
-@click.option("--batch", "n_seqs", type=int, help="Sequences per micro-batch for the attention model (override).")
+@budget_options
 @rules_option
 @segments_option
 @jobs_option
@@ -55,37 +46,55 @@ from .progress import LoadProgress, RankProgress
 @handle_errors
 def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, model, gpu_name, convention, gpu_file,
                 phase, precision, tokens, kv_len, n_seqs, rules_file, jobs, engine, address, max_bytes):
-    """Where the GPU time goes: busy compute/comm/memory, overlap, exposed communication,
-    idle, per stream and per kernel category, for each rank and GPU.
+    """Where the GPU time goes, per rank and GPU: the iteration time and what fills it (compute,
+    exposed communication, idle and how much of it was the CPU launching late), the what-if if
+    the exposed communication were hidden, busy time per stream and per kernel category.
 
     PATHS are trace files (.json, .json.gz) or directories of per-rank traces.
+
+    \b
+    Examples:
+      traceview analyze prefill_tbo_rank0.json.gz              # verdict, GPU table, categories
+      traceview analyze traces/ --jobs 4                       # every rank of a run
+      traceview analyze traces/ --by rank                      # the run: straggler, wait vs transfer
+      traceview analyze t.json.gz --by iteration               # duration, idle, what-if per step
+      traceview analyze t.json.gz --by microbatch --tax        # two-batch overlap and its cost
+      traceview analyze t.json.gz --by phase                   # attn / dispatch / experts / combine
+      traceview analyze t.json.gz --model deepseek-v3 --gpu H200   # measured vs modeled
+      traceview analyze t.json.gz --format json -o out.json    # docs/json-schema.md
+
+    \b
+    Words (docs/metrics.md defines each number):
+      exposed comm       communication while no compute kernel ran on that GPU:
+                         it costs iteration time (the verdict gives it as a share
+                         of the iteration; "exposed % of comm" is exposed / comm)
+      no kernel queued   idle time with nothing launched and not yet run: the GPU
+                         waited for the CPU (host-bound)
+      overlap tax        how much longer compute kernels ran beside communication
+                         than the same kernel with the same shapes ran alone
+      cover by other mb  a micro-batch's communication hidden under the other
+                         micro-batches' compute: what two-batch overlap bought
     """
     load_rules(rules_file)  # validate the rules file once, before any work
     if fmt == "csv" and len(by) > 1:
         raise UsageError("--format csv writes one table: give one --by (or run once per view)")
     if fmt == "csv" and by and click.get_current_context().get_parameter_source("table_name").name != "DEFAULT":
         raise UsageError("--format csv writes one table: --table and --by do not go together")
-    budget = None
-    if model or gpu_name:
-        if not model:
-            raise UsageError("--gpu goes with --model (the budget model to reconcile against)")
-        from ..budget import get_gpu, load_model
-
-        budget = dict(model=load_model(model), gpu=get_gpu(gpu_name, gpu_file) if gpu_name else None, phase=phase,
-                      precision=precision, tokens=tokens, kv_len=kv_len, batch=n_seqs, convention=convention,
-                      gpu_file=gpu_file)
+    budget = budget_settings(model, gpu_name, convention, gpu_file, phase, precision, tokens, kv_len, n_seqs)
     patterns = segment_patterns(segments_file)
     check_engine(engine, address)
     if engine != "local":
         return _analyze_on_engine(paths, fmt, output, by or tax or budget or strict or fmt == "csv", rules_file,
                                   patterns, engine, address, max_bytes)
-    files = expand_paths(paths)
+    skipped: list = []
+    files = expand_paths(paths, skipped)
     # the event tables are needed only by segments, the overlap tax, budgets and JSON: without
     # them, drop each rank's table once measured (memory bounded by --jobs, not by the ranks)
     keep_events = bool(by or tax or budget or fmt == "json")
     with LoadProgress(files) as progress:
         results = analyze_many(files, rules_file, jobs, max_bytes, patterns, keep_events=keep_events,
-                               progress=progress, summarize=len(files) > 1)
+                               progress=progress, summarize=len(files) > 1, skipped=skipped)
+    note_skipped(skipped)
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     if strict:
@@ -135,7 +144,9 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None,
                 out.write(clean_frame(tables.table(table_name, good, run)).write_csv())
         else:
             # markup/emoji off: a kernel named "[link=...]" or ":skull:" is printed, not interpreted
-            console = Console(file=out, width=None if out.isatty() else 160, markup=False, emoji=False)
+            # a pipe gets 160 columns unless COLUMNS says otherwise (as a terminal's width does)
+            wide = out.isatty() or os.environ.get("COLUMNS", "").isdigit()
+            console = Console(file=out, width=None if wide else 160, markup=False, emoji=False)
             terminal.render_analysis(good, console)
             if run is not None:
                 terminal.render_run(run, console)

@@ -88,7 +88,7 @@ def _parse_tp(text: str | None, default: int | None) -> int | None:
               help="SMs reserved for communication [default: the GPU's prefill value; 0 in decode].")
 @click.option("--scaleout-gbps", type=float, default=None, help="Override scale-out GB/s per GPU (e.g. 25 for 1.6T NICs).")
 @click.option("--nvlink-gbps", type=float, default=None, help="Override NVLink GB/s per GPU (one direction).")
-@click.option("--discount", type=float, default=None, help="Override the fraction of peak reached (the article: 0.85).")
+@click.option("--discount", type=float, default=None, help="Override the fraction of peak reached (zartbot's analysis: 0.85).")
 @click.option("--gemm-precision", type=click.Choice(["fp8", "bf16"]), default="fp8", show_default=True,
               help="Precision of projection / MLP / expert GEMMs.")
 @click.option("--expert-efficiency", type=float, default=None,
@@ -270,7 +270,7 @@ def _print_table(model: ModelConfig, gpus: list[GPUSpec], phase: str, results: S
     console.print(title + f" ({results[0].convention} convention)", soft_wrap=True)
     console.print(table)
     if phase == "decode" and results[0].convention == "zartbot-2025":  # the article's model: what it leaves out
-        console.print("note: as in the article, decode counts FLOPs and the KV-cache read, not reading the weights "
+        console.print("note: as in zartbot's analysis, decode counts FLOPs and the KV-cache read, not reading the weights "
                       "from HBM; at small batches that read bounds a step (the default convention, complete, counts it).",
                       soft_wrap=True)
 

@@ -24,6 +24,15 @@ def error_line(message: "str | TraceError") -> None:
     click.echo(f"traceview: error: {one_line(message)}", err=True)
 
 
+def note_skipped(skipped) -> None:
+    """``traceview: note: <file>: skipped (<why>)`` for each scanned file that held no trace."""
+    from ..report.text import one_line
+
+    for s in skipped:
+        click.echo(f"traceview: note: {one_line(s.path)}: skipped, {one_line(s.reason)} (found in a directory; "
+                   "name it to get an error instead)", err=True)
+
+
 def handle_errors(fn: Callable) -> Callable:
     """Turn library errors into ``traceview: error: <file>: <what>`` and exit code 2."""
 
@@ -100,6 +109,45 @@ def segment_patterns(segments_file):
 def jobs_option(f):
     return click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 256),
                         help="Analyze this many rank files in parallel processes.")(f)
+
+
+def budget_options(f):
+    """--model, --gpu and the budget's overrides: one declaration for analyze and report."""
+    opts = [
+        click.option("--model", help="Reconcile against the budget model: a model name (deepseek-v3, ...) or a "
+                                     "config.json."),
+        click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...) [default: from the "
+                                               "trace's deviceProperties; a --gpu that contradicts it is used with a "
+                                               "warning]."),
+        click.option("--convention", type=click.Choice(["complete", "zartbot-2025"]), default="complete",
+                     show_default=True, help="Budget model: complete (FLOPs and HBM bytes per op) or zartbot-2025 "
+                                             "(the article's FLOP-only model)."),
+        click.option("--gpu-file", type=click.Path(dir_okay=False), help="TOML file of extra/overriding GPU specs."),
+        click.option("--phase", type=click.Choice(["prefill", "decode"]),
+                     help="Budget phase (default: from the trace's shapes)."),
+        click.option("--precision", type=click.Choice(["auto", "bf16", "fp8"]), default="auto", show_default=True,
+                     help="GEMM precision for the model (auto: fp8 when the kernels are fp8)."),
+        click.option("--tokens", type=int, help="Tokens per micro-batch, where the trace has no shapes (or to override)."),
+        click.option("--kv-len", type=int, help="KV length for the attention model (override)."),
+        click.option("--batch", "n_seqs", type=int, help="Sequences per micro-batch for the attention model (override)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def budget_settings(model, gpu_name, convention, gpu_file, phase, precision, tokens, kv_len, n_seqs) -> dict | None:
+    """The budget options as the keyword arguments of the budget reconciliation (None without --model);
+    without --gpu the GPU comes from the trace's deviceProperties."""
+    if not (model or gpu_name):
+        return None
+    if not model:
+        raise UsageError("--gpu goes with --model (the budget model to reconcile against)")
+    from ..budget import get_gpu, load_model
+
+    return dict(model=load_model(model), gpu=get_gpu(gpu_name, gpu_file) if gpu_name else None, phase=phase,
+                precision=precision, tokens=tokens, kv_len=kv_len, batch=n_seqs, convention=convention,
+                gpu_file=gpu_file)
 
 
 def engine_options(f):

@@ -10,8 +10,9 @@ import click
 from ..analysis import TraceAnalysis, analyze_many, expand_paths
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
-from .common import (EXIT_INPUT, check_engine, engine_options, error_line, handle_errors, jobs_option,
-                     max_bytes_option, rules_option, segment_patterns, segments_option)
+from .common import (EXIT_INPUT, budget_options, budget_settings, check_engine, engine_options, error_line,
+                     handle_errors, jobs_option, max_bytes_option, note_skipped, rules_option, segment_patterns,
+                     segments_option)
 from .progress import LoadProgress
 
 
@@ -19,11 +20,7 @@ from .progress import LoadProgress
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="The HTML file to write (one self-contained file; opens offline).")
-@click.option("--model", help="Add measured vs modeled budget: a model name (deepseek-v3, ...) or a config.json.")
-@click.option("--gpu", "gpu_name", help="GPU spec for --model (H800, H200, H20, B200, ...) [default: from the trace's "
-                                        "deviceProperties].")
-@click.option("--convention", type=click.Choice(["complete", "zartbot-2025"]), default="complete", show_default=True,
-              help="Budget model: complete (FLOPs and HBM bytes per op) or zartbot-2025 (the article's FLOP-only model).")
+@budget_options
 @click.option("--max-events", default=20_000, show_default=True, type=click.IntRange(100, 2_000_000),
               help="Kernel boxes drawn, shared among the GPUs' timelines (each GPU gets at least "
                    "min(N, 500), so a timeline stays readable); beyond its share a GPU's short kernels are "
@@ -35,8 +32,8 @@ from .progress import LoadProgress
 @engine_options
 @max_bytes_option
 @handle_errors
-def report_cmd(paths, output, model, gpu_name, convention, max_events, title, rules_file, segments_file, jobs, engine,
-               address, max_bytes):
+def report_cmd(paths, output, model, gpu_name, convention, gpu_file, phase, precision, tokens, kv_len, n_seqs,
+               max_events, title, rules_file, segments_file, jobs, engine, address, max_bytes):
     """Write an HTML report: per-GPU timelines with exposed communication marked, per
     micro-batch and per layer overlap, kernel categories, top and unclassified kernels.
 
@@ -45,8 +42,7 @@ def report_cmd(paths, output, model, gpu_name, convention, max_events, title, ru
     from ..report.html import write_html
 
     load_rules(rules_file)
-    if gpu_name and not model:
-        raise UsageError("--gpu goes with --model (the budget model to reconcile against)")
+    budget = budget_settings(model, gpu_name, convention, gpu_file, phase, precision, tokens, kv_len, n_seqs)
     out = Path(output)
     if not out.parent.is_dir():
         raise TraceError(out, "the output's directory does not exist")
@@ -55,10 +51,12 @@ def report_cmd(paths, output, model, gpu_name, convention, max_events, title, ru
         # the page draws every kernel of every rank: it reads event tables, which stay on the nodes
         raise UsageError(f"report --engine {engine}: the HTML page needs the run page built from summaries "
                          "(not yet); use analyze --engine ray for the run analysis, or report --engine local")
-    files = expand_paths(paths)
+    skipped: list = []
+    files = expand_paths(paths, skipped)
     with LoadProgress(files) as progress:
         results = analyze_many(files, rules_file, jobs, max_bytes, segment_patterns(segments_file), progress=progress,
-                               summarize=len(files) > 1)
+                               summarize=len(files) > 1, skipped=skipped)
+    note_skipped(skipped)
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     for e in failed:
@@ -69,8 +67,8 @@ def report_cmd(paths, output, model, gpu_name, convention, max_events, title, ru
 
     run = run_from_analyses(results) if len(files) > 1 else None
     recs, note = (None, None)
-    if model:
-        recs, note = reconcile_all(good, model, gpu_name, convention, run)
+    if budget:
+        recs, note = reconcile_all(good, budget, run)
     try:
         rep = write_html(good, out, max_events=max_events, reconciliations=recs, budget_note=note, title=title,
                          run=run)
@@ -82,16 +80,13 @@ def report_cmd(paths, output, model, gpu_name, convention, max_events, title, ru
     sys.exit(EXIT_INPUT if failed else 0)
 
 
-def reconcile_all(good: list[TraceAnalysis], model: str, gpu: str | None,
-                  convention: str = "complete", run=None) -> tuple[dict | None, str | None]:
-    """Per analysis, ``traceview.budget.reconcile.reconcile(a, model, gpu)``; where the budget
+def reconcile_all(good: list[TraceAnalysis], budget: dict, run=None) -> tuple[dict | None, str | None]:
+    """Per analysis, ``traceview.budget.reconcile.reconcile(a, **budget)`` (with the run's
+    transfer times when there is a run); where the budget
     code is missing, (None, why) so the page says the part is unavailable."""
     try:
         from ..budget.reconcile import reconcile
     except (ImportError, AttributeError) as e:
         return None, f"the budget reconciliation is not available here ({type(e).__name__})"
-    from ..budget import get_gpu, load_model
-
-    m, g = load_model(model), get_gpu(gpu) if gpu else None  # bad names: UsageError -> one line, exit 2
-    return {id(a): reconcile(a, m, g, convention=convention,
-                             comm_transfer_us=run.transfer_by_category(a.rank) if run else None) for a in good}, None
+    return {id(a): reconcile(a, **budget, comm_transfer_us=run.transfer_by_category(a.rank) if run else None)
+            for a in good}, None

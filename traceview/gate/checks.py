@@ -204,6 +204,7 @@ class GateResult:
     checks: list[CheckResult] = field(default_factory=list)
     errors: list[TraceError] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # scanned files skipped (not traces)
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -232,7 +233,10 @@ class GateResult:
         return f"gate: PASS ({checks}{skipped})"
 
     def lines(self) -> list[str]:
-        return [c.line() for c in self.checks] + [self.verdict()]
+        from ..report.text import one_line
+
+        return ([one_line(f"NOTE  {n}") for n in self.notes] + [c.line() for c in self.checks]
+                + [self.verdict()])
 
     def to_dict(self) -> dict:
         from .. import __version__
@@ -245,6 +249,7 @@ class GateResult:
             "verdict": self.verdict(),
             "thresholds": self.thresholds.to_dict(),
             "inputs": self.inputs,
+            "notes": self.notes,
             "checks": [c.to_dict() for c in self.checks],
             "errors": [{"file": e.path, "error": e.reason} for e in self.errors],
         }
@@ -468,11 +473,14 @@ def run_gate(paths: Iterable[str], thresholds: Thresholds, rules_file: str | Non
     t = thresholds.validate()
     views = [t.per] if t.per != "gpu" else []
     baseline = load_baseline(t.baseline, views, rules_file, max_bytes, patterns) if t.baseline else None
+    skipped: list = []
     runs: list = [] if t.max_wait_pct is not None else None
     gpus, errors = load_inputs(list(paths), views=views, kernels=False, rules_file=rules_file, jobs=jobs,
-                               max_bytes=max_bytes, patterns=patterns, progress=progress, runs=runs)
+                               max_bytes=max_bytes, patterns=patterns, progress=progress, runs=runs,
+                               skipped=skipped)
     return GateResult(thresholds=t, checks=evaluate(gpus, t, baseline, runs), errors=errors,
-                      inputs=list(dict.fromkeys(g.file for g in gpus)))
+                      inputs=list(dict.fromkeys(g.file for g in gpus)),
+                      notes=[f"skipped {s.path}: {s.reason} (found in a directory)" for s in skipped])
 
 
 def load_baseline(path: str, views: list[str] | None = None, rules_file: str | None = None,

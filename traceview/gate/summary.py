@@ -303,7 +303,8 @@ def load_document(path: str | os.PathLike) -> list[GpuSummary]:
 
 def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True,
                 rules_file: str | None = None, jobs: int = 1, max_bytes: int | None = None,
-                patterns=None, progress=None, runs: list | None = None) -> tuple[list[GpuSummary], list[TraceError]]:
+                patterns=None, progress=None, runs: list | None = None,
+                skipped: list | None = None) -> tuple[list[GpuSummary], list[TraceError]]:
     """GPU summaries of traces, directories of ranks and saved analyze documents, in order.
 
     Input that cannot be used comes back as a ``TraceError`` beside the good summaries, so
@@ -311,6 +312,7 @@ def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGME
     context manager whose value is ``analyze_many``'s progress callback (the CLI's bar).
     ``runs``: when a list is given, the ``RunAnalysis`` of the traces (all of them, as one run)
     is appended to it.
+    Scanned files that hold no trace are appended to ``skipped`` (see ``analyze_many``).
     """
     from ..analysis import TraceAnalysis, analyze_many, expand_paths
     from ..load import DEFAULT_MAX_BYTES
@@ -327,7 +329,7 @@ def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGME
                 errors.append(e)
         else:
             try:
-                traces.extend(expand_paths([p]))
+                traces.extend(expand_paths([p], skipped))
             except TraceError as e:
                 errors.append(e)
     out: list[GpuSummary] = []
@@ -335,7 +337,7 @@ def load_inputs(paths: Iterable[str | os.PathLike], views: Iterable[str] = SEGME
         try:
             with (progress(traces) if progress is not None else contextlib.nullcontext()) as bar:
                 results = analyze_many(traces, rules_file, jobs, max_bytes or DEFAULT_MAX_BYTES, patterns,
-                                       progress=bar, summarize=runs is not None)
+                                       progress=bar, summarize=runs is not None, skipped=skipped)
         except TraceError as e:
             errors.append(e)
             results = []

@@ -575,6 +575,9 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
         arr = decode.locate_events(raw)
         if arr is None:
             raise NotATraceError(path, "not a trace: no 'traceEvents' array and not a JSON array of events")
+        # a bare JSON array holding something: if none of it is an event, it is not a trace at all
+        listed = not arr.header and bytes(raw[:64]).lstrip().lstrip(b"\xef\xbb\xbf").startswith(b"[") \
+            and bool(bytes(raw[arr.start: min(arr.end, arr.start + 4096)]).strip())
         if arr.duplicate:
             notes.append(DUPLICATE_KEY_NOTE)
         table = _Table()
@@ -618,6 +621,8 @@ def _load(path: Path, max_bytes: int, workers: int | None, progress: Progress | 
     events = table.frame()
     if events.filter(pl.col("kind").is_in(GPU_KINDS)).height == 0:
         why = "; ".join(n for n in notes if n.endswith(" skipped") or n == DUPLICATE_KEY_NOTE)  # e.g. "ph": "x"
+        if events.height == 0 and not why and complete and listed:  # a JSON list of something else (results)
+            raise NotATraceError(path, "not a trace: none of its JSON objects is a trace event")
         launched = no_gpu_activity_reason(events)  # CPU side launched kernels: say why none are here
         if launched and not why:
             raise TraceError(path, launched)

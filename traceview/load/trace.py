@@ -63,6 +63,12 @@ class Trace:
 
     def to_pandas(self) -> "pandas.DataFrame":
         """The event table as a pandas DataFrame, for notebooks (needs pandas + pyarrow)."""
+        try:
+            import pandas  # noqa: F401
+            import pyarrow  # noqa: F401
+        except ImportError as e:
+            raise ImportError(f"Trace.to_pandas() needs pandas and pyarrow ({e.name} is missing): "
+                              "pip install 'traceview[pandas]'") from None
         return self.events.to_pandas()
 
     def __repr__(self) -> str:

@@ -97,13 +97,19 @@ def _device_groups(d: pl.DataFrame, device: int, keys: list[str]) -> pl.DataFram
 
 
 def _sort(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """Natural order: numbers as numbers ('layer 10' after 'layer 9'), '(none)' last."""
+    """Natural order: numbers as numbers ('layer 10' after 'layer 9'), '(none)' last; stages in
+    the order they ran (prefill before decode), not alphabetically."""
     if df.height == 0:
         return df
     sort_cols = [pl.col("device")]
+    drop = []
     for k in keys:
+        if k == "stage":
+            df = df.with_columns(pl.col("start_us").min().over("device", "stage").alias("_stage_start"))
+            sort_cols += [(pl.col(k) == NONE), pl.col("_stage_start")]
+            drop.append("_stage_start")
         sort_cols += [(pl.col(k) == NONE), pl.col(k).cast(pl.Int64, strict=False), pl.col(k)]
-    return df.sort(sort_cols, nulls_last=True)
+    return df.sort(sort_cols, nulls_last=True).drop(drop)
 
 
 def category_columns(df: pl.DataFrame) -> list[str]:

@@ -34,7 +34,7 @@ from .html_timeline import gpu_timeline
 from ..classify.names import demangle
 from .terminal import gpu_label
 from .verdict import BAD_SHARE, WARN_SHARE, severity, verdict, verdict_lines
-from .text import short_kernel_name
+from .text import short_kernel_name, word
 
 DEFAULT_MAX_EVENTS = 20_000
 MIN_BOXES_PER_GPU = 500
@@ -183,6 +183,9 @@ def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_E
              'Exposed communication (<span class="exposed">red</span>) is communication that ran while no '
              'compute kernel ran on the same GPU.</p>')
     page.add(_header(results))
+    warn_html = _warnings(results)
+    if warn_html:  # first: a truncated or repaired file changes how every number reads
+        page.add(warn_html)
     from .html_run import run_sections
 
     run_parts, run_figures = run_sections(run)
@@ -197,11 +200,8 @@ def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_E
     page.add(_gpu_table(results))
     page.add(_iterations(results))
     page.add(_skew(run))
-    warn_html = _warnings(results)
     reduced_slot = len(page.parts)
     page.add("")  # filled below when a timeline was reduced
-    if warn_html:
-        page.add(warn_html)
 
     # timelines
     page.add("<h2>Timeline</h2>")
@@ -512,7 +512,8 @@ def _reconciliation(page: _Page, results: list[TraceAnalysis], recs: dict[int, A
         return
     page.add('<p class="sub">Per budget class, ms per iteration: measured kernel time; the budget model for the '
              "shapes read from the trace; the roofline bound (FLOPs at peak or bytes at peak bandwidth, whichever is "
-             "slower). Efficiency = roofline / measured; vs model = model / measured. See docs/budget.md.</p>")
+             "slower). Efficiency = roofline bound ÷ measured; model ÷ measured compares with the model. See docs/budget.md "
+             "and the vocabulary in docs/metrics.md.</p>")
     for a in results:
         rec = recs.get(id(a))
         if rec is None:
@@ -527,8 +528,8 @@ def _reconciliation(page: _Page, results: list[TraceAnalysis], recs: dict[int, A
         fig = reconciliation_figure(summary, title)
         if fig:
             page.figure(fig)
-        if hasattr(rec, "table"):  # the JSON's column names, warnings and notes, as the terminal prints them
-            page.add(_frame_table(rec.table(), raw_names=True))
+        if hasattr(rec, "table"):  # the columns, warnings and notes the terminal prints, in its words
+            page.add(_frame_table(rec.table()))
             page.add("".join(f'<p>{esc(line)}</p>' for line in rec.serving_lines()))
             page.add("".join(f'<p class="note"><b>warning:</b> {esc(w)}</p>' for w in rec.warnings))
         else:
@@ -543,7 +544,7 @@ _RATIO_COLUMNS = ("efficiency", "vs_model")
 def _frame_table(df: pl.DataFrame, limit: int = 200, raw_names: bool = False) -> str:
     """Any polars table as an escaped HTML table (ratios as percentages, other floats to 3 decimals);
     ``raw_names`` keeps the column names as the JSON spells them."""
-    headers = [(esc(c if raw_names else c.replace("_", " ")), df.schema[c].is_numeric()) for c in df.columns]
+    headers = [(esc(c if raw_names else word(c)), df.schema[c].is_numeric()) for c in df.columns]
     rows = []
     for r in df.head(limit).iter_rows(named=True):
         cells = []
@@ -557,6 +558,6 @@ def _frame_table(df: pl.DataFrame, limit: int = 200, raw_names: bool = False) ->
             elif isinstance(v, int):
                 cells.append(f"{v:,}" if c != "device" else str(v))
             else:
-                cells.append(esc(v))
+                cells.append(esc(word(v) if c == "class" else v))
         rows.append(cells)
     return _table(headers, rows)

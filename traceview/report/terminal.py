@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..analysis import TraceAnalysis
-from .text import clean, display_path, fmt_ms, fmt_pct, one_line, short_kernel_name
+from .text import clean, display_path, fmt_ms, fmt_pct, one_line, short_kernel_name, word
 from .verdict import severity, verdict, verdict_lines  # noqa: F401  (verdict: the one-line form)
 
 SEVERITY_STYLE = {"bad": "red", "warn": "yellow", "ok": "green", "none": ""}
@@ -31,9 +32,11 @@ def _shown_gpus(results: list[TraceAnalysis]) -> list[tuple[TraceAnalysis, objec
 
 
 def gpu_label(a: TraceAnalysis, device: int) -> str:
-    rank = "?" if a.rank is None else str(a.rank)
-    name = a.trace.thread_names.get(device)  # a pid given as a string: its name, not an internal id
-    return f"r{rank}/gpu{device}" if name is None else f"r{rank}/{one_line(name, 60)}"
+    """'r0/gpu0'; a file without a rank (one process driving several GPUs) says 'gpu0', 'gpu1';
+    a pid given as a string is shown by its name, not an internal id."""
+    name = a.trace.thread_names.get(device)
+    dev = f"gpu{device}" if name is None else one_line(name, 60)
+    return dev if a.rank is None else f"r{a.rank}/{dev}"
 
 
 def render_analysis(results: list[TraceAnalysis], console: Console, top: int = 8) -> None:
@@ -78,17 +81,30 @@ def _header(results: list[TraceAnalysis], console: Console) -> None:
 
 
 def _gpu_table(results: list[TraceAnalysis]) -> Table:
-    t = Table(title="GPU time (ms)", title_justify="left", header_style="bold")
-    for col in ("trace", "rank", "gpu", "span", "busy", "compute", "comm", "overlap", "exposed comm",
-                "exposed %", "memory", "idle"):
-        t.add_column(col, justify="left" if col == "trace" else "right")
-    for a, g in _shown_gpus(results):
-        exposed_style = "red" if (g.exposed_comm_ratio or 0) > 0.5 else "green" if g.comm_us > 0 else ""
-        t.add_row(display_path(a.trace.name, 40), "-" if a.rank is None else str(a.rank),
-                  one_line(a.trace.device_text(g.device), 40),
-                  fmt_ms(g.span_us), fmt_ms(g.busy_us), fmt_ms(g.compute_us), fmt_ms(g.comm_us),
-                  fmt_ms(g.overlap_us), Text(fmt_ms(g.exposed_comm_us), style=exposed_style),
-                  fmt_pct(g.exposed_comm_ratio), fmt_ms(g.memory_us), fmt_ms(g.idle_us))
+    # no vertical rules, numbers never cut, a long trace name folds onto a second line: in a
+    # 110-column terminal names that differ at their end ("..._rank0", "..._rank1") were all "prefil…"
+    t = Table(title="GPU time (ms)", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+              padding=(0, 0, 0, 1), pad_edge=False)
+    shown = _shown_gpus(results)
+    names = {id(a): display_path(a.trace.name, 40) for a in results}
+    ext = next((e for e in (".json.gz", ".json") if all(n.endswith(e) for n in names.values())), "")
+    names = {k: n[: len(n) - len(ext)] for k, n in names.items()}  # the header says the extension once
+    ranked = any(a.rank is not None for a in results)
+    rows = []
+    for a, g in shown:
+        rows.append([names[id(a)], *(("-" if a.rank is None else str(a.rank),) * ranked),
+                     one_line(a.trace.device_text(g.device), 40),
+                     fmt_ms(g.span_us), fmt_ms(g.busy_us), fmt_ms(g.compute_us), fmt_ms(g.comm_us),
+                     fmt_ms(g.overlap_us), Text(fmt_ms(g.exposed_comm_us), style=SEVERITY_STYLE[severity(a, g)]),
+                     fmt_pct(g.exposed_comm_ratio), fmt_ms(g.memory_us), fmt_ms(g.idle_us)])
+    cols = (f"trace ({ext})" if ext else "trace",) + ("rank",) * ranked + ("gpu", "span", "busy", "compute", "comm", "overlap",
+                                              "exposed\ncomm", "exposed\n% of comm", "memory", "idle")
+    for i, col in enumerate(cols):
+        widest = max(len(str(r[i])) for r in rows) if rows else 1
+        t.add_column(col, justify="left" if i == 0 else "right", overflow="fold" if i == 0 else "ellipsis",
+                     min_width=None if i == 0 else widest)
+    for r in rows:
+        t.add_row(*r)
     if (more := sum(len(a.gpus) for a in results) - MAX_GPU_ROWS) > 0:
         t.caption = f"… and {more:,} more GPUs (--format csv lists every one)"
     return t
@@ -296,12 +312,12 @@ def render_reconciliation(a: TraceAnalysis, rec, console: Console) -> None:
                     f"{rec.phase}; ms per iteration)", title_justify="left", header_style="bold")
     table = rec.table()
     for col in table.columns:
-        t.add_column(col, justify="left" if col == "class" else "right")
+        t.add_column("gpu" if col == "device" else word(col), justify="left" if col == "class" else "right")
     for r in table.iter_rows(named=True):
         cells = []
         for col, v in r.items():
             if col == "class":
-                cells.append(v if v in CLASSES else ("unmodeled compute" if v == "unmodeled" else "unmodeled memory/comm"))
+                cells.append(v if v in CLASSES else word(v))
             elif col.endswith("_ms"):
                 cells.append(fmt_ms(v * 1000 if v is not None else None))
             elif col in ("efficiency", "vs_model"):

@@ -41,6 +41,23 @@ def clean(text: object, limit: int | None = None) -> str:
     return s
 
 
+#: One vocabulary: the words the terminal and the HTML show for the JSON's column names and budget
+#: classes (docs/metrics.md "Vocabulary" lists them with their definitions).
+WORDS = {
+    "measured_ms": "measured", "model_ms": "model", "peak_ms": "roofline bound", "efficiency": "efficiency",
+    "vs_model": "model ÷ measured", "kernels": "kernels", "exposed_comm_us": "exposed comm",
+    "overlapped_comm_us": "overlapped", "cover_other_mb_us": "cover by other mb",
+    "idle_no_queue_us": "no kernel queued", "if_hidden_us": "if hidden", "duration_us": "duration",
+    "unmodeled": "unmodeled compute", "unmodeled_other": "unmodeled memory/comm",
+    "modeled_segments": "modeled segments",
+}
+
+
+def word(key: str) -> str:
+    """The display word of a column or budget class (its JSON name with spaces otherwise)."""
+    return WORDS.get(key, key.replace("_", " "))
+
+
 def short_kernel_name(name: str, limit: int = 90) -> str:
     """A readable kernel name (``traceview.classify.display_name``: demangled, no return type
     or parameter list), made safe and shortened."""

@@ -112,3 +112,23 @@ def _overlap_cost(a: "TraceAnalysis", g: "GpuMetrics", s: dict) -> list[str]:
 def verdict(a: "TraceAnalysis", g: "GpuMetrics") -> str:
     """The first sentence (timeline subtitles, one-line places)."""
     return verdict_lines(a, g)[0]
+
+
+def summary_html(a: "TraceAnalysis") -> str:
+    """A small HTML block for notebooks: per GPU its verdict sentences and the headline numbers."""
+    from html import escape
+
+    from .terminal import gpu_label
+    from .text import clean
+
+    rows = []
+    for g in a.gpus:
+        lines = "".join(f"<li>{escape(clean(x))}</li>" for x in verdict_lines(a, g))
+        rows.append(f"<tr><td><b>{escape(gpu_label(a, g.device))}</b></td><td>{g.span_us / 1000:.3f}</td>"
+                    f"<td>{g.compute_us / 1000:.3f}</td><td>{g.comm_us / 1000:.3f}</td>"
+                    f"<td>{g.exposed_comm_us / 1000:.3f}</td><td>{g.idle_us / 1000:.3f}</td>"
+                    f"<td><ul style='margin:0'>{lines}</ul></td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("GPU", "span ms", "compute", "comm", "exposed comm", "idle", "verdict"))
+    return (f"<div><b>traceview</b> · {escape(clean(a.trace.name))} · rank {a.rank if a.rank is not None else '-'}"
+            f" · {a.kernels.height:,} GPU events<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
+            f"</tbody></table></div>")

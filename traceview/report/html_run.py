@@ -188,7 +188,7 @@ def rank_layer_heatmap(run, value: str, title: str) -> dict | None:
     t = run.by_rank_layer()
     if t.height == 0 or value not in t.columns:
         return None
-    layers = sorted(t["layer"].unique().to_list(), key=lambda x: (x == "(none)", int(x) if x.isdigit() else 1 << 30, x))
+    layers = run.layers()
     ranks = sorted(t["rank"].unique().to_list())
     z = [[None] * len(layers) for _ in ranks]
     for rk, layer, v in t.select("rank", "layer", value).iter_rows():

@@ -288,7 +288,7 @@ def render_rank_layers(run, console: Console) -> None:
     if t.height == 0:
         console.print(Text("--by rank: no layers found in these traces", style="yellow"))
         return
-    layers = sorted(t["layer"].unique().to_list(), key=lambda x: (x == "(none)", int(x) if x.isdigit() else 1 << 30, x))
+    layers = run.layers()
     for value, title in (("exposed_comm_us_per_iteration", "exposed communication"),
                          ("wait_us_per_iteration", "waiting inside communication kernels")):
         if value not in t.columns:

@@ -130,6 +130,12 @@ class RunAnalysis:
                 pl.col("wait_us_per_iteration").fill_null(0.0), pl.col("exposed_comm_us_per_iteration").fill_null(0.0))
         return lay.sort("rank", pl.col("layer").cast(pl.Int64, strict=False), "layer", nulls_last=True)
 
+    def layers(self) -> list[str]:
+        """The layer labels of ``by_rank_layer()`` in model order (numbers as numbers, '(none)' last)."""
+        t = self.by_rank_layer()
+        labels = t["layer"].unique().to_list() if t.height else []
+        return sorted(labels, key=lambda x: (x == "(none)", int(x) if x.isdigit() else 1 << 30, x))
+
     def to_pandas(self):
         """The per-rank and per-collective tables as pandas DataFrames (needs pandas + pyarrow)."""
         return self.ranks_table().to_pandas(), self.collectives.to_pandas()

@@ -237,12 +237,17 @@ def _gap_layers(rank: int, joined: pl.DataFrame) -> list[str]:
     ex = (joined.with_columns((pl.col("win_launch_gap_us") - pl.col("win_launch_gap_us_med")).alias("x"))
           .filter((pl.col("x") > 0) & pl.col("win_launch_gap_layer").is_not_null())
           .group_by("win_launch_gap_layer").agg(pl.col("x").sum()).sort("x", descending=True))
-    total = float(ex["x"].sum()) if ex.height else 0.0
+    return _most_of(ex)
+
+
+def _most_of(ex: pl.DataFrame, share: float = 0.8) -> list[str]:
+    """(layer, excess) rows sorted by excess, largest first -> the layers holding ``share`` of it."""
+    total = float(ex[:, 1].sum()) if ex.height else 0.0
     out, acc = [], 0.0
     for layer, x in ex.iter_rows():
         out.append(str(layer))
         acc += x
-        if acc >= 0.8 * total:
+        if acc >= share * total:
             break
     return out
 
@@ -254,15 +259,7 @@ def _expert_layers(rank: int, rows: pl.DataFrame, allw: pl.DataFrame) -> list[st
     med = allw.filter(pl.col("rank") != rank).group_by("instance").agg(pl.col(EXPERT_CATEGORY).median().alias("med"))
     ex = (mine.join(med, on="instance").group_by("layer").agg((pl.col("me") - pl.col("med")).sum().alias("x"))
           .filter(pl.col("x") > 0).sort("x", descending=True))
-    total = float(ex["x"].sum()) if ex.height else 0.0
-    # the layers that hold most of the excess
-    out, acc = [], 0.0
-    for layer, x in ex.iter_rows():
-        out.append(str(layer))
-        acc += x
-        if acc >= 0.8 * total:
-            break
-    return out
+    return _most_of(ex)
 
 
 def expert_imbalance(ranks: list[RankSummary], inst: pl.DataFrame) -> pl.DataFrame:

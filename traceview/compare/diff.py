@@ -415,16 +415,17 @@ def diff_summaries(base: list[GpuSummary], new: list[GpuSummary],
 
 def diff_paths(base: Iterable[str], new: Iterable[str], rules_file: str | None = None, jobs: int = 1,
                max_bytes: int | None = None, views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True,
-               patterns=None, progress=None):
+               patterns=None, progress=None, skipped: list | None = None):
     """Load both sides (traces, rank directories or saved documents) and diff them.
 
     Returns ``(DiffResult, errors)``; errors are ``TraceError`` for inputs that could not be read.
+    Scanned files that hold no trace (a manifest beside the ranks) are appended to ``skipped``.
     """
     views = list(views)
     b, e1 = load_inputs(list(base), views=views, kernels=kernels, rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
-                        patterns=patterns, progress=progress)
+                        patterns=patterns, progress=progress, skipped=skipped)
     n, e2 = load_inputs(list(new), views=views, kernels=kernels, rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
-                        patterns=patterns, progress=progress)
+                        patterns=patterns, progress=progress, skipped=skipped)
     if not b or not n:
         return DiffResult([]), e1 + e2
     return diff_summaries(b, n, views), e1 + e2

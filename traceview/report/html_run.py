@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from .html_style import COMPUTE, EXPOSED, esc
+from .html_timeline import reduce_intervals
 from .text import fmt_ms
 
 WAIT = "#b8b8b8"
@@ -97,19 +98,11 @@ def _ranks_table(run) -> str:
 
 
 def _pieces(s: np.ndarray, e: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``limit`` pieces: join neighbours closer than a gap that doubles until they fit."""
+    """At most ``limit`` boxes per lane, joined as the per-GPU timeline joins them."""
     if len(s) <= limit:
         return s, e
-    gap = (e[-1] - s[0]) / limit
-    while True:
-        keep = np.concatenate([[True], s[1:] - e[:-1] > gap])
-        idx = np.cumsum(keep) - 1
-        ns = s[keep]
-        ne = np.zeros(len(ns))
-        np.maximum.at(ne, idx, e)
-        if len(ns) <= limit:
-            return ns, ne
-        gap *= 2
+    start, end, _, _ = reduce_intervals(s, e, limit, (e[-1] - s[0]) / limit)
+    return start, end
 
 
 def run_timeline(run) -> dict:

@@ -700,3 +700,56 @@ def test_the_whole_corpus_through_gate_diff_and_report():
         for line in err.splitlines():
             if line.startswith("traceview: error: "):
                 assert any(line.startswith(f"traceview: error: {f}: ") for f in files), line
+
+
+# --- round two: string pids named in every output ----------------------------------------------
+
+INTERNAL_ID = re.compile(r"-\d{15,}")  # a named device's internal id (load/decode.py: named_id)
+
+
+def _pid_case(family: str) -> Path:
+    return CORPUS / next(c["file"] for c in CASES if c["file"].split("-", 1)[1] == f"exp-pid-{family}.json.gz")
+
+
+def test_string_pids_are_shown_by_name_in_gate_diff_junit_and_run(tmp_path):
+    """pids given as strings ("GPU 0", SGLang's "[TP00-DP00-PP00-EP03] 495"): gate lines, JUnit,
+    GitHub annotations, the diff tables and JSON, a gate baseline from a saved document, the
+    per-GPU segment and tax tables and the run summaries all say the given name, never the
+    internal id; the two GPUs stay distinct and pair with themselves across files."""
+    import xml.etree.ElementTree as ET
+
+    sglang, two, names = _pid_case("sglang"), _pid_case("two-gpus"), _pid_case("names")
+    junit, doc = tmp_path / "j.xml", tmp_path / "two.json"
+    assert run_cli("analyze", str(two), "--format", "json", "-o", str(doc))[0] == 0
+    runs = {
+        "gate": run_cli("gate", "--no-config", "--max-exposed-comm", "1%", "--github", "--junit", str(junit),
+                        str(sglang), str(two), str(names)),
+        "gate-baseline": run_cli("gate", "--no-config", "--baseline", str(doc), "--max-regression", "5%", str(two)),
+        "diff": run_cli("diff", str(two), str(two)),
+        "diff-doc": run_cli("diff", str(doc), str(sglang)),
+        "diff-json": run_cli("diff", str(two), str(two), "--format", "json"),
+        "by-microbatch": run_cli("analyze", str(two), "--by", "microbatch", "--tax"),
+    }
+    for what, (code, out, err) in runs.items():
+        assert code in (0, 1) and "Traceback" not in out + err, (what, err)
+        if what != "diff-json":  # (JSON keeps the stable id as "device", beside "device_name")
+            assert INTERNAL_ID.search(out + err) is None, (what, INTERNAL_ID.search(out + err).group())
+    gate = runs["gate"][1]
+    assert "rank 0 [TP00-DP00-PP00-EP03] 495  [" in gate and "rank 0 GPU 1  [" in gate
+    annotations = [ln for ln in gate.splitlines() if ln.startswith("::error")]
+    assert len(annotations) == 4 and any("(rank 0 [TP00-DP00-PP00-EP03] 495)" in a for a in annotations)
+    cases = [c.get("name") for c in ET.parse(junit).iter("testcase")]
+    assert "exposed_comm_pct [rank 0 GPU 0]" in cases and "exposed_comm_pct [rank 0 GPU 1]" in cases
+    assert INTERNAL_ID.search(junit.read_text()) is None
+    # a baseline document carries the names: each GPU pairs with itself, by name
+    assert runs["gate-baseline"][1].count("vs baseline rank 0 GPU 0") >= 1
+    assert "(by position)" not in runs["gate-baseline"][1]
+    pairs = json.loads(runs["diff-json"][1])["pairs"]
+    assert [(p["base"]["device_name"], p["new"]["device_name"], p["matched_by"]) for p in pairs] == \
+        [("GPU 0", "GPU 0", "same rank and GPU"), ("GPU 1", "GPU 1", "same rank and GPU")]
+    assert pairs[0]["base"]["device"] != pairs[1]["base"]["device"]  # distinct devices
+    assert "rank 0 [TP00-DP00-PP00-EP03] 495" in runs["diff-doc"][1]
+    # the run's per-rank summaries (RankSummary) carry the name too
+    run = traceview.analyze_run([sglang, two])
+    assert sorted(r.device_name for r in run.ranks) == ["GPU 0", "GPU 1", "[TP00-DP00-PP00-EP03] 495"]
+    assert all(r.to_dict()["device_name"] == r.device_name for r in run.ranks)

@@ -41,6 +41,8 @@ def map_files(fn: Callable[[Any], Any], args: Sequence[Any], paths: Sequence[Pat
             except BrokenProcessPool:  # some worker died: which file it held is found below
                 left.append(i)
                 continue
+            except (MemoryError, OSError) as e:  # its result could not be pickled (polars: OSError)
+                results[i] = TraceError(paths[i], unsent_reason(e, doing))
             if done is not None:
                 done(i)
     for i, r in _each_alone(fn, args, paths, sorted(left), jobs, doing):
@@ -76,6 +78,8 @@ def _each_alone(fn, args, paths, todo: list[int], jobs: int, doing: str):
                 del running[i]
                 if status == "raised":
                     raise value
+                if status == "unsent":
+                    value = TraceError(paths[i], unsent_reason(value, doing))
                 yield i, value
     finally:
         for proc, conn in running.values():
@@ -89,8 +93,17 @@ def _child(conn, fn, arg) -> None:
         out = ("ok", fn(arg))
     except BaseException as e:  # noqa: BLE001  (handed to the parent, which raises it)
         out = ("raised", e)
-    conn.send(out)
+    try:
+        conn.send(out)
+    except (MemoryError, OSError) as e:  # the result is too large to pickle here
+        conn.send(("unsent", type(e)(*e.args)))
     conn.close()
+
+
+def unsent_reason(e: BaseException, doing: str = "analyzing it") -> str:
+    """Why a worker's result did not come back: pickling it ran out of memory."""
+    return (f"out of memory sending the result back from the worker process {doing} ({type(e).__name__}"
+            f"{': ' + str(e) if str(e) else ''}); try --jobs 1 or more memory")
 
 
 def died_reason(exitcode: int | None, doing: str = "analyzing it") -> str:

@@ -761,7 +761,9 @@ class _Table:
     def add(self, src: Source, offset: int, length: int, result: object) -> bool:
         """Decode one piece (or take the worker's result); False if it is not whole events."""
         piece = None
-        if result is _NOT_RUN:
+        if result is _NOT_RUN and src.file is not None:  # read into one bracketed buffer: no copies
+            result = fast.decode_file_piece(str(src.file), offset, length)  # (of a piece that may be 500 MB)
+        elif result is _NOT_RUN:
             piece = src.read(offset, length)
             result = fast.decode_piece(_trim(piece))
         if result is not None:

@@ -8,9 +8,7 @@ each number is computed in exactly one place.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -192,6 +190,9 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None,
         return SkippedInput(e.path, e.reason) if isinstance(path, ScannedPath) else e
     except TraceError as e:
         return e
+    except MemoryError:  # (after the load, which names its own: classifying, measuring)
+        return TraceError(path, "out of memory while analyzing it (a memory limit such as ulimit -v or a "
+                                "container's is too small for it; try fewer --jobs)")
     if summarize:
         a.rank_summaries  # noqa: B018  (computed while the events are here)
     if not keep_events:
@@ -226,15 +227,11 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
     work = [(p, rules_file, max_bytes, patterns, workers, keep_events) for p in paths]
     if not parallel:
         results = [_analyze_one(w, progress, summarize) for w in work]
-    else:
-        # spawn, not fork: forking a process that runs polars thread pools can deadlock
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=spawn) as pool:
-            futures = {pool.submit(_analyze_one, w, None, summarize): path for w, path in zip(work, paths)}
-            if progress is not None:
-                for fut in as_completed(futures):
-                    progress(futures[fut], 1, 1)
-            results = [f.result() for f in futures]
+    else:  # (a worker that dies is reported by the file it held: processes.py)
+        from .processes import map_files
+
+        results = map_files(functools.partial(_analyze_one, summarize=summarize), work, paths,
+                            min(jobs, len(paths)), None if progress is None else (lambda i: progress(paths[i], 1, 1)))
     if skipped is not None:
         skipped.extend(r for r in results if isinstance(r, SkippedInput))
     results = [r for r in results if not isinstance(r, SkippedInput)]

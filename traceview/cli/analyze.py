@@ -13,7 +13,7 @@ from ..analysis import TraceAnalysis, analyze_many, expand_paths
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from ..report import json_report, tables, terminal
-from ..report.text import clean_frame, json_dumps
+from ..report.text import clean_frame, device_label, display_path, json_dumps
 from .common import (EXIT_INPUT, budget_options, budget_settings, check_engine, engine_options, error_line,
                      handle_errors, jobs_option, max_bytes_option, note_skipped, rules_option, segment_patterns,
                      segments_option)
@@ -201,7 +201,7 @@ def _analyze_on_engine(paths, fmt, output, unsupported, rules_file, patterns, en
         else:
             console = Console(file=out, width=None if out.isatty() else 160, markup=False, emoji=False)
             for r in run.ranks:  # the per-rank GPU lines the local engine prints above the run
-                console.print(f"{r.name}: rank {r.rank}, GPU {r.device}: compute {r.gpu.compute_us / 1000:.3f} ms, "
+                console.print(f"{display_path(r.name)}: rank {r.rank}, {device_label(r.device, r.device_name)}: compute {r.gpu.compute_us / 1000:.3f} ms, "
                               f"comm {r.gpu.comm_us / 1000:.3f} ms, exposed {r.gpu.exposed_comm_us / 1000:.3f} ms, "
                               f"span {r.gpu.span_us / 1000:.3f} ms")
             render_run(run, console)

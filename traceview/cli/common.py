@@ -57,7 +57,7 @@ def handle_errors(fn: Callable) -> Callable:
             raise
         except BrokenPipeError:
             sys.exit(EXIT_OK)
-        except Exception as e:  # a bug: still one line, the traceback only on request
+        except BaseException as e:  # a bug (a Rust panic too): still one line, the traceback only on request
             if os.environ.get("TRACEVIEW_DEBUG"):
                 raise
             error_line(f"internal error: {type(e).__name__}: {e} (set TRACEVIEW_DEBUG=1 for a traceback)")

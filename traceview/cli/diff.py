@@ -71,7 +71,7 @@ def diff_cmd(base, new, kernels, top, pairs, fmt, output, rules_file, segments_f
         except OSError as e:
             raise TraceError(output, f"cannot write: {e.strerror or e}") from None
         try:
-            console = Console(file=out, width=None if out.isatty() else 160)
+            console = Console(file=out, width=None if out.isatty() else 160, markup=False, emoji=False)
             render_diff(result, console, top=top, kernels=kernels, pairs=pairs)
         finally:
             if output:

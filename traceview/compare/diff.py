@@ -174,9 +174,9 @@ class GpuDiff:
 
         return {
             "base": {"file": self.base.file, "rank": self.base.rank, "device": self.base.device,
-                     "iterations": self.base.iterations},
+                     "device_name": self.base.device_name, "iterations": self.base.iterations},
             "new": {"file": self.new.file, "rank": self.new.rank, "device": self.new.device,
-                    "iterations": self.new.iterations},
+                    "device_name": self.new.device_name, "iterations": self.new.iterations},
             "matched_by": self.matched_by,
             "findings": [f.to_dict() for f in self.findings],
             "notes": self.notes,
@@ -202,7 +202,8 @@ class DiffResult:
         rows = []
         for d in self.pairs:
             span, exp = d.total("span_us"), d.total("exposed_comm_us")
-            rows.append({"rank": d.new.rank, "device": d.new.device, "base": d.base.label, "new": d.new.label,
+            rows.append({"rank": d.new.rank, "device": d.new.device, "device_name": d.new.device_name,
+                         "base": d.base.label, "new": d.new.label,
                          "iteration_base_us": span.base, "iteration_new_us": span.new, "iteration_delta_us": span.delta,
                          "iteration_delta_pct": _pct(span.new, span.base), "exposed_comm_base_us": exp.base,
                          "exposed_comm_new_us": exp.new, "exposed_comm_delta_us": exp.delta,

@@ -141,8 +141,9 @@ bool time_field(bool present, element e, double& v, bool& ok) {
 }
 
 // ``bytes`` is ``int | str | None`` (some exporters write "256"): a string gets decode._int's
-// treatment (under 24 characters, '-'s then decimal digits, within int64; else null); what
-// only Python's str methods decide (non-ASCII digits, several '-') is left to the Python path.
+// treatment (under 24 characters, one optional '-' then decimal digits, within int64; else null,
+// so "--5" is null); what only Python's str methods decide (non-ASCII digits) is left to the
+// Python path.
 bool bytes_field(bool present, element e, int64_t& v, uint8_t& ok) {
   if (!present || e.type() != element_type::STRING) return int_field(present, e, v, ok);
   v = 0;
@@ -156,7 +157,7 @@ bool bytes_field(bool present, element e, int64_t& v, uint8_t& ok) {
   if (i == s.size()) return true;  // "" or "-": not decimal
   for (size_t j = i; j < s.size(); j++)
     if (s[j] < '0' || s[j] > '9') return true;
-  if (i > 1) return false;  // int("--5") raises: the Python path decides
+  if (i > 1) return true;  // "--5": not a number (null), as decode._int says
   // at most 23 characters: fits in __int128 without overflow
   __int128 x = 0;
   for (size_t j = i; j < s.size(); j++) x = x * 10 + (s[j] - '0');

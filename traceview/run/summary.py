@@ -60,6 +60,8 @@ class RankSummary:
     num_microbatches: int = 1
     #: how many GPUs the file held (a run pairs one GPU per rank)
     gpus_in_file: int = 1
+    #: the name the trace gave the GPU as a string ``pid`` ("GPU 0"), shown instead of its internal id
+    device_name: str | None = None
 
     @property
     def iteration_count(self) -> int:
@@ -71,7 +73,7 @@ class RankSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "rank": self.rank, "world_size": self.world_size,
-                "rank_source": self.rank_source, "device": self.device,
+                "rank_source": self.rank_source, "device": self.device, "device_name": self.device_name,
                 "base_time_ns": self.base_time_ns, "collectives": self.comm.height,
                 "iterations": self.iterations.height}
 
@@ -151,7 +153,7 @@ def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, 
         device=g.device, gpu=g, base_time_ns=base, warnings=list(trace.warnings), iterations=iterations,
         comm=comm_table, window_compute=window_compute, exposed_start=exposed[0], exposed_end=exposed[1],
         layers=layers, compute_start=compute[0], compute_end=compute[1], sources=dict(seg.sources),
-        num_microbatches=seg.num_microbatches, gpus_in_file=n_gpus)
+        num_microbatches=seg.num_microbatches, gpus_in_file=n_gpus, device_name=trace.given_name(g.device))
 
 
 def _measure_in_windows(sets: iv.Intervals, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ import polars as pl
 from ..metrics.gpu import GpuMetrics
 from ..segment import NONE
 from ..timeline import intervals as iv
+from ..timeline.idle import idle_sets
 
 #: the compute category whose excess on a late rank means expert load imbalance
 EXPERT_CATEGORY = "gemm.grouped"
@@ -115,14 +116,10 @@ def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, 
     role = d["role"].cast(pl.Utf8).to_numpy()
     compute = iv.union(ts[role == "compute"], end[role == "compute"])
     comm_set = iv.union(ts[role == "comm"], end[role == "comm"])
-    busy = iv.union(ts, end)
     exposed = iv.subtract(comm_set, compute)
-    # a kernel is queued from its launch (CPU) to its start (GPU); both clocks are the host's
-    launch = d["launch_ts"].to_numpy() if "launch_ts" in d.columns else np.full(d.height, np.nan)
-    has_launch = np.isfinite(launch) & (launch < ts)
-    queued = iv.union(launch[has_launch], ts[has_launch])
-    idle = iv.subtract((np.array([ts.min()]), np.array([end.max()])), busy) if d.height else busy
-    idle_no_queue = iv.subtract(idle, queued)
+    launch = d["launch_ts"].to_numpy().astype(float) if "launch_ts" in d.columns else None
+    gaps = idle_sets(ts, end, launch)  # the per-iteration table's definition (timeline/idle.py)
+    idle, idle_no_queue = gaps.idle, gaps.no_queue
 
     iterations = _iteration_table(its, compute, exposed, idle, idle_no_queue)
     comm = d.filter(pl.col("role") == "comm")
@@ -137,9 +134,9 @@ def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, 
         "ts": cts, "end": cend, "dur": comm["dur"].to_numpy(),
         "layer": comm["layer"], "microbatch": comm["microbatch"], "phase": comm["phase"],
         "win_start": win_lo,
-        "win_idle_no_queue_us": _measure_in_windows(idle_no_queue, win_lo, cts),
-        "win_idle_us": _measure_in_windows(idle, win_lo, cts),
-        "win_exposed_comm_us": _measure_in_windows(exposed, win_lo, cts),
+        "win_idle_no_queue_us": iv.measure_in_windows(idle_no_queue, win_lo, cts),
+        "win_idle_us": iv.measure_in_windows(idle, win_lo, cts),
+        "win_exposed_comm_us": iv.measure_in_windows(exposed, win_lo, cts),
     })
     gap_us, gap_layer = _launch_gaps(d, win_lo, cts)
     comm_table = comm_table.with_columns(pl.Series("win_launch_gap_us", gap_us),
@@ -152,23 +149,6 @@ def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, 
         comm=comm_table, window_compute=window_compute, exposed_start=exposed[0], exposed_end=exposed[1],
         layers=layers, compute_start=compute[0], compute_end=compute[1], sources=dict(seg.sources),
         num_microbatches=seg.num_microbatches, gpus_in_file=n_gpus)
-
-
-def _measure_in_windows(sets: iv.Intervals, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """|S ∩ [lo_i, hi_i)| for each window, S disjoint and sorted (prefix sums: O((n + m) log n))."""
-    s, e = sets
-    if len(s) == 0 or len(lo) == 0:
-        return np.zeros(len(lo))
-    cum = np.concatenate([[0.0], np.cumsum(e - s)])
-
-    def covered_before(t: np.ndarray) -> np.ndarray:
-        i = np.searchsorted(s, t, side="right")  # pieces starting at or before t
-        full = cum[np.maximum(i - 1, 0)]
-        part = np.where(i > 0, np.clip(t - s[np.maximum(i - 1, 0)], 0, None), 0.0)
-        part = np.minimum(part, np.where(i > 0, e[np.maximum(i - 1, 0)] - s[np.maximum(i - 1, 0)], 0.0))
-        return np.where(i > 0, full + part, 0.0)
-
-    return np.maximum(covered_before(hi) - covered_before(lo), 0.0)
 
 
 def _launch_gaps(d: pl.DataFrame, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, list]:
@@ -212,7 +192,7 @@ def _window_compute(d: pl.DataFrame, lo: np.ndarray, hi: np.ndarray) -> pl.DataF
     cts, cend = comp["ts"].to_numpy(), comp["end"].to_numpy()
     for cat in np.unique(cats):
         sel = cats == cat
-        t = _measure_in_windows(iv.union(cts[sel], cend[sel]), lo, hi)
+        t = iv.measure_in_windows(iv.union(cts[sel], cend[sel]), lo, hi)
         keep = t > 0
         frames.append(pl.DataFrame({"idx": np.nonzero(keep)[0].astype(np.int64), "category": cat, "time_us": t[keep]}))
     return pl.concat(frames) if frames else pl.DataFrame()
@@ -222,10 +202,10 @@ def _iteration_table(its: pl.DataFrame, compute, exposed, idle, idle_no_queue) -
     lo, hi = its["start"].to_numpy(), its["end"].to_numpy()
     return pl.DataFrame({
         "it": its["it"], "label": its["iteration"], "start": lo, "end": hi,
-        "compute_us": _measure_in_windows(compute, lo, hi),
-        "exposed_comm_us": _measure_in_windows(exposed, lo, hi),
-        "idle_us": _measure_in_windows(idle, lo, hi),
-        "idle_no_queue_us": _measure_in_windows(idle_no_queue, lo, hi),
+        "compute_us": iv.measure_in_windows(compute, lo, hi),
+        "exposed_comm_us": iv.measure_in_windows(exposed, lo, hi),
+        "idle_us": iv.measure_in_windows(idle, lo, hi),
+        "idle_no_queue_us": iv.measure_in_windows(idle_no_queue, lo, hi),
     })
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from ..run.summary import TIMELINE_PIECES
+from ..timeline import intervals as iv
 from .html_style import COMPUTE, EXPOSED, esc
 from .text import fmt_ms
 
@@ -26,8 +28,8 @@ ARRIVAL = "#5a5a5a"
 LAST = "#e3001b"
 #: collective instances drawn as arrival lines (the rest are still in the tables)
 MAX_INSTANCE_LINES = 400
-#: boxes per rank lane before short pieces are merged
-MAX_PIECES_PER_LANE = 4000
+#: boxes per rank lane before short pieces are merged (the summaries keep compute at this many)
+MAX_PIECES_PER_LANE = TIMELINE_PIECES
 
 
 def ms(us: float | None) -> str:
@@ -96,22 +98,6 @@ def _ranks_table(run) -> str:
             f'<div class="card"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
-def _pieces(s: np.ndarray, e: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``limit`` pieces: join neighbours closer than a gap that doubles until they fit."""
-    if len(s) <= limit:
-        return s, e
-    gap = (e[-1] - s[0]) / limit
-    while True:
-        keep = np.concatenate([[True], s[1:] - e[:-1] > gap])
-        idx = np.cumsum(keep) - 1
-        ns = s[keep]
-        ne = np.zeros(len(ns))
-        np.maximum.at(ne, idx, e)
-        if len(ns) <= limit:
-            return ns, ne
-        gap *= 2
-
-
 def run_timeline(run) -> dict:
     """One lane per rank on the common clock (ms since the run's first event)."""
     m = run.matching
@@ -131,11 +117,11 @@ def run_timeline(run) -> dict:
     cl, cs, ce = [], [], []
     xl, xs, xe = [], [], []
     for r in run.ranks:
-        s, e = _pieces(r.compute_start, r.compute_end, MAX_PIECES_PER_LANE)
+        s, e = iv.coarsen(r.compute_start, r.compute_end, MAX_PIECES_PER_LANE)
         cl += [r.rank] * len(s)
         cs += list((s - off[r.rank] - t0) / 1000)
         ce += list((e - off[r.rank] - t0) / 1000)
-        s, e = _pieces(r.exposed_start, r.exposed_end, MAX_PIECES_PER_LANE)
+        s, e = iv.coarsen(r.exposed_start, r.exposed_end, MAX_PIECES_PER_LANE)
         xl += [r.rank] * len(s)
         xs += list((s - off[r.rank] - t0) / 1000)
         xe += list((e - off[r.rank] - t0) / 1000)

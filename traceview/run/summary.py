@@ -28,6 +28,8 @@ from ..timeline.idle import idle_sets
 
 #: the compute category whose excess on a late rank means expert load imbalance
 EXPERT_CATEGORY = "gemm.grouped"
+#: compute busy pieces kept per rank for the run timeline (and drawn per lane)
+TIMELINE_PIECES = 4000
 
 
 @dataclass
@@ -54,13 +56,29 @@ class RankSummary:
     exposed_end: np.ndarray
     #: per (iteration, layer, microbatch): expert (grouped GEMM) time, compute, exposed comm
     layers: pl.DataFrame
-    #: compute busy pieces (union of compute kernels), disjoint, sorted: the run timeline draws them
+    #: compute busy pieces (union of compute kernels), disjoint, sorted, as the run timeline draws
+    #: them (at most TIMELINE_PIECES: neighbours closer than a gap merged, ``intervals.coarsen``)
     compute_start: np.ndarray = field(default_factory=lambda: np.empty(0))
     compute_end: np.ndarray = field(default_factory=lambda: np.empty(0))
     sources: dict[str, str] = field(default_factory=dict)
     num_microbatches: int = 1
     #: how many GPUs the file held (a run pairs one GPU per rank)
     gpus_in_file: int = 1
+    #: the trace health messages (load/health.py) of the file, for the run page's warnings
+    health: list[str] = field(default_factory=list)
+
+    def comm_table(self) -> pl.DataFrame:
+        """``comm`` with the reduce's column types: it travels compact (names as categoricals,
+        indices as int32), the reduce joins and sorts on plain strings and int64 as before."""
+        return _widen(self.comm)
+
+    def layers_table(self) -> pl.DataFrame:
+        """``layers`` with the reduce's column types (see ``comm_table``)."""
+        return _widen(self.layers)
+
+    def window_compute_table(self) -> pl.DataFrame:
+        """``window_compute`` with the reduce's column types (see ``comm_table``)."""
+        return _widen(self.window_compute)
 
     @property
     def iteration_count(self) -> int:
@@ -75,6 +93,10 @@ class RankSummary:
                 "rank_source": self.rank_source, "device": self.device,
                 "base_time_ns": self.base_time_ns, "collectives": self.comm.height,
                 "iterations": self.iterations.height}
+
+
+def _widen(t: pl.DataFrame) -> pl.DataFrame:
+    return t.with_columns(pl.col(pl.Categorical).cast(pl.Utf8), pl.col(pl.Int32).cast(pl.Int64))
 
 
 def summarize(analysis) -> list[RankSummary]:
@@ -97,7 +119,8 @@ def summarize(analysis) -> list[RankSummary]:
     for g in analysis.gpus:
         d = k.filter(pl.col("device") == g.device).sort("ts")
         out.append(_summarize_device(trace, g, d, base, source, seg, len(analysis.gpus),
-                                     by_layer.filter(pl.col("device") == g.device)))
+                                     by_layer.filter(pl.col("device") == g.device),
+                                     [h.message for h in analysis.health]))
     return out
 
 
@@ -109,7 +132,7 @@ def _iteration_ordinals(d: pl.DataFrame) -> pl.DataFrame:
 
 
 def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, n_gpus,
-                      by_layer: pl.DataFrame) -> RankSummary:
+                      by_layer: pl.DataFrame, health: list[str]) -> RankSummary:
     its = _iteration_ordinals(d)
     d = d.join(its.select("iteration", "it"), on="iteration", how="left").with_columns(pl.col("it").fill_null(-1))
     ts, end = d["ts"].to_numpy(), d["end"].to_numpy()
@@ -126,29 +149,28 @@ def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, 
     cts, cend = comm["ts"].to_numpy(), comm["end"].to_numpy()
     win_lo = np.concatenate([[ts.min() if d.height else 0.0], cts[:-1]]) if comm.height else np.empty(0)
     comm_table = pl.DataFrame({
-        "idx": np.arange(comm.height, dtype=np.int64),
-        "it": comm["it"].to_numpy(),
-        "category": comm["category"].cast(pl.Utf8),
-        "name": comm["name"].cast(pl.Utf8),
-        "stream": comm["stream"].cast(pl.Int64),
+        "idx": np.arange(comm.height, dtype=np.int32),
+        "it": comm["it"].cast(pl.Int32),
+        "category": comm["category"].cast(pl.Utf8).cast(pl.Categorical),
+        "name": comm["name"].cast(pl.Utf8).cast(pl.Categorical),
+        "stream": comm["stream"].cast(pl.Int32),
         "ts": cts, "end": cend, "dur": comm["dur"].to_numpy(),
-        "layer": comm["layer"], "microbatch": comm["microbatch"], "phase": comm["phase"],
-        "win_start": win_lo,
+        **{c: comm[c].cast(pl.Utf8).cast(pl.Categorical) for c in ("layer", "microbatch", "phase")},
         "win_idle_no_queue_us": iv.measure_in_windows(idle_no_queue, win_lo, cts),
         "win_idle_us": iv.measure_in_windows(idle, win_lo, cts),
         "win_exposed_comm_us": iv.measure_in_windows(exposed, win_lo, cts),
     })
     gap_us, gap_layer = _launch_gaps(d, win_lo, cts)
     comm_table = comm_table.with_columns(pl.Series("win_launch_gap_us", gap_us),
-                                         pl.Series("win_launch_gap_layer", gap_layer, dtype=pl.Utf8))
+                                         pl.Series("win_launch_gap_layer", gap_layer, dtype=pl.Utf8).cast(pl.Categorical))
     window_compute = _window_compute(d, win_lo, cts)
     layers = _layer_table(d, by_layer, its)
     return RankSummary(
         file=str(trace.path), name=trace.name, rank=trace.rank, world_size=trace.world_size, rank_source=source,
         device=g.device, gpu=g, base_time_ns=base, warnings=list(trace.warnings), iterations=iterations,
         comm=comm_table, window_compute=window_compute, exposed_start=exposed[0], exposed_end=exposed[1],
-        layers=layers, compute_start=compute[0], compute_end=compute[1], sources=dict(seg.sources),
-        num_microbatches=seg.num_microbatches, gpus_in_file=n_gpus)
+        layers=layers, sources=dict(seg.sources), num_microbatches=seg.num_microbatches, gpus_in_file=n_gpus,
+        health=list(health), **dict(zip(("compute_start", "compute_end"), iv.coarsen(*compute, TIMELINE_PIECES))))
 
 
 def _launch_gaps(d: pl.DataFrame, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, list]:
@@ -186,7 +208,7 @@ def _window_compute(d: pl.DataFrame, lo: np.ndarray, hi: np.ndarray) -> pl.DataF
     """Compute time per category inside each comm kernel's window (kernels clipped to it)."""
     comp = d.filter(pl.col("role") == "compute")
     if comp.height == 0 or len(lo) == 0:
-        return pl.DataFrame(schema={"idx": pl.Int64, "category": pl.Utf8, "time_us": pl.Float64})
+        return pl.DataFrame(schema={"idx": pl.Int32, "category": pl.Categorical, "time_us": pl.Float64})
     frames = []
     cats = comp["category"].cast(pl.Utf8).to_numpy()
     cts, cend = comp["ts"].to_numpy(), comp["end"].to_numpy()
@@ -194,8 +216,8 @@ def _window_compute(d: pl.DataFrame, lo: np.ndarray, hi: np.ndarray) -> pl.DataF
         sel = cats == cat
         t = iv.measure_in_windows(iv.union(cts[sel], cend[sel]), lo, hi)
         keep = t > 0
-        frames.append(pl.DataFrame({"idx": np.nonzero(keep)[0].astype(np.int64), "category": cat, "time_us": t[keep]}))
-    return pl.concat(frames) if frames else pl.DataFrame()
+        frames.append(pl.DataFrame({"idx": np.nonzero(keep)[0].astype(np.int32), "category": cat, "time_us": t[keep]}))
+    return pl.concat(frames).with_columns(pl.col("category").cast(pl.Categorical)) if frames else pl.DataFrame()
 
 
 def _iteration_table(its: pl.DataFrame, compute, exposed, idle, idle_no_queue) -> pl.DataFrame:
@@ -225,4 +247,9 @@ def _layer_table(d: pl.DataFrame, by_layer: pl.DataFrame, its: pl.DataFrame) -> 
         t = t.join(ex, on=["it", "layer", "microbatch"], how="left")
     else:
         t = t.with_columns(pl.lit(0.0).alias("exposed_comm_us"))
-    return t.with_columns(pl.col("exposed_comm_us").fill_null(0.0)).sort("it", "layer", "microbatch")
+    return _compact(t.with_columns(pl.col("exposed_comm_us").fill_null(0.0)).sort("it", "layer", "microbatch"))
+
+
+def _compact(t: pl.DataFrame) -> pl.DataFrame:
+    """Strings as categoricals, int64 as int32: how the tables travel and stay in the driver."""
+    return t.with_columns(pl.col(pl.Utf8).cast(pl.Categorical), pl.col(pl.Int64).cast(pl.Int32))

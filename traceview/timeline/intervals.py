@@ -201,3 +201,21 @@ def measure_in_windows(sets: Intervals, lo: np.ndarray, hi: np.ndarray) -> np.nd
         return np.where(i > 0, cum[j] + part, 0.0)
 
     return np.maximum(covered_before(hi) - covered_before(lo), 0.0)
+
+
+def coarsen(s: np.ndarray, e: np.ndarray, limit: int) -> Intervals:
+    """At most ``limit`` pieces of a disjoint sorted set, for drawing: neighbours closer than a
+    gap (doubling from span / limit until they fit) are joined.  Idempotent: a set already at
+    most ``limit`` pieces long comes back unchanged."""
+    if len(s) <= limit:
+        return s, e
+    gap = (e[-1] - s[0]) / limit
+    while True:
+        keep = np.concatenate([[True], s[1:] - e[:-1] > gap])
+        idx = np.cumsum(keep) - 1
+        ns = s[keep]
+        ne = np.zeros(len(ns))
+        np.maximum.at(ne, idx, e)
+        if len(ns) <= limit:
+            return ns, ne
+        gap *= 2

@@ -251,7 +251,10 @@ def test_cli_directory_of_ranks(tmp_path):
     assert code == 0, err
     text = out.read_text()
     assert "r0/gpu0" in text and "r1/gpu1" in text and "0, 1 of world size 2" in text
-    assert "Top kernels (all 2 traces together)" in text
+    # a run of two: both ranks in detail, each under its own heading, after the run page
+    assert text.index("Run: all ranks together") < text.index("Per-rank detail") < text.index("Detail: rank 0")
+    assert "Every file has its detail below (rank 0, rank 1)" in text and "Detail: rank 1" in text
+    assert text.count("<h2>Top kernels</h2>") == 2
     assert len([f for f in figures(text).values() if "</b> timeline" in f["layout"]["title"]["text"]]) == 2
 
 

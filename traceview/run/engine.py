@@ -227,8 +227,10 @@ def place(user_paths: list[str], seen: dict[str, tuple[str, list[Found], dict[st
                 out.append(Placement(p, shown, copies[0][2].scanned, None))
             elif len(copies) == 1:
                 out.append(Placement(p, shown, copies[0][2].scanned, copies[0][0]))
-            else:  # the same name on several nodes, different files: one rank each
-                out.extend(Placement(p, f"{ip}:{shown}", f.scanned, n) for n, ip, f in sorted(copies, key=lambda c: c[1]))
+            else:  # the same name on several nodes, different files: one rank each, named by node
+                ips = [ip for _n, ip, _f in copies]
+                out.extend(Placement(p, f"{ip if ips.count(ip) == 1 else f'{ip}#{n[:8]}'}:{shown}", f.scanned, n)
+                           for n, ip, f in sorted(copies, key=lambda c: (c[1], c[0])))
     return out
 
 
@@ -263,10 +265,13 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, address: str | None = "auto", cpus_per_task: int = 1, init_kwargs: dict | None = None) -> None:
+    def __init__(self, address: str | None = "auto", cpus_per_task: int = 1, init_kwargs: dict | None = None,
+                 discover_fn: Callable = discover) -> None:
         self.address = address
         self.cpus_per_task = cpus_per_task
         self.init_kwargs = dict(init_kwargs or {})
+        #: what one discovery task runs on its node (tests give each node of a one-machine cluster its own "disk")
+        self.discover_fn = discover_fn
         #: refs of the rank tasks cancelled by the last interrupted map (for tests and logs)
         self.cancelled: list = []
         #: the last run: shown path -> the node id its task ran on; the last locate: node id ->
@@ -298,7 +303,7 @@ class RayEngine:
         user = [str(p) for p in paths]
         absolute = sorted({os.path.abspath(p) for p in user})
         nodes = [(n["NodeID"], n.get("NodeManagerAddress", "?")) for n in ray.nodes() if n.get("Alive")]
-        find = ray.remote(num_cpus=0)(discover)
+        find = ray.remote(num_cpus=0)(self.discover_fn)
         refs = {find.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(absolute): (n, ip)
                 for n, ip in nodes}
         seen = {}

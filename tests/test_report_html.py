@@ -251,7 +251,10 @@ def test_cli_directory_of_ranks(tmp_path):
     assert code == 0, err
     text = out.read_text()
     assert "r0/gpu0" in text and "r1/gpu1" in text and "0, 1 of world size 2" in text
-    assert "Top kernels (all 2 traces together)" in text
+    # a run of two: both ranks in detail, each under its own heading, after the run page
+    assert text.index("Run: all ranks together") < text.index("Per-rank detail") < text.index("Detail: rank 0")
+    assert "Every file has its detail below (rank 0, rank 1)" in text and "Detail: rank 1" in text
+    assert text.count("<h2>Top kernels</h2>") == 2
     assert len([f for f in figures(text).values() if "</b> timeline" in f["layout"]["title"]["text"]]) == 2
 
 
@@ -461,8 +464,8 @@ def test_run_lane_pieces_cover_the_real_intervals_within_the_limit():
     interval lies inside one box, boxes stay sorted and disjoint, and nothing is joined below the limit."""
     import numpy as np
 
-    from traceview.report.html_run import _pieces
     from traceview.run.summary import summarize
+    from traceview.timeline.intervals import coarsen as _pieces
 
     (r,) = summarize(analysis_of(str(PROJECT_FIXTURES / "prefill_tbo_rank0.json.gz")))
     s, e = np.asarray(r.compute_start, float), np.asarray(r.compute_end, float)

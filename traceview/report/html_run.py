@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from ..run.summary import TIMELINE_PIECES
+from ..timeline import intervals as iv
 from .html_style import COMPUTE, EXPOSED, esc
-from .html_timeline import reduce_intervals
 from .text import fmt_ms
 
 WAIT = "#b8b8b8"
@@ -27,12 +28,48 @@ ARRIVAL = "#5a5a5a"
 LAST = "#e3001b"
 #: collective instances drawn as arrival lines (the rest are still in the tables)
 MAX_INSTANCE_LINES = 400
-#: boxes per rank lane before short pieces are merged
-MAX_PIECES_PER_LANE = 4000
+#: boxes per rank lane before short pieces are merged (the summaries keep compute at this many)
+MAX_PIECES_PER_LANE = TIMELINE_PIECES
 
 
 def ms(us: float | None) -> str:
     return fmt_ms(us)
+
+
+def run_head(run):
+    """What was analysed (from the summaries of every rank), the loader warnings and trace
+    health of every rank, and the files that could not be read: the top of a run's page."""
+    from .html import Fragment
+
+    ranks = run.ranks
+    names = list(dict.fromkeys(r.name for r in ranks))  # one per file (a file may hold several GPUs)
+    shown = ", ".join(esc(f) for f in names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    nums = sorted({r.rank for r in ranks if r.rank is not None})
+    ws = sorted({r.world_size for r in ranks if r.world_size})
+    rank_text = (", ".join(map(str, nums)) if len(nums) <= 16 else f"{len(nums)} ranks, {nums[0]}-{nums[-1]}") or "unknown"
+    rank_text += f" of world size {ws[0]}" if len(ws) == 1 else ""
+    gpu_names: dict[str, int] = {}
+    for r in ranks:
+        gpu_names[r.gpu.name or "unknown GPU"] = gpu_names.get(r.gpu.name or "unknown GPU", 0) + 1
+    iters = sorted({r.iterations.height for r in ranks})
+    sources = sorted({f"{lvl}: {src}" for r in ranks for lvl, src in r.sources.items() if src != "none"})
+    spans = [r.gpu.span_us for r in ranks]
+    window = (f"{ms(min(spans))} – {ms(max(spans))} ms of GPU activity per GPU" if len(set(spans)) > 1
+              else f"{ms(spans[0])} ms of GPU activity")
+    rows = [("files", shown), ("ranks", rank_text), ("GPUs", ", ".join(f"{n} × {esc(k)}" for k, n in gpu_names.items())),
+            ("iterations", esc(" / ".join(map(str, iters)) + (" (per trace)" if len(iters) > 1 else ""))),
+            ("time window", window), ("GPU events", f"{sum(r.gpu.events for r in ranks):,}"),
+            ("segments from", esc(", ".join(sources)) or "–")]
+    head = Fragment()
+    head.add('<div class="card"><dl class="meta">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+             + "</dl></div>")
+    items = [f"<li>{esc(e.path)}: {esc(e.reason)} (not analysed)</li>" for e in run.errors]
+    files = list({r.file: r for r in ranks}.values())
+    items += [f"<li>{esc(r.name)}: {esc(w)}</li>" for r in files for w in r.warnings]
+    items += [f"<li>{esc(r.name)}: trace health: {esc(h)}</li>" for r in files for h in r.health]
+    if items:
+        head.add(f'<div class="note"><b>Loader warnings</b><ul class="warn-list">{"".join(items)}</ul></div>')
+    return head
 
 
 def run_sections(run) -> tuple[list[str], list[dict]]:
@@ -97,14 +134,6 @@ def _ranks_table(run) -> str:
             f'<div class="card"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
-def _pieces(s: np.ndarray, e: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``limit`` boxes per lane, joined as the per-GPU timeline joins them."""
-    if len(s) <= limit:
-        return s, e
-    start, end, _, _ = reduce_intervals(s, e, limit, (e[-1] - s[0]) / limit)
-    return start, end
-
-
 def run_timeline(run) -> dict:
     """One lane per rank on the common clock (ms since the run's first event)."""
     m = run.matching
@@ -124,11 +153,11 @@ def run_timeline(run) -> dict:
     cl, cs, ce = [], [], []
     xl, xs, xe = [], [], []
     for r in run.ranks:
-        s, e = _pieces(r.compute_start, r.compute_end, MAX_PIECES_PER_LANE)
+        s, e = iv.coarsen(r.compute_start, r.compute_end, MAX_PIECES_PER_LANE)
         cl += [r.rank] * len(s)
         cs += list((s - off[r.rank] - t0) / 1000)
         ce += list((e - off[r.rank] - t0) / 1000)
-        s, e = _pieces(r.exposed_start, r.exposed_end, MAX_PIECES_PER_LANE)
+        s, e = iv.coarsen(r.exposed_start, r.exposed_end, MAX_PIECES_PER_LANE)
         xl += [r.rank] * len(s)
         xs += list((s - off[r.rank] - t0) / 1000)
         xe += list((e - off[r.rank] - t0) / 1000)

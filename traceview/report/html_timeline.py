@@ -73,20 +73,7 @@ def _hover_names(names: pl.Series) -> pl.Series:
     return names.to_physical().replace_strict(labels, return_dtype=pl.Utf8)
 
 
-def _merge_close(s: np.ndarray, e: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Join sorted disjoint intervals closer than ``gap``: (start, end, pieces, covered length)."""
-    if s.size == 0:
-        return s, e, np.zeros(0, int), np.zeros(0)
-    new = np.ones(s.size, dtype=bool)
-    new[1:] = (s[1:] - e[:-1]) >= gap
-    idx = np.flatnonzero(new)
-    ends = np.maximum.reduceat(e, idx)
-    pieces = np.diff(np.append(idx, s.size))
-    covered = np.add.reduceat(e - s, idx)
-    return s[idx], ends, pieces, covered
-
-
-def reduce_intervals(s: np.ndarray, e: np.ndarray, cap: int, r: float, detail_end: float | None = None):
+def _reduce_intervals(s: np.ndarray, e: np.ndarray, cap: int, r: float, detail_end: float | None = None):
     """Disjoint sorted intervals; those after ``detail_end`` joined at resolution ``r``
     (doubled) until at most ``cap`` remain there.  (start, end, pieces, covered length)."""
     if detail_end is None or s.size <= cap:
@@ -97,12 +84,12 @@ def reduce_intervals(s: np.ndarray, e: np.ndarray, cap: int, r: float, detail_en
     ts, te = s[cut:], e[cut:]
     gap = r
     while ts.size:
-        tail = _merge_close(ts, te, gap)
+        tail = iv.join_close(ts, te, gap)
         if tail[0].size <= cap:
             break
         gap *= 2
     else:
-        tail = _merge_close(ts, te, 0.0)
+        tail = iv.join_close(ts, te, 0.0)
     return tuple(np.concatenate([h, t]) for h, t in zip(head, tail))
 
 
@@ -315,7 +302,7 @@ def gpu_timeline(a, g, budget: int = 10_000, label: str = "", subtitle: str = ""
         comm = d.filter(pl.col("role") == "comm")
         cap = max(100, budget // 4)
         res = r or span / 2000
-        es, ee, pieces, cov = reduce_intervals(*iv.subtract((comm["ts"].to_numpy(), comm["end"].to_numpy()),
+        es, ee, pieces, cov = _reduce_intervals(*iv.subtract((comm["ts"].to_numpy(), comm["end"].to_numpy()),
                                                              comp_iv), cap, res, detail_end)
         hover = [f"<b>exposed communication</b><br>{_fmt_us(c)}" + (f" in {p} pieces" if p > 1 else "")
                  + f"<br>from {(s - t0) / 1000:.3f} ms" for s, c, p in zip(es, cov, pieces)]
@@ -327,7 +314,7 @@ def gpu_timeline(a, g, budget: int = 10_000, label: str = "", subtitle: str = ""
             on_s = comm.filter(pl.col("stream") == s)
             if on_s.height == 0:
                 continue
-            a_s, a_e, pieces, cov = reduce_intervals(*iv.subtract((on_s["ts"].to_numpy(), on_s["end"].to_numpy()),
+            a_s, a_e, pieces, cov = _reduce_intervals(*iv.subtract((on_s["ts"].to_numpy(), on_s["end"].to_numpy()),
                                                                    comp_iv), cap, res, detail_end)
             ys.append(np.full(a_s.size, float(stream_y[s])))
             bs.append((a_s - t0) / 1000)

@@ -112,7 +112,7 @@ class RunAnalysis:
 
     def by_rank_layer(self) -> pl.DataFrame:
         """Rank x layer, per iteration (µs): exposed communication and waiting in that layer."""
-        frames = [r.layers.with_columns(pl.lit(r.rank, dtype=pl.Int64).alias("rank"),
+        frames = [r.layers_table().with_columns(pl.lit(r.rank, dtype=pl.Int64).alias("rank"),
                                         pl.lit(r.iteration_count, dtype=pl.Int64).alias("_n"))
                   for r in self.ranks if r.layers.height and r.rank is not None]
         if not frames:

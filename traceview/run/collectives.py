@@ -59,7 +59,8 @@ def match(ranks: list[RankSummary]) -> Matching:
     use_iterations = all(r.iterations.height > 0 for r in ranks)
     frames = []
     for r in ranks:
-        c = r.comm.select("idx", "it", "category", "name", "stream", "ts", "end", "dur", "layer", "microbatch", "phase")
+        c = r.comm_table().select("idx", "it", "category", "name", "stream", "ts", "end", "dur", "layer", "microbatch",
+                                  "phase")
         if not use_iterations:
             c = c.with_columns(pl.lit(-1, dtype=pl.Int64).alias("it"))
         c = c.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("it", "category").alias("ordinal"),

@@ -26,6 +26,8 @@ from .progress import LoadProgress
                    "min(N, 500), so a timeline stays readable); beyond its share a GPU's short kernels are "
                    "merged into time bins (the page says so).")
 @click.option("--title", help="Page title (default: from the file names).")
+@click.option("--strict", is_flag=True, help="As analyze --strict: loader warnings and trace health problems are "
+                                             "errors (the page is still written; exit code 2).")
 @rules_option
 @segments_option
 @jobs_option
@@ -33,7 +35,7 @@ from .progress import LoadProgress
 @max_bytes_option
 @handle_errors
 def report_cmd(paths, output, model, gpu_name, convention, gpu_file, phase, precision, tokens, kv_len, n_seqs,
-               max_events, title, rules_file, segments_file, jobs, engine, address, max_bytes):
+               max_events, title, strict, rules_file, segments_file, jobs, engine, address, max_bytes):
     """Write an HTML report: per-GPU timelines with exposed communication marked, per
     micro-batch and per layer overlap, kernel categories, top and unclassified kernels.
 
@@ -59,6 +61,8 @@ def report_cmd(paths, output, model, gpu_name, convention, gpu_file, phase, prec
     note_skipped(skipped)
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
+    if strict:
+        failed += [TraceError(a.trace.path, f"--strict: {p}") for a in good for p in a.strict_problems()]
     for e in failed:
         error_line(e)
     if not good:

@@ -253,3 +253,23 @@ def test_graph_tbo_decode_microbatches_and_layers_from_kernel_order():
         layer_ok = sum(str(t[3]) == lay for t, lay in zip(truth, kr["layer"].to_list()))
         assert layer_ok / kr.height > 0.97
         assert mb_ok / kr.height > 0.8  # approximate, as the output says: kernels between turns
+
+
+def test_graph_annotation_args_read_as_range_names():
+    """mark_kernels scopes as torch's post-processor writes them into a graph kernel's args: a string
+    scope is {"str": name}; dict keys that name a level take their value as that level."""
+    from traceview.segment.levels import level_of_arg
+
+    pats = LevelPatterns().compiled()
+    assert level_of_arg("str", "layer.7", pats) == ("layer", "7")
+    assert level_of_arg("str", "attn", pats) == ("phase", "attn")
+    assert level_of_arg("annotation", "nccl:all_to_all", pats) is None  # a library range is no phase
+    assert level_of_arg("layer", "3", pats) == ("layer", "3")
+    assert level_of_arg("microbatch", "1", pats) == ("microbatch", "mb1")
+    assert level_of_arg("mb", 0, pats) == ("microbatch", "mb0")
+    assert level_of_arg("stage", "decode", pats) == ("stage", "decode")
+    assert level_of_arg("stage", "EXTEND", pats) == ("stage", "prefill")
+    assert level_of_arg("iteration", "12", pats) == ("iteration", "12")
+    assert level_of_arg("phase", "combine", pats) == ("phase", "combine")
+    assert level_of_arg("module", "model.layers.5", pats) == ("layer", "5")
+    assert level_of_arg("block", "2", pats) == ("layer", "2")

@@ -28,7 +28,8 @@ class Trace:
     ``correlation`` and ``external_id`` (links a launch to its kernel), ``device`` and
     ``stream`` (GPU rows: from ``args.device``/``args.stream``, else ``pid``/``tid``),
     ``input_dims`` (JSON text of ``Input Dims`` on CPU ops recorded with shapes) and
-    ``bytes`` (memcpy/memset sizes), ``grid`` (a kernel's launch grid/block, "[x,y,z]/[x,y,z]").
+    ``bytes`` (memcpy/memset sizes), ``grid`` (a kernel's launch grid/block, "[x,y,z]/[x,y,z]"),
+    ``annotation`` (a CUDA-graph kernel's annotation args, JSON text: see ``decode.graph_annotation``).
     """
 
     path: Path

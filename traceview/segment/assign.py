@@ -28,7 +28,7 @@ import polars as pl
 
 from ..classify.launch import enclosing_ranges
 from ..load.trace import Trace
-from .levels import LEVELS, LevelPatterns, level_of
+from .levels import LEVELS, LevelPatterns, level_of, level_of_arg
 
 NONE = "(none)"
 
@@ -63,7 +63,7 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
             infer: bool = True) -> Segmentation:
     """Segment the classified GPU events ``kernels`` of ``trace``."""
     pats = (patterns or LevelPatterns()).compiled()
-    labels = _from_annotations(trace, kernels, pats)
+    labels = _with_graph_annotations(_from_annotations(trace, kernels, pats), kernels, pats)
     sources = {lvl: ("annotations" if labels[lvl].drop_nulls().len() else "none") for lvl in LEVELS}
     if sources["iteration"] == "annotations":
         labels = _iterations_by_time(trace, kernels, labels, pats)
@@ -73,6 +73,11 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
             labels = labels.drop("microbatch").join(by_thread, on="row", how="left")
             sources["microbatch"] = "threads"
     annotated = any(sources[lvl] == "annotations" for lvl in ("microbatch", "layer", "phase"))
+    if annotated and sources["iteration"] == "none":  # annotated graph replays: one iteration per launch
+        iteration = _graph_iterations(trace, kernels)
+        if iteration is not None:
+            labels = labels.drop("iteration").join(iteration, on="row", how="left").select("row", *LEVELS)
+            sources["iteration"] = "inferred"
     approximate: list[str] = []
     if infer and not annotated and (sources["microbatch"] == "none" or sources["layer"] == "none"):
         labels, inferred = _infer(trace, kernels, labels, sources)
@@ -130,6 +135,55 @@ def _from_annotations(trace: Trace, kernels: pl.DataFrame, pats) -> pl.DataFrame
                           pl.col("range").replace_strict(number, return_dtype=pl.Utf8).alias("_stage_it"))
         out = out.join(it, on="row", how="left").with_columns(pl.col("_stage_it").alias("iteration")).drop("_stage_it")
     return out
+
+
+def _with_graph_annotations(labels: pl.DataFrame, kernels: pl.DataFrame, pats) -> pl.DataFrame:
+    """CUDA-graph kernels' own annotations (PyTorch 2.12+ ``mark_kernels`` scopes, merged into their
+    args by ``torch.cuda._annotate_cuda_graph_trace``; the loader keeps them as ``annotation``)
+    label those kernels as record_function ranges label eager ones: the same patterns, and for
+    each level the first arg that gives it (the innermost scope's keys come first).  A level the
+    annotation does not give keeps the label of the ranges around the graph launch."""
+    if "annotation" not in kernels.columns:
+        return labels
+    ann = kernels.select("row", "annotation").filter(pl.col("annotation").is_not_null())
+    if ann.height == 0:
+        return labels
+    import orjson
+
+    texts = ann["annotation"].unique().to_list()
+    rows = []
+    for text in texts:
+        try:
+            args = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            args = {"annotation": text}
+        got: dict[str, str] = {}
+        for key, value in (args.items() if isinstance(args, dict) else [("annotation", args)]):
+            lv = level_of_arg(str(key), value, pats)
+            if lv is not None:
+                got.setdefault(lv[0], lv[1])
+        rows.append((text, *(got.get(lvl) for lvl in LEVELS)))
+    table = pl.DataFrame(rows, schema={"annotation": pl.Utf8, **{f"_g_{lvl}": pl.Utf8 for lvl in LEVELS}}, orient="row")
+    graph = ann.join(table, on="annotation", how="left").drop("annotation")
+    return (labels.join(graph, on="row", how="left")
+            .with_columns([pl.coalesce(f"_g_{lvl}", lvl).alias(lvl) for lvl in LEVELS])
+            .select("row", *LEVELS))
+
+
+def _graph_iterations(trace: Trace, kernels: pl.DataFrame) -> pl.DataFrame | None:
+    """One iteration per CUDA-graph launch (the eager work after it until the next launch in
+    it), when most kernels are graph replays; kernels before the first launch are in none."""
+    k = kernels.filter(pl.col("launch_ts").is_not_null()).select("row", "correlation", "launch_ts")
+    bounds = _graph_launches(trace, k) if k.height else None
+    if bounds is None:
+        return None
+    it = np.searchsorted(bounds, k["launch_ts"].to_numpy(), side="right")
+    outside = it == 0
+    _, it = np.unique(np.where(outside, -1, it), return_inverse=True)
+    it = it - (1 if outside.any() else 0)
+    return pl.DataFrame({"row": k["row"].to_numpy(),
+                         "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
+                        schema={"row": pl.Int64, "iteration": pl.Utf8})
 
 
 def _iterations_by_time(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, pats) -> pl.DataFrame:

@@ -27,8 +27,9 @@ class LevelPatterns:
         r"(?i)^forward_(extend|decode)$",
         # SGLang scheduler: step[EXTEND bs=15 toks=15360], step[DECODE bs=32]
         r"^step\[(EXTEND|DECODE|MIXED|IDLE)\b",
-        # vLLM model runner: execute_<tokens>_context_<n>(...)_generation_<m>(...)
-        r"^execute_\d+_(?:(context)_[1-9]\d*|context_0)\(.*\)_(?:(generation)_[1-9]\d*|generation_0)\(",
+        # vLLM model runner: execute_<tokens>_context_<n>(...)_generation_<m>(...), newer releases
+        # without the token count: execute_context_1(888_788544)_generation_0(0)
+        r"^execute_(?:\d+_)?(?:(context)_[1-9]\d*|context_0)\(.*\)_(?:(generation)_[1-9]\d*|generation_0)\(",
     ])
     microbatch: list[str] = field(default_factory=lambda: [
         r"(?i)^(?:mb|micro_?batch|ubatch|ub|tbo|dbo)[._#-]?(\d+)$",

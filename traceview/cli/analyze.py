@@ -101,13 +101,7 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     if strict:
-        for a in good:
-            for w in a.trace.warnings:
-                failed.append(TraceError(a.trace.path, f"--strict: {w}"))
-            for h in a.health:
-                if h.key == "dropped_records":
-                    continue  # already failed as the loader warnings it repeats
-                failed.append(TraceError(a.trace.path, f"--strict: trace health: {h.message}"))
+        failed += [TraceError(a.trace.path, f"--strict: {p}") for a in good for p in a.strict_problems()]
     for e in failed:
         error_line(e)
     if good:

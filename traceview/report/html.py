@@ -156,6 +156,7 @@ class Fragment:
     kernels: int = 0                            # kernels of its traces
     notes: list[str] = field(default_factory=list)  # timelines that merged kernels
     title: str | None = None                    # the file's name, for a one-file page's title
+    problems: list[str] = field(default_factory=list)  # what --strict fails on (loader warnings, trace health)
 
     def add(self, html_text: str) -> None:
         self.parts.append(html_text)

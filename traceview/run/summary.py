@@ -68,6 +68,8 @@ class RankSummary:
     device_name: str | None = None
     #: the trace health messages (load/health.py) of the file, for the run page's warnings
     health: list[str] = field(default_factory=list)
+    #: what ``--strict`` fails on for the file: loader warnings and trace health problems
+    strict_problems: list[str] = field(default_factory=list)
 
     def comm_table(self) -> pl.DataFrame:
         """``comm`` with the reduce's column types: it travels compact (names as categoricals,
@@ -123,6 +125,7 @@ def summarize(analysis) -> list[RankSummary]:
         out.append(_summarize_device(trace, g, d, base, source, seg, len(analysis.gpus),
                                      by_layer.filter(pl.col("device") == g.device),
                                      [h.message for h in analysis.health]))
+        out[-1].strict_problems = analysis.strict_problems()
     return out
 
 

@@ -28,7 +28,7 @@ import polars as pl
 
 from ..classify.launch import enclosing_ranges
 from ..load.trace import Trace
-from .levels import LEVELS, LevelPatterns, level_of
+from .levels import LEVELS, LevelPatterns, level_of, level_of_arg
 
 NONE = "(none)"
 
@@ -63,7 +63,7 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
             infer: bool = True) -> Segmentation:
     """Segment the classified GPU events ``kernels`` of ``trace``."""
     pats = (patterns or LevelPatterns()).compiled()
-    labels = _from_annotations(trace, kernels, pats)
+    labels = _with_graph_annotations(_from_annotations(trace, kernels, pats), kernels, pats)
     sources = {lvl: ("annotations" if labels[lvl].drop_nulls().len() else "none") for lvl in LEVELS}
     if sources["iteration"] == "annotations":
         labels = _iterations_by_time(trace, kernels, labels, pats)
@@ -73,15 +73,22 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
             labels = labels.drop("microbatch").join(by_thread, on="row", how="left")
             sources["microbatch"] = "threads"
     annotated = any(sources[lvl] == "annotations" for lvl in ("microbatch", "layer", "phase"))
+    if annotated and sources["iteration"] == "none":  # annotated graph replays: one iteration per launch
+        iteration = _graph_iterations(trace, kernels)
+        if iteration is not None:
+            labels = labels.drop("iteration").join(iteration, on="row", how="left").select("row", *LEVELS)
+            sources["iteration"] = "inferred"
     approximate: list[str] = []
     if infer and not annotated and (sources["microbatch"] == "none" or sources["layer"] == "none"):
-        labels, inferred = _infer(trace, kernels, labels, sources)
+        labels, inferred, replay_share = _infer(trace, kernels, labels, sources)
         sources.update(inferred)
         if inferred.get("microbatch") == "inferred" and labels["microbatch"].drop_nulls().n_unique() > 1:
+            replays = (f"; in CUDA-graph replays by the repetition of each micro-batch's kernels ({replay_share:.0%} "
+                       "of the replayed kernels in repeated blocks)" if replay_share is not None else "")
             approximate.append("micro-batches inferred from the launch order (no annotation, no micro-batch "
                                "threads): communication (or, without it, each expert block) is attributed by "
-                               "its position, the other kernels by the same alternation; per-micro-batch "
-                               "compute and cover figures are approximate")
+                               "its position, the other kernels by the same alternation" + replays
+                               + "; per-micro-batch compute and cover figures are approximate")
     if sources["microbatch"] == "none":
         labels = labels.with_columns(pl.lit("mb0").alias("microbatch"))
         sources["microbatch"] = "single"
@@ -130,6 +137,55 @@ def _from_annotations(trace: Trace, kernels: pl.DataFrame, pats) -> pl.DataFrame
                           pl.col("range").replace_strict(number, return_dtype=pl.Utf8).alias("_stage_it"))
         out = out.join(it, on="row", how="left").with_columns(pl.col("_stage_it").alias("iteration")).drop("_stage_it")
     return out
+
+
+def _with_graph_annotations(labels: pl.DataFrame, kernels: pl.DataFrame, pats) -> pl.DataFrame:
+    """CUDA-graph kernels' own annotations (PyTorch 2.12+ ``mark_kernels`` scopes, merged into their
+    args by ``torch.cuda._annotate_cuda_graph_trace``; the loader keeps them as ``annotation``)
+    label those kernels as record_function ranges label eager ones: the same patterns, and for
+    each level the first arg that gives it (the innermost scope's keys come first).  A level the
+    annotation does not give keeps the label of the ranges around the graph launch."""
+    if "annotation" not in kernels.columns:
+        return labels
+    ann = kernels.select("row", "annotation").filter(pl.col("annotation").is_not_null())
+    if ann.height == 0:
+        return labels
+    import orjson
+
+    texts = ann["annotation"].unique().to_list()
+    rows = []
+    for text in texts:
+        try:
+            args = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            args = {"annotation": text}
+        got: dict[str, str] = {}
+        for key, value in (args.items() if isinstance(args, dict) else [("annotation", args)]):
+            lv = level_of_arg(str(key), value, pats)
+            if lv is not None:
+                got.setdefault(lv[0], lv[1])
+        rows.append((text, *(got.get(lvl) for lvl in LEVELS)))
+    table = pl.DataFrame(rows, schema={"annotation": pl.Utf8, **{f"_g_{lvl}": pl.Utf8 for lvl in LEVELS}}, orient="row")
+    graph = ann.join(table, on="annotation", how="left").drop("annotation")
+    return (labels.join(graph, on="row", how="left")
+            .with_columns([pl.coalesce(f"_g_{lvl}", lvl).alias(lvl) for lvl in LEVELS])
+            .select("row", *LEVELS))
+
+
+def _graph_iterations(trace: Trace, kernels: pl.DataFrame) -> pl.DataFrame | None:
+    """One iteration per CUDA-graph launch (the eager work after it until the next launch in
+    it), when most kernels are graph replays; kernels before the first launch are in none."""
+    k = kernels.filter(pl.col("launch_ts").is_not_null()).select("row", "correlation", "launch_ts")
+    bounds = _graph_launches(trace, k) if k.height else None
+    if bounds is None:
+        return None
+    it = np.searchsorted(bounds, k["launch_ts"].to_numpy(), side="right")
+    outside = it == 0
+    _, it = np.unique(np.where(outside, -1, it), return_inverse=True)
+    it = it - (1 if outside.any() else 0)
+    return pl.DataFrame({"row": k["row"].to_numpy(),
+                         "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
+                        schema={"row": pl.Int64, "iteration": pl.Utf8})
 
 
 def _iterations_by_time(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, pats) -> pl.DataFrame:
@@ -203,10 +259,10 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
     # launch order; the kernels of one graph replay share their launch, so GPU order within it
     k = (kernels.filter(pl.col("launch_ts").is_not_null())
          .select("row", "launch_ts", "ts", "correlation", "launch_tid", "launch_pid", pl.col("category").cast(pl.Utf8),
-                 pl.col("role").cast(pl.Utf8), pl.col("name").cast(pl.Utf8))
+                 pl.col("role").cast(pl.Utf8), pl.col("name").cast(pl.Utf8), pl.col("kind").cast(pl.Utf8))
          .sort("launch_ts", "ts", "row"))
     if k.height == 0:
-        return labels, {}
+        return labels, {}, None
     out: dict[str, str] = {}
     cats = k["category"].to_numpy()
     is_comm = k["role"].to_numpy() == "comm"
@@ -254,6 +310,9 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
     else:
         mb_of_row = dict(zip(labels["row"].to_list(), labels["microbatch"].to_list()))
         mb_arr = np.array([mb_of_row.get(r) or "mb0" for r in rows])
+    replay_share = None
+    if out.get("microbatch") == "inferred":
+        mb_arr, replay_share = _replay_microbatches(trace, k, mb_arr)
     layer = None
     if sources["layer"] == "none":
         layer = _infer_layers(cats, k["name"].to_numpy(), is_comm, iters, mb_arr)
@@ -269,7 +328,7 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
         labels = labels.with_columns(pl.col("layer_i").alias("layer"))
     if "iteration" in out:
         labels = labels.drop("iteration").join(iteration, on="row", how="left")
-    return labels.drop("microbatch_i", "layer_i").select("row", *LEVELS), out
+    return labels.drop("microbatch_i", "layer_i").select("row", *LEVELS), out, replay_share
 
 
 def _is_major(cats: np.ndarray) -> np.ndarray:
@@ -460,6 +519,119 @@ def _repeating(names: np.ndarray, gemm: np.ndarray, iters: np.ndarray) -> np.nda
         first_seen.setdefault(names[i], i)
     anchor_name = min((nm for nm, c in steady.items() if c == mode), key=lambda nm: first_seen[nm])
     return names == anchor_name
+
+
+def _replay_microbatches(trace: Trace, k: pl.DataFrame, mb: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Micro-batches of CUDA-graph replays from the repetition of each micro-batch's work.
+
+    Under two-batch overlap every micro-batch runs the same ops in turn, so a replay's kernels in
+    GPU order are blocks repeated once per micro-batch (mb0's attention..dispatch, mb1's; mb0's
+    experts, mb1's; ...).  ``_tandem_blocks`` finds them; the j-th copy of a block is mb j.  The
+    replay's streams are no help here: they are the graph's fork/join branches, each running
+    both micro-batches' kernels.  Kernels in no block keep ``mb`` (the launch-order inference);
+    copies and memsets take the micro-batch of the kernel before them in GPU order.  Also returns
+    the share of replayed kernels in blocks (None: no graph replays)."""
+    n_mb = len({m for m in mb.tolist() if m})
+    if n_mb < 2:
+        return mb, None
+    launches = trace.events.filter(pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
+                                   & pl.col("name").cast(pl.Utf8).str.contains("(?i)GraphLaunch"))["correlation"]
+    replayed = k["correlation"].is_in(launches.drop_nulls().implode()).to_numpy()
+    if not replayed.any():
+        return mb, None
+    out = mb.copy()
+    covered = total = 0
+    corr, kinds, names = k["correlation"].to_numpy(), k["kind"].to_numpy(), k["name"].to_numpy()
+    major = _is_major(k["category"].to_numpy())
+    code_of: dict[str, int] = {}
+    cache: dict[bytes, np.ndarray] = {}
+    order = np.flatnonzero(replayed)
+    for c in np.unique(corr[order]):
+        idx = order[corr[order] == c]          # one replay, GPU order (k is sorted by launch, then start)
+        is_kernel = kinds[idx] == "kernel"
+        kern = idx[is_kernel]
+        codes = np.array([code_of.setdefault(x, len(code_of)) for x in names[kern]], dtype=np.int64)
+        key = codes.tobytes()
+        if key not in cache:
+            cache[key] = _tandem_blocks(codes, n_mb, major[kern])
+        copy_of = cache[key]
+        covered, total = covered + int((copy_of >= 0).sum()), total + len(copy_of)
+        last = None
+        for pos, i in enumerate(idx):
+            if is_kernel[pos]:
+                j = int(np.searchsorted(kern, i))
+                if copy_of[j] >= 0:
+                    out[i] = f"mb{copy_of[j]}"
+                last = out[i]
+            elif last is not None:
+                out[i] = last
+    return out, (covered / total if total else None)
+
+
+#: a block shorter than this must hold a GEMM or attention kernel (two equal elementwise kernels
+#: in a row are no micro-batches)
+MIN_PLAIN_BLOCK = 3
+
+
+def _tandem_blocks(codes: np.ndarray, n: int, major: np.ndarray | None = None) -> np.ndarray:
+    """Cover a kernel sequence with *blocks*: n equal consecutive copies of a run of kernels.
+
+    Dynamic programming over positions: the most kernels covered, then the most blocks (so four
+    identical layers give four blocks of one layer, not two of two).  Equal runs are found with a
+    polynomial prefix hash (uint64, vectorized per start) and confirmed element by element.
+    Returns the copy index (0..n-1) of each kernel, -1 outside every block."""
+    L = len(codes)
+    out = np.full(L, -1, dtype=np.int64)
+    if L < 2 * n:
+        return out
+    base = np.uint64(1_000_003)
+    h = np.zeros(L + 1, dtype=np.uint64)
+    pw = np.ones(L + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for t in range(L):
+            h[t + 1] = h[t] * base + np.uint64(codes[t] + 1)
+            pw[t + 1] = pw[t] * base
+
+    def sub(a: np.ndarray, p: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return h[a + p] - h[a] * pw[p]
+
+    n_major = np.concatenate([[0], np.cumsum(major if major is not None else np.zeros(L, dtype=bool))])
+    positions: dict[int, np.ndarray] = {}
+    for c in np.unique(codes):
+        positions[int(c)] = np.flatnonzero(codes == c)
+    cov = np.zeros(L + 1, dtype=np.int64)
+    blocks = np.zeros(L + 1, dtype=np.int64)
+    choice = np.zeros(L + 1, dtype=np.int64)  # block length chosen at i (0: kernel i stays outside)
+    for i in range(L - 1, -1, -1):
+        cov[i], blocks[i], choice[i] = cov[i + 1], blocks[i + 1], 0
+        same = positions[int(codes[i])]
+        p = same[same > i] - i
+        p = p[i + n * p <= L]
+        p = p[(p >= MIN_PLAIN_BLOCK) | (n_major[i + p] > n_major[i])]
+        if p.size == 0:
+            continue
+        first = sub(np.full(p.size, i), p)
+        ok = np.ones(p.size, dtype=bool)
+        for m in range(1, n):
+            ok &= sub(i + m * p, p) == first
+        for q in p[ok]:
+            q = int(q)
+            if not all(np.array_equal(codes[i:i + q], codes[i + m * q:i + (m + 1) * q]) for m in range(1, n)):
+                continue  # a hash collision
+            c, b = cov[i + n * q] + n * q, blocks[i + n * q] + 1
+            if (c, b) > (cov[i], blocks[i]):
+                cov[i], blocks[i], choice[i] = c, b, q
+    i = 0
+    while i < L:
+        q = int(choice[i])
+        if q == 0:
+            i += 1
+            continue
+        for m in range(n):
+            out[i + m * q:i + (m + 1) * q] = m
+        i += n * q
+    return out
 
 
 def _graph_launches(trace: Trace, k: pl.DataFrame) -> np.ndarray | None:

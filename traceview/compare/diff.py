@@ -420,26 +420,36 @@ def diff_summaries(base: list[GpuSummary], new: list[GpuSummary],
 
 def diff_paths(base: Iterable[str], new: Iterable[str], rules_file: str | None = None, jobs: int = 1,
                max_bytes: int | None = None, views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True,
-               patterns=None, progress=None):
+               patterns=None, progress=None, skipped: list | None = None):
     """Load both sides (traces, rank directories or saved documents) and diff them.
 
     Returns ``(DiffResult, errors)``; errors are ``TraceError`` for inputs that could not be read.
+    Files of a scanned directory that hold no trace are appended to ``skipped`` (for a note).
     """
     views = list(views)
     sides = [list(base), list(new)]
-    load = functools.partial(load_inputs, views=views, kernels=kernels, rules_file=rules_file, jobs=jobs,
+    load = functools.partial(_load_side, views=views, kernels=kernels, rules_file=rules_file, jobs=jobs,
                              max_bytes=max_bytes, patterns=patterns)
     if _side_by_side(sides):  # two big inputs: each analysed in its own process, at once
         from ..processes import map_files
 
         done = map_files(load, sides, [Path(side[0]) if side else Path(".") for side in sides], 2)
-        (b, e1), (n, e2) = [([], [r]) if isinstance(r, TraceError) else r for r in done]
+        (b, e1, s1), (n, e2, s2) = [([], [r], []) if isinstance(r, TraceError) else r for r in done]
     else:
-        b, e1 = load(sides[0], progress=progress)
-        n, e2 = load(sides[1], progress=progress)
+        b, e1, s1 = load(sides[0], progress=progress)
+        n, e2, s2 = load(sides[1], progress=progress)
+    if skipped is not None:
+        skipped.extend(s1 + s2)
     if not b or not n:
         return DiffResult([]), e1 + e2
     return diff_summaries(b, n, views), e1 + e2
+
+
+def _load_side(paths: list, **options) -> tuple[list[GpuSummary], list, list]:
+    """One side's summaries, errors and skipped files (``load_inputs``; runs in a worker too)."""
+    skipped: list = []
+    summaries, errors = load_inputs(paths, skipped=skipped, **options)
+    return summaries, errors, skipped
 
 
 #: Both sides at least this big on disk (and two cores): they are analysed in two processes at

@@ -816,3 +816,24 @@ def test_string_pids_are_shown_by_name_in_gate_diff_junit_and_run(tmp_path):
     run = traceview.analyze_run([sglang, two])
     assert sorted(r.device_name for r in run.ranks) == ["GPU 0", "GPU 1", "[TP00-DP00-PP00-EP03] 495"]
     assert all(r.to_dict()["device_name"] == r.device_name for r in run.ranks)
+
+
+def test_memory_that_runs_out_while_loading_is_one_line_naming_the_file(tmp_path):
+    """A real address-space limit (set in the child just above what it already maps, so it holds
+    on any machine) that a 96 MB kernel name (``scripts/make_scale_cases.py``, from a real kernel)
+    cannot fit in: one line naming the file and that memory ran out, exit 2, no traceback, not
+    a crash in the compiled decoder or polars."""
+    mod = _scale_cases()
+    p = mod.huge_name(tmp_path / "rank0.json", 96 << 20)
+    code = ("import re, resource, sys\n"
+            "from traceview.cli import main\n"
+            "import polars as pl; pl.DataFrame({'a': [1]}).group_by('a').len()  # (its thread pools)\n"
+            "vm = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) << 10\n"
+            "limit = vm + (144 << 20)\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+            "sys.argv = ['traceview', 'analyze', sys.argv[1]]; main()\n")
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.startswith(f"traceview: error: {p}: out of memory while loading it ({p.stat().st_size:,} bytes") and \
+        r.stderr.count("\n") == 1, r.stderr[-2000:]

@@ -22,7 +22,7 @@ from .load.health import HealthIssue, trace_health
 from .load.reader import missing_reason
 from .metrics import GpuMetrics, all_devices
 from .metrics.iterations import ITERATION_EXTRA, iteration_summary, iteration_table
-from .metrics.segments import segment_table
+from .metrics.segments import labelled, segment_table
 from .metrics.tax import overlap_tax_with_notes
 from .segment import LevelPatterns, Segmentation, segment
 
@@ -61,7 +61,7 @@ class TraceAnalysis:
         """Per-segment compute / overlapped / exposed communication (see metrics/segments.py);
         by iteration also the iteration's duration, idle and what-if (metrics/iterations.py)."""
         if by not in self._segment_cache:
-            df = segment_table(self.kernels, self.segmentation, by)
+            df = segment_table(self.kernels, self.segmentation, by, self._labelled)
             if by == "iteration" and df.height:
                 it = self.iterations.select("device", "iteration", *ITERATION_EXTRA)
                 df = df.join(it, on=["device", "iteration"], how="left", maintain_order="left")
@@ -71,6 +71,11 @@ class TraceAnalysis:
     @functools.cached_property
     def _segment_cache(self) -> dict[str, pl.DataFrame]:
         return {}
+
+    @functools.cached_property
+    def _labelled(self) -> pl.DataFrame:
+        """The GPU events with their segment labels: joined once, read by every view."""
+        return labelled(self.kernels, self.segmentation)
 
     def overlap_tax(self) -> pl.DataFrame:
         """How much slower compute kernels ran beside communication than alone."""
@@ -208,6 +213,7 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None,
     if not keep_events:
         a.verdict_inputs()  # what the verdict reads, measured while the events are here
         a.trace.events = None  # type: ignore[assignment]  # (anything that still reads it fails loudly)
+        a.__dict__.pop("_labelled", None)  # (a copy of the events' rows: not kept per rank)
     return a
 
 

@@ -9,7 +9,10 @@ are done as usual (a file that died only because others shared its memory then s
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import pickle
 import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -33,16 +36,14 @@ def map_files(fn: Callable[[Any], Any], args: Sequence[Any], paths: Sequence[Pat
     results: dict[int, Any] = {}
     left: list[int] = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=_SPAWN) as pool:
-        futures = {pool.submit(fn, a): i for i, a in enumerate(args)}
+        futures = {pool.submit(_pickled, fn, a): i for i, a in enumerate(args)}
         for fut in as_completed(futures):
             i = futures[fut]
             try:
-                results[i] = fut.result()
+                results[i] = _unpickled(fut.result(), paths[i], doing)
             except BrokenProcessPool:  # some worker died: which file it held is found below
                 left.append(i)
                 continue
-            except (MemoryError, OSError) as e:  # its result could not be pickled (polars: OSError)
-                results[i] = TraceError(paths[i], unsent_reason(e, doing))
             if done is not None:
                 done(i)
     for i, r in _each_alone(fn, args, paths, sorted(left), jobs, doing):
@@ -78,9 +79,7 @@ def _each_alone(fn, args, paths, todo: list[int], jobs: int, doing: str):
                 del running[i]
                 if status == "raised":
                     raise value
-                if status == "unsent":
-                    value = TraceError(paths[i], unsent_reason(value, doing))
-                yield i, value
+                yield i, value if status == "died" else _unpickled(value, paths[i], doing)
     finally:
         for proc, conn in running.values():
             proc.kill()
@@ -90,20 +89,53 @@ def _each_alone(fn, args, paths, todo: list[int], jobs: int, doing: str):
 
 def _child(conn, fn, arg) -> None:
     try:
-        out = ("ok", fn(arg))
+        out = ("ok", _pickled(fn, arg))
     except BaseException as e:  # noqa: BLE001  (handed to the parent, which raises it)
         out = ("raised", e)
-    try:
-        conn.send(out)
-    except (MemoryError, OSError) as e:  # the result is too large to pickle here
-        conn.send(("unsent", type(e)(*e.args)))
+    conn.send(out)
     conn.close()
 
 
-def unsent_reason(e: BaseException, doing: str = "analyzing it") -> str:
-    """Why a worker's result did not come back: pickling it ran out of memory."""
-    return (f"out of memory sending the result back from the worker process {doing} ({type(e).__name__}"
-            f"{': ' + str(e) if str(e) else ''}); try --jobs 1 or more memory")
+def _pickled(fn, arg) -> bytes | tuple[str, str]:
+    """``fn(arg)`` pickled here, in the worker, where a failure can still be caught: a result too
+    large for the memory left (MemoryError; polars: OSError or a Rust panic) becomes a note."""
+    out = fn(arg)
+    try:
+        with _stderr_muted():  # (a panic in polars prints its own traceback: the note says it all)
+            return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException as e:  # noqa: BLE001
+        return ("unsent", type(e).__name__ + (f": {e}" if str(e) else ""))
+
+
+@contextlib.contextmanager
+def _stderr_muted():
+    """File descriptor 2 to /dev/null for the block (what native code writes there too)."""
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _unpickled(data: bytes | tuple[str, str], path: Path, doing: str) -> Any:
+    if isinstance(data, tuple):
+        return TraceError(path, unsent_reason(data[1], doing))
+    try:
+        return pickle.loads(data)
+    except BaseException as e:  # noqa: BLE001  (no memory left here to rebuild it)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return TraceError(path, unsent_reason(type(e).__name__, doing))
+
+
+def unsent_reason(what: str, doing: str = "analyzing it") -> str:
+    """Why a worker's result did not come back: it did not fit in the memory left to pickle it."""
+    return (f"out of memory sending the result back from the worker process {doing} ({what}); it needs more memory "
+            "than the limit leaves (fewer --jobs leave more)")
 
 
 def died_reason(exitcode: int | None, doing: str = "analyzing it") -> str:

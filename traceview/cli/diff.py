@@ -11,8 +11,8 @@ from rich.console import Console
 from ..errors import TraceError
 from ..compare import diff_paths, render_diff
 from ..report.text import display_path, json_dumps, one_line
-from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, note_skipped,
-                     rules_option, segment_patterns, segments_option)
+from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, note_skipped, rules_option,
+                     segment_patterns, segments_option)
 from .gate import write_file
 from .progress import LoadProgress
 

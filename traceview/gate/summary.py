@@ -161,10 +161,10 @@ def _rows_from_table(df: pl.DataFrame, view: str) -> dict[int, list[SegmentRow]]
 
 def kernel_table(kernels: pl.DataFrame) -> pl.DataFrame:
     """Kernels grouped by (device, name, launch grid): the identity used to match kernels across runs."""
-    return (kernels.with_columns(pl.col("name").cast(pl.Utf8), pl.col("grid").cast(pl.Utf8).fill_null(""),
-                                 pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8))
-            .group_by("device", "name", "grid", "category", "role")
-            .agg(pl.len().alias("count"), pl.col("dur").sum().alias("time_us")))
+    return (kernels.group_by("device", "name", "grid", "category", "role")  # (on the categories' codes:
+            .agg(pl.len().alias("count"), pl.col("dur").sum().alias("time_us"))  # texts only per group)
+            .with_columns(pl.col("name").cast(pl.Utf8), pl.col("grid").cast(pl.Utf8).fill_null(""),
+                          pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8)))
 
 
 def from_analysis(a: "TraceAnalysis", views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True, tax: bool = True) -> list[GpuSummary]:

@@ -15,6 +15,7 @@ what made this rank early or late at this collective.
 from __future__ import annotations
 
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ from ..timeline.idle import idle_sets
 EXPERT_CATEGORY = "gemm.grouped"
 #: compute busy pieces kept per rank for the run timeline (and drawn per lane)
 TIMELINE_PIECES = 4000
+#: the per-kernel tables a summary keeps compressed until read
+PACKED = ("comm", "window_compute", "layers", "exposed_start", "exposed_end", "compute_start", "compute_end")
 
 
 @dataclass
@@ -67,6 +70,25 @@ class RankSummary:
     #: the trace health messages (load/health.py) of the file, for the run page's warnings
     health: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # the per-kernel tables are kept compressed (zlib) from here on: in the worker, on the
+        # way back, and in the driver, which holds hundreds of summaries but reads each table
+        # only a few times (``__getattr__`` unpacks it on each read, the summary stays small)
+        packed = {}
+        for name in PACKED:
+            if name in self.__dict__:
+                packed[name] = zlib.compress(pickle.dumps(self.__dict__.pop(name), protocol=pickle.HIGHEST_PROTOCOL), 1)
+        self.__dict__.setdefault("_packed", {}).update(packed)
+
+    def __getattr__(self, name: str):
+        if name in PACKED:  # only reached for a packed table (not in __dict__)
+            try:
+                blob = self.__dict__["_packed"][name]
+            except KeyError:
+                raise AttributeError(name) from None
+            return pickle.loads(zlib.decompress(blob))
+        raise AttributeError(name)
+
     def comm_table(self) -> pl.DataFrame:
         """``comm`` with the reduce's column types: it travels compact (names as categoricals,
         indices as int32), the reduce joins and sorts on plain strings and int64 as before."""
@@ -85,8 +107,14 @@ class RankSummary:
         return max(1, self.iterations.height)
 
     def nbytes(self) -> int:
-        """Size of the summary as it travels between processes (pickled)."""
+        """Size of the summary as it travels between processes (pickled) and as the driver holds
+        it (its per-kernel tables compressed)."""
         return len(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def unpacked_nbytes(self) -> int:
+        """Size pickled with its tables uncompressed (what a reduce step holds while reading them all)."""
+        return len(pickle.dumps({**{k: v for k, v in self.__dict__.items() if k != "_packed"},
+                                 **{n: getattr(self, n) for n in PACKED}}, protocol=pickle.HIGHEST_PROTOCOL))
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "rank": self.rank, "world_size": self.world_size,

@@ -73,7 +73,7 @@ def match(ranks: list[RankSummary]) -> Matching:
                            (pl.col("ts") + base_shift[r.rank]).alias("ts"),
                            (pl.col("end") + base_shift[r.rank]).alias("end"))
         frames.append(c)
-    allc = pl.concat(frames)
+    allc = pl.concat(frames, rechunk=False)  # the ranks' frames as chunks: no second copy
     del frames
     n = len(ranks)
     counts = allc.group_by("it", "category", "rank").agg(pl.len().alias("k"))
@@ -101,15 +101,26 @@ def match(ranks: list[RankSummary]) -> Matching:
     else:
         residual = {r.rank: 0.0 for r in ranks}
     offsets = {rk: residual.get(rk, 0.0) for rk in base_shift}
-    inst = matched.select(*key).unique().sort(key).with_row_index("instance").with_columns(
-        pl.col("instance").cast(pl.Int64))
+    # instance = the (it, category, ordinal) key's place in sorted order: every matched group has
+    # the same count k on every rank, so it is the group's first instance + ordinal (no join)
+    groups = (matched.filter(pl.col("rank") == ref).group_by("it", "category").agg(pl.len().alias("k"))
+              .sort("it", "category").with_columns((pl.col("k").cum_sum() - pl.col("k")).alias("first")))
+    code = pl.col("it") * (1 << 32) + pl.col("category").to_physical().cast(pl.Int64)
+    first = dict(zip(groups.select(code.alias("c"))["c"].to_list(), groups["first"].to_list()))
     by_instance = pl.col("instance")
+    # in instance order first, while the table is narrow (sorting copies it; the per-instance
+    # columns added below are appended to the sorted one)
     matched = (
-        matched.lazy().join(inst.lazy(), on=key)
-        .with_columns(pl.col("rank").replace_strict(residual, default=0.0).alias("_off"))
+        matched.lazy()
+        .with_columns((code.replace_strict(first, return_dtype=pl.Int64) + pl.col("ordinal")).alias("instance"),
+                      pl.col("rank").replace_strict(residual, default=0.0).alias("_off"))
         .with_columns((pl.col("ts") - pl.col("_off")).alias("arrival"),
                       (pl.col("end") - pl.col("_off")).alias("end_aligned"))
         .drop("_off", "ts", "end")
+        .sort("instance", "rank")
+        .collect())
+    matched = (
+        matched.lazy()
         .with_columns(pl.col("dur").min().over(by_instance).alias("transfer_us"),
                       pl.col("arrival").median().over(by_instance).alias("_med"),
                       (pl.col("end_aligned").max() - pl.col("end_aligned").min()).over(by_instance).alias("end_spread_us"),
@@ -125,7 +136,6 @@ def match(ranks: list[RankSummary]) -> Matching:
         .with_columns((pl.col("rank") == pl.col("last_rank")).fill_null(False).alias("arrived_last"),
                       (pl.col("arrival") - pl.col("_med")).alias("late_us"))
         .drop("_med", "_last")
-        .sort("instance", "rank")
         .collect()
         .rechunk())  # one chunk: sums over it add in one order, whatever the query's plan
     spread = (matched.group_by("instance").agg(pl.col("end_spread_us").first())["end_spread_us"].to_numpy()

@@ -107,41 +107,64 @@ def match(ranks: list[RankSummary]) -> Matching:
               .sort("it", "category").with_columns((pl.col("k").cum_sum() - pl.col("k")).alias("first")))
     code = pl.col("it") * (1 << 32) + pl.col("category").to_physical().cast(pl.Int64)
     first = dict(zip(groups.select(code.alias("c"))["c"].to_list(), groups["first"].to_list()))
-    by_instance = pl.col("instance")
-    # in instance order first, while the table is narrow (sorting copies it; the per-instance
-    # columns added below are appended to the sorted one)
-    matched = (
-        matched.lazy()
-        .with_columns((code.replace_strict(first, return_dtype=pl.Int64) + pl.col("ordinal")).alias("instance"),
-                      pl.col("rank").replace_strict(residual, default=0.0).alias("_off"))
-        .with_columns((pl.col("ts") - pl.col("_off")).alias("arrival"),
-                      (pl.col("end") - pl.col("_off")).alias("end_aligned"))
-        .drop("_off", "ts", "end")
-        .sort("instance", "rank")
-        .collect())
-    matched = (
-        matched.lazy()
-        .with_columns(pl.col("dur").min().over(by_instance).alias("transfer_us"),
-                      pl.col("arrival").median().over(by_instance).alias("_med"),
-                      (pl.col("end_aligned").max() - pl.col("end_aligned").min()).over(by_instance).alias("end_spread_us"),
-                      (pl.col("arrival").max() - pl.col("arrival").min()).over(by_instance).alias("start_spread_us"),
-                      # one last rank per instance (ties: the lowest rank)
-                      pl.when(pl.col("arrival") == pl.col("arrival").max().over(by_instance)).then(pl.col("rank"))
-                      .otherwise(None).min().over(by_instance).alias("_last"))
-        # a rank "arrived last" only when the others really waited: the arrival spread exceeds the
-        # clock noise (1 µs plus twice the instance's end-time spread); ties name nobody
-        .with_columns((pl.col("dur") - pl.col("transfer_us")).alias("wait_us"),
-                      pl.when(pl.col("start_spread_us") > 1.0 + 2 * pl.col("end_spread_us")).then(pl.col("_last"))
-                      .otherwise(None).alias("last_rank"))
-        .with_columns((pl.col("rank") == pl.col("last_rank")).fill_null(False).alias("arrived_last"),
-                      (pl.col("arrival") - pl.col("_med")).alias("late_us"))
-        .drop("_med", "_last")
-        .collect()
-        .rechunk())  # one chunk: sums over it add in one order, whatever the query's plan
-    spread = (matched.group_by("instance").agg(pl.col("end_spread_us").first())["end_spread_us"].to_numpy()
-              if matched.height else np.empty(0))
+    instance = matched.select((code.replace_strict(first, return_dtype=pl.Int64) + pl.col("ordinal")))
+    instance = instance.to_series().to_numpy()
+    ranks_in_order = np.sort(np.array([r.rank for r in ranks], dtype=np.int64))
+    # into (instance, rank) order without a sort: row (instance i, j-th rank) goes to i * n + j;
+    # one column at a time, each dropped from the rank-major table once moved (no second table)
+    lane = np.searchsorted(ranks_in_order, matched["rank"].to_numpy())
+    order = np.empty(len(instance), dtype=np.int64)
+    order[instance * n + lane] = np.arange(len(instance))
+    off = np.array([residual.get(int(rk), 0.0) for rk in ranks_in_order])[np.tile(np.arange(n), len(instance) // n)]
+    del lane
+    cols: dict[str, pl.Series] = {}
+    for c in ("idx", "it", "stream", "category", "name", "dur", "layer", "microbatch", "phase", "ordinal", "rank"):
+        cols[c] = matched[c].gather(order)
+        matched = matched.drop(c)
+    cols["instance"] = pl.Series("instance", instance[order])
+    cols["arrival"] = pl.Series("arrival", matched["ts"].to_numpy()[order] - off)
+    cols["end_aligned"] = pl.Series("end_aligned", matched["end"].to_numpy()[order] - off)
+    del matched, order, off, instance
+    matched = pl.DataFrame(cols)
+    del cols
+    # every matched instance has one row per rank, and the table is sorted by (instance, rank):
+    # its per-instance figures are row reductions of (instances x ranks) arrays
+    dur = matched["dur"].to_numpy().reshape(-1, n)
+    arrival = matched["arrival"].to_numpy().reshape(-1, n)
+    end_aligned = matched["end_aligned"].to_numpy().reshape(-1, n)
+    transfer = dur.min(axis=1)
+    start_spread = arrival.max(axis=1) - arrival.min(axis=1)
+    end_spread = end_aligned.max(axis=1) - end_aligned.min(axis=1)
+    ranks_in_order = np.sort(np.array([r.rank for r in ranks], dtype=np.int64))
+    last = ranks_in_order[arrival.argmax(axis=1)] if len(arrival) else np.empty(0, np.int64)  # ties: the lowest rank
+    # a rank "arrived last" only when the others really waited: the arrival spread exceeds the
+    # clock noise (1 µs plus twice the instance's end-time spread); ties name nobody
+    named = start_spread > 1.0 + 2 * end_spread
+    rank = matched["rank"].to_numpy().reshape(-1, n)
+    del dur, end_aligned
+    matched = matched.with_columns(
+        pl.Series("transfer_us", np.repeat(transfer, n)),
+        pl.Series("end_spread_us", np.repeat(end_spread, n)),
+        pl.Series("start_spread_us", np.repeat(start_spread, n)),
+        pl.Series("last_rank", np.repeat(last, n)).set(pl.Series(np.repeat(~named, n)), None),
+        pl.Series("arrived_last", ((rank == last[:, None]) & named[:, None]).ravel()),
+        pl.Series("late_us", (arrival - _median_rows(arrival)[:, None]).ravel()),
+    ).with_columns((pl.col("dur") - pl.col("transfer_us")).alias("wait_us")).rechunk()
+    spread = end_spread
     return Matching(
         instances=matched, offsets_us=offsets, base_shift_us=base_shift,
         end_spread_median_us=float(np.median(spread)) if len(spread) else None,
         end_spread_p95_us=float(np.percentile(spread, 95)) if len(spread) else None,
         unmatched=unmatched, unmatched_kernels=unmatched_kernels)
+
+
+def _median_rows(a: np.ndarray) -> np.ndarray:
+    """Median of each row, as polars computes it (the two middle values' midpoint ``lo + (hi - lo) / 2``)."""
+    if a.shape[0] == 0:
+        return np.empty(0)
+    k = a.shape[1]
+    part = np.sort(a, axis=1)
+    if k % 2:
+        return part[:, k // 2]
+    lo, hi = part[:, k // 2 - 1], part[:, k // 2]
+    return lo + (hi - lo) / 2

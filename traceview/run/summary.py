@@ -3,8 +3,11 @@
 A ``RankSummary`` holds no event table: the GPU metrics, the iteration boundaries, one row
 per communication kernel (with what the rank did in the window before it), the exposed
 communication pieces, and the per-(iteration, layer, micro-batch) expert-GEMM time.  It is
-small (kilobytes per thousand collectives), so hundreds of ranks fit in the driver, and it
-pickles, so it can come back from a worker process or a cluster task.
+small, so hundreds of ranks fit in the driver, and it pickles, so it can come back from a
+worker process or a cluster task: names are categoricals, indices int32 (``*_table()`` widens
+them for the reduce), and the per-kernel tables stay zlib-compressed from the worker to the
+driver until read (a 1 GB rank trace of 7,500 collectives: 0.42 MB held, 1.96 MB unpacked;
+docs/performance.md).
 
 Windows: the *window* of a communication kernel is the time on its rank's GPU from the start
 of the rank's previous communication kernel to this one's start.  What happened there -

@@ -120,6 +120,23 @@ def test_a_shared_path_seen_by_every_node_is_one_rank_each(cluster, run_dir, tmp
     assert run.cross_rank and not run.partial and run.reason is None
 
 
+def test_report_detail_is_rendered_on_the_node_holding_the_file(cluster, run_dir, tmp_path):
+    from traceview.report.run_report import report_run
+
+    c, workers = cluster
+    head, w1, w2 = _node_ids(c, workers)
+    names = sorted(p.name for p in run_dir.iterdir())
+    disks = {head: names[:1], w1: names[1:3], w2: names[3:]}
+    eng = RayEngine(discover_fn=lambda paths: discover_own_disk(paths, disks, str(tmp_path / "log")))
+    rep, run, errors = report_run([run_dir], engine=eng, detail_ranks=[2, 3], generated="-")
+    assert not errors and run.straggler.rank == 2
+    # the detail round ran on the nodes holding ranks 2 and 3 (the last run of the engine)
+    where = {Path(f).name: n for f, n in eng.ran_on.items()}
+    assert where == {names[2]: w1, names[3]: w2}
+    local, _, _ = report_run([run_dir], engine="local", detail_ranks=[2, 3], generated="-")
+    assert rep.html == local.html
+
+
 def test_a_node_lost_mid_run_is_that_ranks_error(cluster, run_dir, tmp_path):
     c, workers = cluster
     head, w1, w2 = _node_ids(c, workers)

@@ -28,6 +28,8 @@ ARRIVAL = "#5a5a5a"
 LAST = "#e3001b"
 #: collective instances drawn as arrival lines (the rest are still in the tables)
 MAX_INSTANCE_LINES = 400
+#: waiting + transfer boxes drawn at most (over all ranks), beyond which every n-th instance is drawn
+MAX_COLLECTIVE_BARS = 200_000
 #: boxes per rank lane before short pieces are merged (the summaries keep compute at this many)
 MAX_PIECES_PER_LANE = TIMELINE_PIECES
 
@@ -162,7 +164,13 @@ def run_timeline(run) -> dict:
         xs += list((s - off[r.rank] - t0) / 1000)
         xe += list((e - off[r.rank] - t0) / 1000)
     bars("compute (busy)", COMPUTE, cl, cs, ce, 0.18, 0.28, "compute %{base:.3f} ms +%{x:.3f}")
-    c = run.collectives.with_columns(((pl.col("arrival_us") - t0) / 1000).alias("a"),
+    c = run.collectives
+    # hundreds of ranks x thousands of collectives: draw the waiting/transfer of every n-th instance
+    ids_all = c["instance"].unique(maintain_order=True)
+    bar_step = max(1, -(-c.height // MAX_COLLECTIVE_BARS))
+    if bar_step > 1:
+        c = c.filter(pl.col("instance").is_in(ids_all.gather_every(bar_step).implode()))
+    c = c.with_columns(((pl.col("arrival_us") - t0) / 1000).alias("a"),
                                      ((pl.col("end_us") - t0) / 1000).alias("e"),
                                      (pl.col("transfer_us") / 1000).alias("tr"))
     wait_end = (c["e"] - c["tr"]).to_list()
@@ -193,7 +201,9 @@ def run_timeline(run) -> dict:
                  "x": xs_line, "y": ys_line, "line": {"color": ARRIVAL, "width": 1}, "hoverinfo": "skip"})
     data.append({"type": "scatter", "mode": "markers", "name": "last arrival", "x": lx, "y": ly, "text": lt,
                  "marker": {"color": LAST, "size": 7, "symbol": "diamond"}, "hovertemplate": "%{text}<extra></extra>"})
-    note = "" if step == 1 else f" (every {step}th collective joined)"
+    note = "" if step == 1 else f" (every {step * bar_step}th collective joined)"
+    if bar_step > 1:
+        note += f" (waiting and transfer of every {bar_step}th collective drawn: {ids_all.len():,} in the tables)"
     height = 160 + 70 * len(ranks)
     return {"data": data, "layout": {
         "title": {"text": f"All ranks on one clock{note}", "x": 0.0, "xanchor": "left", "font": {"size": 15}},

@@ -123,7 +123,7 @@ class RunAnalysis:
         c = self.collectives
         if c.height:
             n_it = {t.rank: t.iterations for t in self.times}
-            w = (c.group_by("rank", "layer").agg(pl.col("wait_us").sum())
+            w = (c.group_by("rank", "layer").agg(pl.col("wait_us").sum()).with_columns(pl.col("layer").cast(pl.Utf8))
                  .with_columns((pl.col("wait_us") / pl.col("rank").replace_strict(n_it, default=1))
                                .alias("wait_us_per_iteration")).drop("wait_us"))
             lay = lay.join(w, on=["rank", "layer"], how="full", coalesce=True).with_columns(

@@ -277,7 +277,8 @@ def expert_imbalance(ranks: list[RankSummary], inst: pl.DataFrame) -> pl.DataFra
            .with_columns((pl.col("max_expert_us") / pl.col("mean_expert_us")).alias("max_over_mean")))
     if inst.height:
         comb = (inst.filter((pl.col("category") == "moe.combine") & (pl.col("rank") != pl.col("last_rank")))
-                .group_by("it", "layer", "microbatch").agg(pl.col("wait_us").sum().alias("combine_wait_others_us")))
+                .group_by("it", "layer", "microbatch").agg(pl.col("wait_us").sum().alias("combine_wait_others_us"))
+                .with_columns(pl.col("layer", "microbatch").cast(pl.Utf8)))
         agg = agg.join(comb, on=["it", "layer", "microbatch"], how="left").with_columns(
             pl.col("combine_wait_others_us").fill_null(0.0))
     return agg.sort("it", pl.col("layer").cast(pl.Int64, strict=False), "layer", "microbatch")

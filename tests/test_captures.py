@@ -93,6 +93,9 @@ def test_graph_replayed_kernels_get_their_eager_microbatch_and_layer():
     ("attn_splitkv_decode_nolabels", 1),  # split-KV + combine: one layer per attention group
     ("inductor_dense_decode", 1),
     ("decode_tbo_cudagraph", 2),          # layers and micro-batches from the replayed kernel order
+    ("decode_tbo_cudagraph_annotated", 2),  # from the graph kernel annotations
+    ("decode_mb_streams_eager", 2),
+    ("decode_mb_streams_cudagraph", 2),   # micro-batches from the replay streams (one branch each)
 ])
 def test_by_layer_gives_steps_times_layers(scenario, microbatches):
     e = ENTRIES[scenario]
@@ -269,3 +272,42 @@ def test_unannotated_replays_get_the_annotated_micro_batches():
     assert both.height == 3 * (779 - 1 + 48)
     assert (both["microbatch"] == both["truth"]).all()
     assert (both["layer"] == both["truth_layer"]).mean() > 0.99
+
+
+# --- micro-batches captured on their own streams: one graph branch each (capture_branches.py) ----------
+
+def test_graph_branches_are_micro_batches_side_by_side():
+    """Each micro-batch captured on its own stream: the graph replays the two branches on two CUPTI
+    streams at once (their kernels interleave in GPU order), so the launch order cannot split them and
+    the streams do: each replay stream is one micro-batch, mb0 the one whose first kernel started first."""
+    e = ENTRIES["decode_mb_streams_cudagraph"]
+    a = analysis("decode_mb_streams_cudagraph")
+    seg = a.segmentation
+    assert seg.sources["microbatch"] == "inferred" and seg.summary()["microbatches"] == ["mb0", "mb1"]
+    assert seg.approximate and "by the replay streams running the same kernels side by side (100%" in seg.approximate[0]
+    k = labelled_kernels_all("decode_mb_streams_cudagraph").filter(pl.col("kind").cast(pl.String).is_in(["kernel", "gpu_memcpy"]))
+    per_stream = k.group_by("stream").agg(pl.col("microbatch").unique(), pl.col("ts").min()).sort("ts")
+    assert per_stream["microbatch"].to_list() == [["mb0"], ["mb1"]]
+    assert len(e["observed_by_check_traces"]["kernels_per_stream"]) == 2
+    kern = k.filter(pl.col("kind").cast(pl.String) == "kernel").sort("ts")
+    streams = kern.filter(pl.col("iteration") == "1")["stream"].to_list()
+    assert sum(x != y for x, y in zip(streams, streams[1:])) > 20  # side by side: GPU order interleaves them
+
+
+def test_graph_branches_segment_like_the_eager_run():
+    """Kernel by kernel: the k-th kernel of a micro-batch in a replay is the k-th kernel that micro-batch
+    launched in an eager step (a branch keeps its capture order); its name agrees with the eager run's,
+    and its layer (inferred from attention groups) with the record_function labels for 94.6% of them."""
+    graph = labelled_kernels_all("decode_mb_streams_cudagraph").filter(pl.col("kind").cast(pl.String) == "kernel")
+    eager = labelled_kernels_all("decode_mb_streams_eager").filter(pl.col("kind").cast(pl.String) == "kernel")
+    ok = total = 0
+    for it in ("1", "2", "3"):
+        for mb in ("mb0", "mb1"):
+            g = graph.filter((pl.col("iteration") == it) & (pl.col("microbatch") == mb)).sort("ts")
+            e = eager.filter((pl.col("iteration") == it) & (pl.col("microbatch") == mb)).sort("ts")
+            assert g["name"].cast(pl.String).to_list() == e["name"].cast(pl.String).to_list()
+            ok += sum(x == y for x, y in zip(g["layer"].to_list(), e["layer"].to_list()))
+            total += g.height
+    assert total == ENTRIES["decode_mb_streams_eager"]["observed_by_check_traces"]["kernel_events"]
+    # the norm and QKV projection before each layer's attention kernel count in the layer before: 2 of 28
+    assert ok / total > 0.94, ok / total

@@ -83,8 +83,7 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
         labels, inferred, replay_share = _infer(trace, kernels, labels, sources)
         sources.update(inferred)
         if inferred.get("microbatch") == "inferred" and labels["microbatch"].drop_nulls().n_unique() > 1:
-            replays = (f"; in CUDA-graph replays by the repetition of each micro-batch's kernels ({replay_share:.0%} "
-                       "of the replayed kernels in repeated blocks)" if replay_share is not None else "")
+            replays = _replay_note(replay_share)
             approximate.append("micro-batches inferred from the launch order (no annotation, no micro-batch "
                                "threads): communication (or, without it, each expert block) is attributed by "
                                "its position, the other kernels by the same alternation" + replays
@@ -94,6 +93,20 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
         sources["microbatch"] = "single"
     n_mb = max(1, labels["microbatch"].drop_nulls().n_unique())
     return Segmentation(labels=labels, sources=sources, num_microbatches=n_mb, approximate=approximate)
+
+
+def _replay_note(counts: dict | None) -> str:
+    """The approximate note's words on CUDA-graph replays (see ``_replay_microbatches``)."""
+    if not counts or not counts["kernels"]:
+        return ""
+    parts = []
+    if counts["branches"]:
+        parts.append(f"by the replay streams running the same kernels side by side "
+                     f"({counts['branches'] / counts['kernels']:.0%} of the replayed kernels)")
+    if counts["blocks"] or not parts:
+        parts.append(f"by the repetition of each micro-batch's kernels "
+                     f"({counts['blocks'] / counts['kernels']:.0%} of the replayed kernels in repeated blocks)")
+    return "; in CUDA-graph replays " + " and ".join(parts)
 
 
 # --- 1. annotations ---------------------------------------------------------------------
@@ -258,8 +271,9 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
     """Micro-batches from stage alternation, layers from attention kernels, iterations from syncs."""
     # launch order; the kernels of one graph replay share their launch, so GPU order within it
     k = (kernels.filter(pl.col("launch_ts").is_not_null())
-         .select("row", "launch_ts", "ts", "correlation", "launch_tid", "launch_pid", pl.col("category").cast(pl.Utf8),
-                 pl.col("role").cast(pl.Utf8), pl.col("name").cast(pl.Utf8), pl.col("kind").cast(pl.Utf8))
+         .select("row", "launch_ts", "ts", "end", "stream", "correlation", "launch_tid", "launch_pid",
+                 pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8), pl.col("name").cast(pl.Utf8),
+                 pl.col("kind").cast(pl.Utf8))
          .sort("launch_ts", "ts", "row"))
     if k.height == 0:
         return labels, {}, None
@@ -311,8 +325,10 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
         mb_of_row = dict(zip(labels["row"].to_list(), labels["microbatch"].to_list()))
         mb_arr = np.array([mb_of_row.get(r) or "mb0" for r in rows])
     replay_share = None
-    if out.get("microbatch") == "inferred":
+    if mb is None:
         mb_arr, replay_share = _replay_microbatches(trace, k, mb_arr)
+        if len(set(mb_arr.tolist())) > 1:
+            out["microbatch"] = "inferred"
     layer = None
     if sources["layer"] == "none":
         layer = _infer_layers(cats, k["name"].to_numpy(), is_comm, iters, mb_arr)
@@ -521,51 +537,96 @@ def _repeating(names: np.ndarray, gemm: np.ndarray, iters: np.ndarray) -> np.nda
     return names == anchor_name
 
 
-def _replay_microbatches(trace: Trace, k: pl.DataFrame, mb: np.ndarray) -> tuple[np.ndarray, float | None]:
-    """Micro-batches of CUDA-graph replays from the repetition of each micro-batch's work.
+def _replay_microbatches(trace: Trace, k: pl.DataFrame, mb: np.ndarray) -> tuple[np.ndarray, dict | None]:
+    """Micro-batches of CUDA-graph replays (kernels sharing a ``cudaGraphLaunch`` correlation).
 
-    Under two-batch overlap every micro-batch runs the same ops in turn, so a replay's kernels in
-    GPU order are blocks repeated once per micro-batch (mb0's attention..dispatch, mb1's; mb0's
-    experts, mb1's; ...).  ``_tandem_blocks`` finds them; the j-th copy of a block is mb j.  The
-    replay's streams are no help here: they are the graph's fork/join branches, each running
-    both micro-batches' kernels.  Kernels in no block keep ``mb`` (the launch-order inference);
-    copies and memsets take the micro-batch of the kernel before them in GPU order.  Also returns
-    the share of replayed kernels in blocks (None: no graph replays)."""
-    n_mb = len({m for m in mb.tolist() if m})
-    if n_mb < 2:
-        return mb, None
+    Two patterns, per replay (a replay is its kernels in GPU order):
+
+    - *branches*: when each micro-batch was captured on its own stream, the graph holds one
+      branch per micro-batch and CUPTI replays each on a stream of its own, side by side
+      (field notes 3.5): n >= 2 replay streams that run the same kernel sequence, overlapping in
+      time and holding at least half of the replay, are n micro-batches, numbered by their first
+      kernel's start; copies and memsets on those streams follow them.
+    - *blocks*: when the micro-batches take turns on shared streams (SGLang-style two-batch
+      overlap: the streams are the graph's fork/join branches, each running both micro-batches'
+      kernels), the replay is blocks repeated once per micro-batch (mb0's attention..dispatch,
+      mb1's; mb0's experts, mb1's; ...), found by ``_tandem_blocks`` for the number of
+      micro-batches the launch-order inference found; the j-th copy of a block is mb j.
+
+    Kernels in neither keep ``mb``; other copies and memsets take the micro-batch of the kernel
+    before them in GPU order.  Also returns how many replayed kernels each pattern labelled
+    (None: no graph replays)."""
     launches = trace.events.filter(pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
                                    & pl.col("name").cast(pl.Utf8).str.contains("(?i)GraphLaunch"))["correlation"]
     replayed = k["correlation"].is_in(launches.drop_nulls().implode()).to_numpy()
     if not replayed.any():
         return mb, None
+    n_mb = len({m for m in mb.tolist() if m})
     out = mb.copy()
-    covered = total = 0
+    counts = {"branches": 0, "blocks": 0, "kernels": 0}
     corr, kinds, names = k["correlation"].to_numpy(), k["kind"].to_numpy(), k["name"].to_numpy()
+    streams, starts, ends = k["stream"].to_numpy(), k["ts"].to_numpy(), k["end"].to_numpy()
     major = _is_major(k["category"].to_numpy())
     code_of: dict[str, int] = {}
-    cache: dict[bytes, np.ndarray] = {}
+    cache: dict[bytes, tuple[np.ndarray, dict[int, int], str]] = {}
     order = np.flatnonzero(replayed)
     for c in np.unique(corr[order]):
         idx = order[corr[order] == c]          # one replay, GPU order (k is sorted by launch, then start)
         is_kernel = kinds[idx] == "kernel"
         kern = idx[is_kernel]
         codes = np.array([code_of.setdefault(x, len(code_of)) for x in names[kern]], dtype=np.int64)
-        key = codes.tobytes()
+        key = codes.tobytes() + streams[kern].astype(np.int64).tobytes()
         if key not in cache:
-            cache[key] = _tandem_blocks(codes, n_mb, major[kern])
-        copy_of = cache[key]
-        covered, total = covered + int((copy_of >= 0).sum()), total + len(copy_of)
+            by_stream = _side_by_side(codes, streams[kern], starts[kern], ends[kern])
+            if by_stream is not None:
+                copy_of = np.array([by_stream.get(int(st), -1) for st in streams[kern]], dtype=np.int64)
+                cache[key] = (copy_of, by_stream, "branches")
+            elif n_mb >= 2:
+                cache[key] = (_tandem_blocks(codes, n_mb, major[kern]), {}, "blocks")
+            else:
+                cache[key] = (np.full(len(kern), -1, dtype=np.int64), {}, "blocks")
+        copy_of, by_stream, how = cache[key]
+        counts[how] += int((copy_of >= 0).sum())
+        counts["kernels"] += len(copy_of)
         last = None
+        j = 0
         for pos, i in enumerate(idx):
             if is_kernel[pos]:
-                j = int(np.searchsorted(kern, i))
                 if copy_of[j] >= 0:
                     out[i] = f"mb{copy_of[j]}"
                 last = out[i]
+                j += 1
+            elif int(streams[i]) in by_stream:
+                out[i] = f"mb{by_stream[int(streams[i])]}"
             elif last is not None:
                 out[i] = last
-    return out, (covered / total if total else None)
+    return out, counts
+
+
+def _side_by_side(codes: np.ndarray, streams: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> dict[int, int] | None:
+    """{replay stream: micro-batch} when n >= 2 streams run the same kernel sequence side by side
+    (their spans overlap by at least half of the shorter) and hold at least half of the replay's
+    kernels; None otherwise."""
+    by_stream: dict[int, np.ndarray] = {}
+    for st in np.unique(streams):
+        by_stream[int(st)] = np.flatnonzero(streams == st)
+    same: dict[bytes, list[int]] = {}
+    for st, idx in by_stream.items():
+        if len(idx) >= 2:
+            same.setdefault(codes[idx].tobytes(), []).append(st)
+    if not same:
+        return None
+    group = max(same.values(), key=lambda g: len(g) * len(by_stream[g[0]]))
+    if len(group) < 2 or len(group) * len(by_stream[group[0]]) < 0.5 * len(codes):
+        return None
+    spans = [(starts[by_stream[st]].min(), ends[by_stream[st]].max()) for st in group]
+    for a in range(len(spans)):
+        for b in range(a + 1, len(spans)):
+            (a0, a1), (b0, b1) = spans[a], spans[b]
+            if min(a1, b1) - max(a0, b0) < 0.5 * min(a1 - a0, b1 - b0):
+                return None  # one after the other: not side by side
+    first = sorted(group, key=lambda st: starts[by_stream[st][0]])
+    return {st: m for m, st in enumerate(first)}
 
 
 #: a block shorter than this must hold a GEMM or attention kernel (two equal elementwise kernels

@@ -73,10 +73,13 @@ class Trace:
                 + (f", which lists {listed}" if listed else "") + ")")
 
     def device_name(self, device: int) -> str | None:
+        for d in self.devices:
+            if d.get("id") == device:
+                return d.get("name")
+        if device in self.thread_names:
+            return self.thread_names[device]  # a pid given as a string ("GPU 0")
         d = self.device_entry(device)
-        if d is not None:
-            return d.get("name")
-        return self.thread_names.get(device)  # a pid given as a string ("GPU 0")
+        return None if d is None else d.get("name")
 
     def device_text(self, device: int) -> str:
         """The device as a user knows it: its number, or the name it was given as a string."""

@@ -293,3 +293,6 @@ def test_graph_annotation_args_read_as_range_names():
     assert level_of_arg("phase", "combine", pats) == ("phase", "combine")
     assert level_of_arg("module", "model.layers.5", pats) == ("layer", "5")
     assert level_of_arg("block", "2", pats) == ("layer", "2")
+    from traceview.segment.assign import _scope_values
+
+    assert _scope_values('["mb1", "layer.4"]') == ["mb1", "layer.4"] and _scope_values("attn") == ["attn"]

@@ -174,15 +174,31 @@ def _with_graph_annotations(labels: pl.DataFrame, kernels: pl.DataFrame, pats) -
             args = {"annotation": text}
         got: dict[str, str] = {}
         for key, value in (args.items() if isinstance(args, dict) else [("annotation", args)]):
-            lv = level_of_arg(str(key), value, pats)
-            if lv is not None:
-                got.setdefault(lv[0], lv[1])
+            for v in _scope_values(value):
+                lv = level_of_arg(str(key), v, pats)
+                if lv is not None:
+                    got.setdefault(lv[0], lv[1])
         rows.append((text, *(got.get(lvl) for lvl in LEVELS)))
     table = pl.DataFrame(rows, schema={"annotation": pl.Utf8, **{f"_g_{lvl}": pl.Utf8 for lvl in LEVELS}}, orient="row")
     graph = ann.join(table, on="annotation", how="left").drop("annotation")
     return (labels.join(graph, on="row", how="left")
             .with_columns([pl.coalesce(f"_g_{lvl}", lvl).alias(lvl) for lvl in LEVELS])
             .select("row", *LEVELS))
+
+
+def _scope_values(value: object) -> list:
+    """The scopes an annotation arg holds: one, or each of a list (torch's CUPTI-monitor writer puts a
+    list of scopes into ``annotation`` as JSON text)."""
+    if isinstance(value, str) and value.startswith("["):
+        import orjson
+
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, (str, int, float))]
+    return [value]
 
 
 def _graph_iterations(trace: Trace, kernels: pl.DataFrame) -> pl.DataFrame | None:

@@ -75,16 +75,19 @@ def test_eager_labels_agree_with_the_capture_scripts_mapping():
     assert list(zip(k["microbatch"].to_list(), k["layer"].to_list())) == mine
 
 
-@pytest.mark.xfail(strict=True, reason="without annotations the micro-batches are right but 1 kernel per layer (the "
-                                       "norm before the layer's first GEMM) counts in the layer before: 99.2%")
 def test_graph_replayed_kernels_get_their_eager_microbatch_and_layer():
+    """Without annotations: micro-batches from the repeated blocks, layers from the repeating GEMM moved
+    back to the layer's input norm: every replayed kernel gets the eager kernel's (micro-batch, layer)."""
     k = labelled_kernels("decode_tbo_cudagraph")
     eager = MAPPING["eager_step"]
     for r, (_, rep) in enumerate(k.group_by("correlation", maintain_order=True)):
         want = [(f"mb{eager[j][2]}" if eager[j][2] is not None else None,
                  str(eager[j][3]) if eager[j][3] is not None else None)
                 for j in MAPPING["replay_kernel_to_eager_index"][r]]
-        assert list(zip(rep["microbatch"].to_list(), rep["layer"].to_list())) == want
+        got = list(zip(rep["microbatch"].to_list(), rep["layer"].to_list()))
+        # (the final norm and one kernel outside every mbN range have no eager label to compare with)
+        assert [g for g, w in zip(got, want) if None not in w] == [w for w in want if None not in w]
+        assert sum(None not in w for w in want) == len(want) - 3
 
 
 @pytest.mark.parametrize("scenario,microbatches", [
@@ -271,7 +274,7 @@ def test_unannotated_replays_get_the_annotated_micro_batches():
     both = both.filter(pl.col("truth").is_not_null() & pl.col("kind").cast(pl.String).is_in(["kernel", "gpu_memcpy"]))
     assert both.height == 3 * (779 - 1 + 48)
     assert (both["microbatch"] == both["truth"]).all()
-    assert (both["layer"] == both["truth_layer"]).mean() > 0.99
+    assert (both["layer"] == both["truth_layer"]).all()
 
 
 # --- micro-batches captured on their own streams: one graph branch each (capture_branches.py) ----------
@@ -297,7 +300,8 @@ def test_graph_branches_are_micro_batches_side_by_side():
 def test_graph_branches_segment_like_the_eager_run():
     """Kernel by kernel: the k-th kernel of a micro-batch in a replay is the k-th kernel that micro-batch
     launched in an eager step (a branch keeps its capture order); its name agrees with the eager run's,
-    and its layer (inferred from attention groups) with the record_function labels for 94.6% of them."""
+    and its layer (from attention groups, each start moved back to the layer's input norm) with the
+    record_function labels."""
     graph = labelled_kernels_all("decode_mb_streams_cudagraph").filter(pl.col("kind").cast(pl.String) == "kernel")
     eager = labelled_kernels_all("decode_mb_streams_eager").filter(pl.col("kind").cast(pl.String) == "kernel")
     ok = total = 0
@@ -309,5 +313,4 @@ def test_graph_branches_segment_like_the_eager_run():
             ok += sum(x == y for x, y in zip(g["layer"].to_list(), e["layer"].to_list()))
             total += g.height
     assert total == ENTRIES["decode_mb_streams_eager"]["observed_by_check_traces"]["kernel_events"]
-    # the norm and QKV projection before each layer's attention kernel count in the layer before: 2 of 28
-    assert ok / total > 0.94, ok / total
+    assert ok == total  # the norm and QKV projection before the attention kernel: in its layer

@@ -445,9 +445,10 @@ def _layer_anchors(cats: np.ndarray, names: np.ndarray, is_comm: np.ndarray, ite
     kernel, split-KV combine/reduce, ROCm's ll4mi QKV + reduce) follow each other with no
     GEMM or communication between, so only the first of a run counts; preparation kernels
     (``ATTENTION_AUX``) never count.  Without attention kernels (attention as bmm + softmax,
-    a stripped trace): one layer per MoE dispatch group, else per repeating GEMM (the GEMM
-    name launched the modal number of times per iteration: L per pass of an L-layer model),
-    else per communication group."""
+    a stripped trace): one layer per repeating GEMM (the GEMM name launched the modal number of
+    times per iteration: L per pass of an L-layer model, dense and MoE layers alike), else per
+    MoE dispatch group, else per communication group.  Each start then moves back to the
+    layer's input norm (``_back_to_the_norm``)."""
     n = len(cats)
     attn = np.array([c.startswith("attention") for c in cats])
     aux = np.array([bool(ATTENTION_AUX.search(x)) for x in names]) if attn.any() else np.zeros(n, dtype=bool)
@@ -464,14 +465,47 @@ def _layer_anchors(cats: np.ndarray, names: np.ndarray, is_comm: np.ndarray, ite
                 last[key] = "attn"
             elif gemm[i] or is_comm[i]:
                 last[key] = "other"
-    elif (cats == "moe.dispatch").any():
-        disp = cats == "moe.dispatch"
-        anchor = _run_starts(disp, is_comm | gemm, iters, mb)
-    elif gemm.any():
-        anchor = _repeating(names, gemm, iters)
-    elif is_comm.any():
-        anchor = is_comm & ~np.concatenate([[False], is_comm[:-1]])
-    return anchor if anchor.any() else None
+    else:
+        if gemm.any():
+            anchor = _repeating(names, gemm, iters)
+        if not anchor.any() and (cats == "moe.dispatch").any():
+            anchor = _run_starts(cats == "moe.dispatch", is_comm | gemm, iters, mb)
+        if not anchor.any() and is_comm.any():
+            anchor = is_comm & ~np.concatenate([[False], is_comm[:-1]])
+    if not anchor.any():
+        return None
+    return _back_to_the_norm(anchor, cats, iters, mb)
+
+
+#: kernels that may run between a layer's input norm and its attention (or first GEMM): the
+#: projections, their split-K reductions, rope, casts and quantization, KV-cache writes, copies
+BEFORE_ATTENTION = ("norm", "gemm.dense", "reduce", "rope", "elementwise", "kv_cache", "quant", "memory")
+
+
+def _back_to_the_norm(anchor: np.ndarray, cats: np.ndarray, iters: np.ndarray, mb: np.ndarray) -> np.ndarray:
+    """A layer starts at its input norm, not at its attention (or first repeated GEMM): each start
+    moves back, over the kernels of its own (iteration, micro-batch) that may precede attention
+    (``BEFORE_ATTENTION``), to the earliest norm among them; it stays where it is when no norm
+    is there, and never passes another start, a grouped GEMM, communication or attention."""
+    out = anchor.copy()
+    allowed = np.array([c == "norm" or c.startswith(BEFORE_ATTENTION) for c in cats], dtype=bool)
+    norm = np.array([c == "norm" for c in cats], dtype=bool)
+    by_key: dict[tuple, list[int]] = {}
+    for i in range(len(cats)):
+        by_key.setdefault((iters[i], mb[i]), []).append(i)
+    for seq in by_key.values():
+        for pos, i in enumerate(seq):
+            if not anchor[i]:
+                continue
+            earliest = None
+            for j in reversed(seq[:pos]):
+                if anchor[j] or out[j] or not allowed[j]:
+                    break
+                if norm[j]:
+                    earliest = j
+            if earliest is not None:
+                out[i], out[earliest] = False, True
+    return out
 
 
 def _microbatches_from_rounds(anchor: np.ndarray, grouped: np.ndarray, iters: np.ndarray) -> np.ndarray | None:

@@ -314,3 +314,19 @@ def test_graph_branches_segment_like_the_eager_run():
             total += g.height
     assert total == ENTRIES["decode_mb_streams_eager"]["observed_by_check_traces"]["kernel_events"]
     assert ok == total  # the norm and QKV projection before the attention kernel: in its layer
+
+
+def test_annotated_graph_without_step_ranges_counts_an_iteration_per_launch(tmp_path):
+    """Graph annotations give micro-batch and layer, not the iteration: without ProfilerStep ranges each
+    cudaGraphLaunch is one (3 x 4 layer passes, as with the ranges)."""
+    import gzip
+
+    from traceview import analyze
+
+    doc = json.loads(gzip.open(CAP / ANNOTATED["file"]).read())
+    doc["traceEvents"] = [e for e in doc["traceEvents"] if not str(e.get("name", "")).startswith("ProfilerStep#")]
+    path = tmp_path / "nosteps.json"
+    path.write_text(json.dumps(doc))
+    seg = analyze(path).segmentation
+    assert seg.sources["iteration"] == "inferred" and seg.sources["microbatch"] == "annotations"
+    assert seg.summary()["iterations"] == 3 and seg.summary()["layer_instances"] == 12 and seg.approximate == []

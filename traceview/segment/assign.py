@@ -202,19 +202,35 @@ def _scope_values(value: object) -> list:
 
 
 def _graph_iterations(trace: Trace, kernels: pl.DataFrame) -> pl.DataFrame | None:
-    """One iteration per CUDA-graph launch (the eager work after it until the next launch in
-    it), when most kernels are graph replays; kernels before the first launch are in none."""
+    """One iteration per CUDA-graph launch, when most kernels are graph replays (else None)."""
     k = kernels.filter(pl.col("launch_ts").is_not_null()).select("row", "correlation", "launch_ts")
-    bounds = _graph_launches(trace, k) if k.height else None
-    if bounds is None:
+    if k.height == 0 or _graph_launches(trace, k) is None:
         return None
-    it = np.searchsorted(bounds, k["launch_ts"].to_numpy(), side="right")
-    outside = it == 0
+    return _launch_iterations(trace, k)[0]
+
+
+def _launch_iterations(trace: Trace, k: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Iterations of the kernels ``k`` (row, correlation, launch_ts) from the launching side, and
+    how many: one per CUDA-graph launch when most kernels are graph replays (the launch and the
+    eager work after it until the next; eager work before the first replay - warm-up, input
+    copies - belongs to none), else separated by device synchronizations."""
+    bounds = _graph_launches(trace, k)
+    launch_ts = k["launch_ts"].to_numpy()
+    if bounds is None:
+        bounds = np.sort(trace.events.filter(
+            pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
+            & pl.col("name").cast(pl.Utf8).str.contains("DeviceSynchronize|cuCtxSynchronize"))["ts"].to_numpy())
+        it = np.searchsorted(bounds, launch_ts)
+        outside = np.zeros(len(it), dtype=bool)
+    else:
+        it = np.searchsorted(bounds, launch_ts, side="right")
+        outside = it == 0
+    # renumber so that the first iteration holding kernels is 1
     _, it = np.unique(np.where(outside, -1, it), return_inverse=True)
     it = it - (1 if outside.any() else 0)
-    return pl.DataFrame({"row": k["row"].to_numpy(),
-                         "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
-                        schema={"row": pl.Int64, "iteration": pl.Utf8})
+    frame = pl.DataFrame({"row": k["row"].to_numpy(), "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
+                         schema={"row": pl.Int64, "iteration": pl.Utf8})
+    return frame, len(np.unique(it[~outside]))
 
 
 def _iterations_by_time(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, pats) -> pl.DataFrame:
@@ -302,24 +318,8 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
     # kernels are graph replays, else device synchronizations on the launching thread
     iteration = labels.select("row", "iteration")
     if sources["iteration"] == "none":
-        bounds = _graph_launches(trace, k)
-        if bounds is None:
-            bounds = np.sort(trace.events.filter(
-                pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
-                & pl.col("name").cast(pl.Utf8).str.contains("DeviceSynchronize|cuCtxSynchronize"))["ts"].to_numpy())
-            it = np.searchsorted(bounds, k["launch_ts"].to_numpy())
-            outside = np.zeros(len(it), dtype=bool)
-        else:
-            # graph launch i and the eager work after it until launch i + 1; eager work before
-            # the first replay (warm-up, input copies) belongs to no replay
-            it = np.searchsorted(bounds, k["launch_ts"].to_numpy(), side="right")
-            outside = it == 0
-        # renumber so that the first iteration holding kernels is 1
-        uniq, it = np.unique(np.where(outside, -1, it), return_inverse=True)
-        it = it - (1 if outside.any() else 0)
-        iteration = pl.DataFrame({"row": rows, "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
-                                 schema={"row": pl.Int64, "iteration": pl.Utf8})
-        if len(np.unique(it[~outside])) > 1:
+        iteration, n_iters = _launch_iterations(trace, k)
+        if n_iters > 1:
             out["iteration"] = "inferred"
     it_of_row = dict(zip(iteration["row"].to_list(), iteration["iteration"].to_list()))
     iters = np.array([it_of_row.get(r) or "" for r in rows])

@@ -75,16 +75,19 @@ def test_eager_labels_agree_with_the_capture_scripts_mapping():
     assert list(zip(k["microbatch"].to_list(), k["layer"].to_list())) == mine
 
 
-@pytest.mark.xfail(strict=True, reason="without annotations the micro-batches are right but 1 kernel per layer (the "
-                                       "norm before the layer's first GEMM) counts in the layer before: 99.2%")
 def test_graph_replayed_kernels_get_their_eager_microbatch_and_layer():
+    """Without annotations: micro-batches from the repeated blocks, layers from the repeating GEMM moved
+    back to the layer's input norm: every replayed kernel gets the eager kernel's (micro-batch, layer)."""
     k = labelled_kernels("decode_tbo_cudagraph")
     eager = MAPPING["eager_step"]
     for r, (_, rep) in enumerate(k.group_by("correlation", maintain_order=True)):
         want = [(f"mb{eager[j][2]}" if eager[j][2] is not None else None,
                  str(eager[j][3]) if eager[j][3] is not None else None)
                 for j in MAPPING["replay_kernel_to_eager_index"][r]]
-        assert list(zip(rep["microbatch"].to_list(), rep["layer"].to_list())) == want
+        got = list(zip(rep["microbatch"].to_list(), rep["layer"].to_list()))
+        # (the final norm and one kernel outside every mbN range have no eager label to compare with)
+        assert [g for g, w in zip(got, want) if None not in w] == [w for w in want if None not in w]
+        assert sum(None not in w for w in want) == len(want) - 3
 
 
 @pytest.mark.parametrize("scenario,microbatches", [
@@ -93,6 +96,9 @@ def test_graph_replayed_kernels_get_their_eager_microbatch_and_layer():
     ("attn_splitkv_decode_nolabels", 1),  # split-KV + combine: one layer per attention group
     ("inductor_dense_decode", 1),
     ("decode_tbo_cudagraph", 2),          # layers and micro-batches from the replayed kernel order
+    ("decode_tbo_cudagraph_annotated", 2),  # from the graph kernel annotations
+    ("decode_mb_streams_eager", 2),
+    ("decode_mb_streams_cudagraph", 2),   # micro-batches from the replay streams (one branch each)
 ])
 def test_by_layer_gives_steps_times_layers(scenario, microbatches):
     e = ENTRIES[scenario]
@@ -268,4 +274,59 @@ def test_unannotated_replays_get_the_annotated_micro_batches():
     both = both.filter(pl.col("truth").is_not_null() & pl.col("kind").cast(pl.String).is_in(["kernel", "gpu_memcpy"]))
     assert both.height == 3 * (779 - 1 + 48)
     assert (both["microbatch"] == both["truth"]).all()
-    assert (both["layer"] == both["truth_layer"]).mean() > 0.99
+    assert (both["layer"] == both["truth_layer"]).all()
+
+
+# --- micro-batches captured on their own streams: one graph branch each (capture_branches.py) ----------
+
+def test_graph_branches_are_micro_batches_side_by_side():
+    """Each micro-batch captured on its own stream: the graph replays the two branches on two CUPTI
+    streams at once (their kernels interleave in GPU order), so the launch order cannot split them and
+    the streams do: each replay stream is one micro-batch, mb0 the one whose first kernel started first."""
+    e = ENTRIES["decode_mb_streams_cudagraph"]
+    a = analysis("decode_mb_streams_cudagraph")
+    seg = a.segmentation
+    assert seg.sources["microbatch"] == "inferred" and seg.summary()["microbatches"] == ["mb0", "mb1"]
+    assert seg.approximate and "by the replay streams running the same kernels side by side (100%" in seg.approximate[0]
+    k = labelled_kernels_all("decode_mb_streams_cudagraph").filter(pl.col("kind").cast(pl.String).is_in(["kernel", "gpu_memcpy"]))
+    per_stream = k.group_by("stream").agg(pl.col("microbatch").unique(), pl.col("ts").min()).sort("ts")
+    assert per_stream["microbatch"].to_list() == [["mb0"], ["mb1"]]
+    assert len(e["observed_by_check_traces"]["kernels_per_stream"]) == 2
+    kern = k.filter(pl.col("kind").cast(pl.String) == "kernel").sort("ts")
+    streams = kern.filter(pl.col("iteration") == "1")["stream"].to_list()
+    assert sum(x != y for x, y in zip(streams, streams[1:])) > 20  # side by side: GPU order interleaves them
+
+
+def test_graph_branches_segment_like_the_eager_run():
+    """Kernel by kernel: the k-th kernel of a micro-batch in a replay is the k-th kernel that micro-batch
+    launched in an eager step (a branch keeps its capture order); its name agrees with the eager run's,
+    and its layer (from attention groups, each start moved back to the layer's input norm) with the
+    record_function labels."""
+    graph = labelled_kernels_all("decode_mb_streams_cudagraph").filter(pl.col("kind").cast(pl.String) == "kernel")
+    eager = labelled_kernels_all("decode_mb_streams_eager").filter(pl.col("kind").cast(pl.String) == "kernel")
+    ok = total = 0
+    for it in ("1", "2", "3"):
+        for mb in ("mb0", "mb1"):
+            g = graph.filter((pl.col("iteration") == it) & (pl.col("microbatch") == mb)).sort("ts")
+            e = eager.filter((pl.col("iteration") == it) & (pl.col("microbatch") == mb)).sort("ts")
+            assert g["name"].cast(pl.String).to_list() == e["name"].cast(pl.String).to_list()
+            ok += sum(x == y for x, y in zip(g["layer"].to_list(), e["layer"].to_list()))
+            total += g.height
+    assert total == ENTRIES["decode_mb_streams_eager"]["observed_by_check_traces"]["kernel_events"]
+    assert ok == total  # the norm and QKV projection before the attention kernel: in its layer
+
+
+def test_annotated_graph_without_step_ranges_counts_an_iteration_per_launch(tmp_path):
+    """Graph annotations give micro-batch and layer, not the iteration: without ProfilerStep ranges each
+    cudaGraphLaunch is one (3 x 4 layer passes, as with the ranges)."""
+    import gzip
+
+    from traceview import analyze
+
+    doc = json.loads(gzip.open(CAP / ANNOTATED["file"]).read())
+    doc["traceEvents"] = [e for e in doc["traceEvents"] if not str(e.get("name", "")).startswith("ProfilerStep#")]
+    path = tmp_path / "nosteps.json"
+    path.write_text(json.dumps(doc))
+    seg = analyze(path).segmentation
+    assert seg.sources["iteration"] == "inferred" and seg.sources["microbatch"] == "annotations"
+    assert seg.summary()["iterations"] == 3 and seg.summary()["layer_instances"] == 12 and seg.approximate == []

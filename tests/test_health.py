@@ -234,3 +234,17 @@ def test_sglang_rank_lists_only_its_visible_gpu():
     a = analysis_of(str(shared("peers/tracelens/inference__sglang_decode__sglang_Qwen3-8B_decode.json.gz")))
     assert [g.device for g in a.gpus] == [9] and a.gpus[0].name == "AMD Instinct MI300X"
     assert "gpu_name_unknown" not in _keys(a)
+
+
+def test_gate_on_a_capture_without_cuda_activities_is_an_input_error(tmp_path):
+    """Every GPU record removed (a profiler run with activities=[CPU]): not a pass on nothing, an
+    input error naming why (exit 2), as analyze says it."""
+    import xml.etree.ElementTree as ET
+
+    doc = _doc(PROJECT_FIXTURES / "prefill_serial_rank0.json.gz")
+    doc["traceEvents"] = [e for e in doc["traceEvents"] if e.get("cat") not in GPU + ("gpu_user_annotation",)]
+    path = _write(doc, tmp_path / "cpu_only.json")
+    code, out, err = run("gate", path, "--max-exposed-comm", "100%", "--junit", tmp_path / "j.xml")
+    assert code == 2 and "profiler ran without CUDA activities" in err and len(err.strip().splitlines()) == 1
+    (error,) = ET.parse(tmp_path / "j.xml").getroot().iter("error")
+    assert "kernel/graph launches on the CPU side" in error.get("message")

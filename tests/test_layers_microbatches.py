@@ -252,8 +252,8 @@ def test_graph_tbo_decode_microbatches_and_layers_from_kernel_order():
     expert block; each replay's kernels are then cut into blocks repeated once per micro-batch
     (the j-th copy is mb j); layers from the repeating GEMM: 3 steps x 2 micro-batches x 4
     layers.  Checked kernel by kernel against the eager run's labels (MANIFEST replay_mapping):
-    every kernel's micro-batch (the launch-order inference alone: 84%), 99% of the layers; still
-    said to be approximate (inferred, not read)."""
+    every kernel's micro-batch (the launch-order inference alone: 84%) and layer; still said to be
+    approximate (inferred, not read)."""
     path = EXTRA / "decode_tbo_cudagraph.json.gz"
     rm = _manifest(path)["replay_mapping"]
     eager, index = rm["eager_step"], rm["replay_kernel_to_eager_index"]
@@ -271,7 +271,7 @@ def test_graph_tbo_decode_microbatches_and_layers_from_kernel_order():
         assert kr.height == len(truth) == rm["kernels_per_replay"][r]
         mb_ok = sum(f"mb{t[2]}" == m for t, m in zip(truth, kr["microbatch"].to_list()))
         layer_ok = sum(str(t[3]) == lay for t, lay in zip(truth, kr["layer"].to_list()))
-        assert layer_ok / kr.height > 0.985  # the norm before each layer's first GEMM counts in the layer before
+        assert layer_ok == sum(t[3] is not None for t in truth)  # all but the final norm (in no layer)
         assert mb_ok == sum(t[2] is not None for t in truth) == kr.height - 1  # one kernel is outside mbN ranges
 
 
@@ -293,3 +293,6 @@ def test_graph_annotation_args_read_as_range_names():
     assert level_of_arg("phase", "combine", pats) == ("phase", "combine")
     assert level_of_arg("module", "model.layers.5", pats) == ("layer", "5")
     assert level_of_arg("block", "2", pats) == ("layer", "2")
+    from traceview.segment.assign import _scope_values
+
+    assert _scope_values('["mb1", "layer.4"]') == ["mb1", "layer.4"] and _scope_values("attn") == ["attn"]

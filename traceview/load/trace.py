@@ -79,10 +79,13 @@ class Trace:
                 + (f", which lists {listed}" if listed else "") + ")")
 
     def device_name(self, device: int) -> str | None:
+        for d in self.devices:
+            if d.get("id") == device:
+                return d.get("name")
+        if device in self.thread_names:
+            return self.thread_names[device]  # a pid given as a string ("GPU 0")
         d = self.device_entry(device)
-        if d is not None:
-            return d.get("name")
-        return self.thread_names.get(device)  # a pid given as a string ("GPU 0")
+        return None if d is None else d.get("name")
 
     def given_name(self, device: int) -> str | None:
         """The string a ``pid`` was given as ("GPU 0", SGLang's "[TP00-DP00-PP00-EP03] 495"):

@@ -83,8 +83,7 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
         labels, inferred, replay_share = _infer(trace, kernels, labels, sources)
         sources.update(inferred)
         if inferred.get("microbatch") == "inferred" and labels["microbatch"].drop_nulls().n_unique() > 1:
-            replays = (f"; in CUDA-graph replays by the repetition of each micro-batch's kernels ({replay_share:.0%} "
-                       "of the replayed kernels in repeated blocks)" if replay_share is not None else "")
+            replays = _replay_note(replay_share)
             approximate.append("micro-batches inferred from the launch order (no annotation, no micro-batch "
                                "threads): communication (or, without it, each expert block) is attributed by "
                                "its position, the other kernels by the same alternation" + replays
@@ -94,6 +93,20 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
         sources["microbatch"] = "single"
     n_mb = max(1, labels["microbatch"].drop_nulls().n_unique())
     return Segmentation(labels=labels, sources=sources, num_microbatches=n_mb, approximate=approximate)
+
+
+def _replay_note(counts: dict | None) -> str:
+    """The approximate note's words on CUDA-graph replays (see ``_replay_microbatches``)."""
+    if not counts or not counts["kernels"]:
+        return ""
+    parts = []
+    if counts["branches"]:
+        parts.append(f"by the replay streams running the same kernels side by side "
+                     f"({counts['branches'] / counts['kernels']:.0%} of the replayed kernels)")
+    if counts["blocks"] or not parts:
+        parts.append(f"by the repetition of each micro-batch's kernels "
+                     f"({counts['blocks'] / counts['kernels']:.0%} of the replayed kernels in repeated blocks)")
+    return "; in CUDA-graph replays " + " and ".join(parts)
 
 
 # --- 1. annotations ---------------------------------------------------------------------
@@ -161,9 +174,10 @@ def _with_graph_annotations(labels: pl.DataFrame, kernels: pl.DataFrame, pats) -
             args = {"annotation": text}
         got: dict[str, str] = {}
         for key, value in (args.items() if isinstance(args, dict) else [("annotation", args)]):
-            lv = level_of_arg(str(key), value, pats)
-            if lv is not None:
-                got.setdefault(lv[0], lv[1])
+            for v in _scope_values(value):
+                lv = level_of_arg(str(key), v, pats)
+                if lv is not None:
+                    got.setdefault(lv[0], lv[1])
         rows.append((text, *(got.get(lvl) for lvl in LEVELS)))
     table = pl.DataFrame(rows, schema={"annotation": pl.Utf8, **{f"_g_{lvl}": pl.Utf8 for lvl in LEVELS}}, orient="row")
     graph = ann.join(table, on="annotation", how="left").drop("annotation")
@@ -172,20 +186,51 @@ def _with_graph_annotations(labels: pl.DataFrame, kernels: pl.DataFrame, pats) -
             .select("row", *LEVELS))
 
 
+def _scope_values(value: object) -> list:
+    """The scopes an annotation arg holds: one, or each of a list (torch's CUPTI-monitor writer puts a
+    list of scopes into ``annotation`` as JSON text)."""
+    if isinstance(value, str) and value.startswith("["):
+        import orjson
+
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, (str, int, float))]
+    return [value]
+
+
 def _graph_iterations(trace: Trace, kernels: pl.DataFrame) -> pl.DataFrame | None:
-    """One iteration per CUDA-graph launch (the eager work after it until the next launch in
-    it), when most kernels are graph replays; kernels before the first launch are in none."""
+    """One iteration per CUDA-graph launch, when most kernels are graph replays (else None)."""
     k = kernels.filter(pl.col("launch_ts").is_not_null()).select("row", "correlation", "launch_ts")
-    bounds = _graph_launches(trace, k) if k.height else None
-    if bounds is None:
+    if k.height == 0 or _graph_launches(trace, k) is None:
         return None
-    it = np.searchsorted(bounds, k["launch_ts"].to_numpy(), side="right")
-    outside = it == 0
+    return _launch_iterations(trace, k)[0]
+
+
+def _launch_iterations(trace: Trace, k: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Iterations of the kernels ``k`` (row, correlation, launch_ts) from the launching side, and
+    how many: one per CUDA-graph launch when most kernels are graph replays (the launch and the
+    eager work after it until the next; eager work before the first replay - warm-up, input
+    copies - belongs to none), else separated by device synchronizations."""
+    bounds = _graph_launches(trace, k)
+    launch_ts = k["launch_ts"].to_numpy()
+    if bounds is None:
+        bounds = np.sort(trace.events.filter(
+            pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
+            & pl.col("name").cast(pl.Utf8).str.contains("DeviceSynchronize|cuCtxSynchronize"))["ts"].to_numpy())
+        it = np.searchsorted(bounds, launch_ts)
+        outside = np.zeros(len(it), dtype=bool)
+    else:
+        it = np.searchsorted(bounds, launch_ts, side="right")
+        outside = it == 0
+    # renumber so that the first iteration holding kernels is 1
     _, it = np.unique(np.where(outside, -1, it), return_inverse=True)
     it = it - (1 if outside.any() else 0)
-    return pl.DataFrame({"row": k["row"].to_numpy(),
-                         "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
-                        schema={"row": pl.Int64, "iteration": pl.Utf8})
+    frame = pl.DataFrame({"row": k["row"].to_numpy(), "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
+                         schema={"row": pl.Int64, "iteration": pl.Utf8})
+    return frame, len(np.unique(it[~outside]))
 
 
 def _iterations_by_time(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, pats) -> pl.DataFrame:
@@ -258,8 +303,9 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
     """Micro-batches from stage alternation, layers from attention kernels, iterations from syncs."""
     # launch order; the kernels of one graph replay share their launch, so GPU order within it
     k = (kernels.filter(pl.col("launch_ts").is_not_null())
-         .select("row", "launch_ts", "ts", "correlation", "launch_tid", "launch_pid", pl.col("category").cast(pl.Utf8),
-                 pl.col("role").cast(pl.Utf8), pl.col("name").cast(pl.Utf8), pl.col("kind").cast(pl.Utf8))
+         .select("row", "launch_ts", "ts", "end", "stream", "correlation", "launch_tid", "launch_pid",
+                 pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8), pl.col("name").cast(pl.Utf8),
+                 pl.col("kind").cast(pl.Utf8))
          .sort("launch_ts", "ts", "row"))
     if k.height == 0:
         return labels, {}, None
@@ -272,24 +318,8 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
     # kernels are graph replays, else device synchronizations on the launching thread
     iteration = labels.select("row", "iteration")
     if sources["iteration"] == "none":
-        bounds = _graph_launches(trace, k)
-        if bounds is None:
-            bounds = np.sort(trace.events.filter(
-                pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
-                & pl.col("name").cast(pl.Utf8).str.contains("DeviceSynchronize|cuCtxSynchronize"))["ts"].to_numpy())
-            it = np.searchsorted(bounds, k["launch_ts"].to_numpy())
-            outside = np.zeros(len(it), dtype=bool)
-        else:
-            # graph launch i and the eager work after it until launch i + 1; eager work before
-            # the first replay (warm-up, input copies) belongs to no replay
-            it = np.searchsorted(bounds, k["launch_ts"].to_numpy(), side="right")
-            outside = it == 0
-        # renumber so that the first iteration holding kernels is 1
-        uniq, it = np.unique(np.where(outside, -1, it), return_inverse=True)
-        it = it - (1 if outside.any() else 0)
-        iteration = pl.DataFrame({"row": rows, "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
-                                 schema={"row": pl.Int64, "iteration": pl.Utf8})
-        if len(np.unique(it[~outside])) > 1:
+        iteration, n_iters = _launch_iterations(trace, k)
+        if n_iters > 1:
             out["iteration"] = "inferred"
     it_of_row = dict(zip(iteration["row"].to_list(), iteration["iteration"].to_list()))
     iters = np.array([it_of_row.get(r) or "" for r in rows])
@@ -311,8 +341,10 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
         mb_of_row = dict(zip(labels["row"].to_list(), labels["microbatch"].to_list()))
         mb_arr = np.array([mb_of_row.get(r) or "mb0" for r in rows])
     replay_share = None
-    if out.get("microbatch") == "inferred":
+    if mb is None:
         mb_arr, replay_share = _replay_microbatches(trace, k, mb_arr)
+        if len(set(mb_arr.tolist())) > 1:
+            out["microbatch"] = "inferred"
     layer = None
     if sources["layer"] == "none":
         layer = _infer_layers(cats, k["name"].to_numpy(), is_comm, iters, mb_arr)
@@ -413,9 +445,10 @@ def _layer_anchors(cats: np.ndarray, names: np.ndarray, is_comm: np.ndarray, ite
     kernel, split-KV combine/reduce, ROCm's ll4mi QKV + reduce) follow each other with no
     GEMM or communication between, so only the first of a run counts; preparation kernels
     (``ATTENTION_AUX``) never count.  Without attention kernels (attention as bmm + softmax,
-    a stripped trace): one layer per MoE dispatch group, else per repeating GEMM (the GEMM
-    name launched the modal number of times per iteration: L per pass of an L-layer model),
-    else per communication group."""
+    a stripped trace): one layer per repeating GEMM (the GEMM name launched the modal number of
+    times per iteration: L per pass of an L-layer model, dense and MoE layers alike), else per
+    MoE dispatch group, else per communication group.  Each start then moves back to the
+    layer's input norm (``_back_to_the_norm``)."""
     n = len(cats)
     attn = np.array([c.startswith("attention") for c in cats])
     aux = np.array([bool(ATTENTION_AUX.search(x)) for x in names]) if attn.any() else np.zeros(n, dtype=bool)
@@ -432,14 +465,47 @@ def _layer_anchors(cats: np.ndarray, names: np.ndarray, is_comm: np.ndarray, ite
                 last[key] = "attn"
             elif gemm[i] or is_comm[i]:
                 last[key] = "other"
-    elif (cats == "moe.dispatch").any():
-        disp = cats == "moe.dispatch"
-        anchor = _run_starts(disp, is_comm | gemm, iters, mb)
-    elif gemm.any():
-        anchor = _repeating(names, gemm, iters)
-    elif is_comm.any():
-        anchor = is_comm & ~np.concatenate([[False], is_comm[:-1]])
-    return anchor if anchor.any() else None
+    else:
+        if gemm.any():
+            anchor = _repeating(names, gemm, iters)
+        if not anchor.any() and (cats == "moe.dispatch").any():
+            anchor = _run_starts(cats == "moe.dispatch", is_comm | gemm, iters, mb)
+        if not anchor.any() and is_comm.any():
+            anchor = is_comm & ~np.concatenate([[False], is_comm[:-1]])
+    if not anchor.any():
+        return None
+    return _back_to_the_norm(anchor, cats, iters, mb)
+
+
+#: kernels that may run between a layer's input norm and its attention (or first GEMM): the
+#: projections, their split-K reductions, rope, casts and quantization, KV-cache writes, copies
+BEFORE_ATTENTION = ("norm", "gemm.dense", "reduce", "rope", "elementwise", "kv_cache", "quant", "memory")
+
+
+def _back_to_the_norm(anchor: np.ndarray, cats: np.ndarray, iters: np.ndarray, mb: np.ndarray) -> np.ndarray:
+    """A layer starts at its input norm, not at its attention (or first repeated GEMM): each start
+    moves back, over the kernels of its own (iteration, micro-batch) that may precede attention
+    (``BEFORE_ATTENTION``), to the earliest norm among them; it stays where it is when no norm
+    is there, and never passes another start, a grouped GEMM, communication or attention."""
+    out = anchor.copy()
+    allowed = np.array([c == "norm" or c.startswith(BEFORE_ATTENTION) for c in cats], dtype=bool)
+    norm = np.array([c == "norm" for c in cats], dtype=bool)
+    by_key: dict[tuple, list[int]] = {}
+    for i in range(len(cats)):
+        by_key.setdefault((iters[i], mb[i]), []).append(i)
+    for seq in by_key.values():
+        for pos, i in enumerate(seq):
+            if not anchor[i]:
+                continue
+            earliest = None
+            for j in reversed(seq[:pos]):
+                if anchor[j] or out[j] or not allowed[j]:
+                    break
+                if norm[j]:
+                    earliest = j
+            if earliest is not None:
+                out[i], out[earliest] = False, True
+    return out
 
 
 def _microbatches_from_rounds(anchor: np.ndarray, grouped: np.ndarray, iters: np.ndarray) -> np.ndarray | None:
@@ -521,51 +587,96 @@ def _repeating(names: np.ndarray, gemm: np.ndarray, iters: np.ndarray) -> np.nda
     return names == anchor_name
 
 
-def _replay_microbatches(trace: Trace, k: pl.DataFrame, mb: np.ndarray) -> tuple[np.ndarray, float | None]:
-    """Micro-batches of CUDA-graph replays from the repetition of each micro-batch's work.
+def _replay_microbatches(trace: Trace, k: pl.DataFrame, mb: np.ndarray) -> tuple[np.ndarray, dict | None]:
+    """Micro-batches of CUDA-graph replays (kernels sharing a ``cudaGraphLaunch`` correlation).
 
-    Under two-batch overlap every micro-batch runs the same ops in turn, so a replay's kernels in
-    GPU order are blocks repeated once per micro-batch (mb0's attention..dispatch, mb1's; mb0's
-    experts, mb1's; ...).  ``_tandem_blocks`` finds them; the j-th copy of a block is mb j.  The
-    replay's streams are no help here: they are the graph's fork/join branches, each running
-    both micro-batches' kernels.  Kernels in no block keep ``mb`` (the launch-order inference);
-    copies and memsets take the micro-batch of the kernel before them in GPU order.  Also returns
-    the share of replayed kernels in blocks (None: no graph replays)."""
-    n_mb = len({m for m in mb.tolist() if m})
-    if n_mb < 2:
-        return mb, None
+    Two patterns, per replay (a replay is its kernels in GPU order):
+
+    - *branches*: when each micro-batch was captured on its own stream, the graph holds one
+      branch per micro-batch and CUPTI replays each on a stream of its own, side by side
+      (field notes 3.5): n >= 2 replay streams that run the same kernel sequence, overlapping in
+      time and holding at least half of the replay, are n micro-batches, numbered by their first
+      kernel's start; copies and memsets on those streams follow them.
+    - *blocks*: when the micro-batches take turns on shared streams (SGLang-style two-batch
+      overlap: the streams are the graph's fork/join branches, each running both micro-batches'
+      kernels), the replay is blocks repeated once per micro-batch (mb0's attention..dispatch,
+      mb1's; mb0's experts, mb1's; ...), found by ``_tandem_blocks`` for the number of
+      micro-batches the launch-order inference found; the j-th copy of a block is mb j.
+
+    Kernels in neither keep ``mb``; other copies and memsets take the micro-batch of the kernel
+    before them in GPU order.  Also returns how many replayed kernels each pattern labelled
+    (None: no graph replays)."""
     launches = trace.events.filter(pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
                                    & pl.col("name").cast(pl.Utf8).str.contains("(?i)GraphLaunch"))["correlation"]
     replayed = k["correlation"].is_in(launches.drop_nulls().implode()).to_numpy()
     if not replayed.any():
         return mb, None
+    n_mb = len({m for m in mb.tolist() if m})
     out = mb.copy()
-    covered = total = 0
+    counts = {"branches": 0, "blocks": 0, "kernels": 0}
     corr, kinds, names = k["correlation"].to_numpy(), k["kind"].to_numpy(), k["name"].to_numpy()
+    streams, starts, ends = k["stream"].to_numpy(), k["ts"].to_numpy(), k["end"].to_numpy()
     major = _is_major(k["category"].to_numpy())
     code_of: dict[str, int] = {}
-    cache: dict[bytes, np.ndarray] = {}
+    cache: dict[bytes, tuple[np.ndarray, dict[int, int], str]] = {}
     order = np.flatnonzero(replayed)
     for c in np.unique(corr[order]):
         idx = order[corr[order] == c]          # one replay, GPU order (k is sorted by launch, then start)
         is_kernel = kinds[idx] == "kernel"
         kern = idx[is_kernel]
         codes = np.array([code_of.setdefault(x, len(code_of)) for x in names[kern]], dtype=np.int64)
-        key = codes.tobytes()
+        key = codes.tobytes() + streams[kern].astype(np.int64).tobytes()
         if key not in cache:
-            cache[key] = _tandem_blocks(codes, n_mb, major[kern])
-        copy_of = cache[key]
-        covered, total = covered + int((copy_of >= 0).sum()), total + len(copy_of)
+            by_stream = _side_by_side(codes, streams[kern], starts[kern], ends[kern])
+            if by_stream is not None:
+                copy_of = np.array([by_stream.get(int(st), -1) for st in streams[kern]], dtype=np.int64)
+                cache[key] = (copy_of, by_stream, "branches")
+            elif n_mb >= 2:
+                cache[key] = (_tandem_blocks(codes, n_mb, major[kern]), {}, "blocks")
+            else:
+                cache[key] = (np.full(len(kern), -1, dtype=np.int64), {}, "blocks")
+        copy_of, by_stream, how = cache[key]
+        counts[how] += int((copy_of >= 0).sum())
+        counts["kernels"] += len(copy_of)
         last = None
+        j = 0
         for pos, i in enumerate(idx):
             if is_kernel[pos]:
-                j = int(np.searchsorted(kern, i))
                 if copy_of[j] >= 0:
                     out[i] = f"mb{copy_of[j]}"
                 last = out[i]
+                j += 1
+            elif int(streams[i]) in by_stream:
+                out[i] = f"mb{by_stream[int(streams[i])]}"
             elif last is not None:
                 out[i] = last
-    return out, (covered / total if total else None)
+    return out, counts
+
+
+def _side_by_side(codes: np.ndarray, streams: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> dict[int, int] | None:
+    """{replay stream: micro-batch} when n >= 2 streams run the same kernel sequence side by side
+    (their spans overlap by at least half of the shorter) and hold at least half of the replay's
+    kernels; None otherwise."""
+    by_stream: dict[int, np.ndarray] = {}
+    for st in np.unique(streams):
+        by_stream[int(st)] = np.flatnonzero(streams == st)
+    same: dict[bytes, list[int]] = {}
+    for st, idx in by_stream.items():
+        if len(idx) >= 2:
+            same.setdefault(codes[idx].tobytes(), []).append(st)
+    if not same:
+        return None
+    group = max(same.values(), key=lambda g: len(g) * len(by_stream[g[0]]))
+    if len(group) < 2 or len(group) * len(by_stream[group[0]]) < 0.5 * len(codes):
+        return None
+    spans = [(starts[by_stream[st]].min(), ends[by_stream[st]].max()) for st in group]
+    for a in range(len(spans)):
+        for b in range(a + 1, len(spans)):
+            (a0, a1), (b0, b1) = spans[a], spans[b]
+            if min(a1, b1) - max(a0, b0) < 0.5 * min(a1 - a0, b1 - b0):
+                return None  # one after the other: not side by side
+    first = sorted(group, key=lambda st: starts[by_stream[st][0]])
+    return {st: m for m, st in enumerate(first)}
 
 
 #: a block shorter than this must hold a GEMM or attention kernel (two equal elementwise kernels

@@ -189,7 +189,7 @@ def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, 
         "it": comm["it"].cast(pl.Int32),
         "category": comm["category"].cast(pl.Utf8).cast(pl.Categorical),
         "name": comm["name"].cast(pl.Utf8).cast(pl.Categorical),
-        "stream": comm["stream"].cast(pl.Int32),
+        "stream": _narrow(comm["stream"].cast(pl.Int64)),
         "ts": cts, "end": cend, "dur": comm["dur"].to_numpy(),
         **{c: comm[c].cast(pl.Utf8).cast(pl.Categorical) for c in ("layer", "microbatch", "phase")},
         "win_idle_no_queue_us": iv.measure_in_windows(idle_no_queue, win_lo, cts),
@@ -287,6 +287,14 @@ def _layer_table(d: pl.DataFrame, by_layer: pl.DataFrame, its: pl.DataFrame) -> 
     return _compact(t.with_columns(pl.col("exposed_comm_us").fill_null(0.0)).sort("it", "layer", "microbatch"))
 
 
+def _narrow(col: pl.Series) -> pl.Series:
+    """An int64 column as int32 when every value fits (a string tid's hashed id does not)."""
+    lo, hi = col.min(), col.max()
+    fits = lo is None or (-(2 ** 31) <= lo and hi < 2 ** 31)
+    return col.cast(pl.Int32) if fits else col
+
+
 def _compact(t: pl.DataFrame) -> pl.DataFrame:
-    """Strings as categoricals, int64 as int32: how the tables travel and stay in the driver."""
-    return t.with_columns(pl.col(pl.Utf8).cast(pl.Categorical), pl.col(pl.Int64).cast(pl.Int32))
+    """Strings as categoricals, int64 as int32 where it fits: how the tables travel and stay in the driver."""
+    return t.with_columns(pl.col(pl.Utf8).cast(pl.Categorical),
+                          *(_narrow(t[c]) for c, dt in t.schema.items() if dt == pl.Int64))

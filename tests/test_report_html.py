@@ -457,3 +457,24 @@ def test_browser_injected_script_does_not_run(browser, reports):
         return h ? h.textContent : null;""")
     assert label and INJECT in label, label
     assert browser.execute_script("return typeof window.__pwned") == "undefined"
+
+
+def test_run_lane_pieces_cover_the_real_intervals_within_the_limit():
+    """The run page joins a rank's compute intervals into at most the lane's limit of boxes; every real
+    interval lies inside one box, boxes stay sorted and disjoint, and nothing is joined below the limit."""
+    import numpy as np
+
+    from traceview.run.summary import summarize
+    from traceview.timeline.intervals import coarsen as _pieces
+
+    (r,) = summarize(analysis_of(str(PROJECT_FIXTURES / "prefill_tbo_rank0.json.gz")))
+    s, e = np.asarray(r.compute_start, float), np.asarray(r.compute_end, float)
+    assert len(s) > 200
+    same_s, same_e = _pieces(s, e, len(s))
+    assert np.array_equal(same_s, s) and np.array_equal(same_e, e)
+    for limit in (200, 37):
+        ps, pe = _pieces(s, e, limit)
+        assert 0 < len(ps) <= limit and np.all(ps[1:] >= pe[:-1]) and np.all(pe >= ps)
+        box = np.searchsorted(ps, s, side="right") - 1
+        assert np.all(box >= 0) and np.all(e <= pe[box]) and np.all(s >= ps[box])
+        assert (pe - ps).sum() >= (e - s).sum() - 1e-6

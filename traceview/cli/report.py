@@ -25,6 +25,8 @@ from .progress import RankProgress
                    "min(N, 500), so a timeline stays readable); beyond its share a GPU's short kernels are "
                    "merged into time bins (the page says so).")
 @click.option("--title", help="Page title (default: from the file names).")
+@click.option("--strict", is_flag=True, help="As analyze --strict: loader warnings and trace health problems are "
+                                             "errors (the page is still written; exit code 2).")
 @rules_option
 @segments_option
 @jobs_option
@@ -36,7 +38,7 @@ from .progress import RankProgress
                    "the rank that waited most. The run page itself always covers every rank.")
 @handle_errors
 def report_cmd(paths, output, model, gpu_name, convention, gpu_file, phase, precision, tokens, kv_len, n_seqs,
-               max_events, title, rules_file, segments_file, jobs, engine, address, max_bytes, detail_ranks):
+               max_events, title, strict, rules_file, segments_file, jobs, engine, address, max_bytes, detail_ranks):
     """Write an HTML report: per-GPU timelines with exposed communication marked, per
     micro-batch and per layer overlap, kernel categories, top and unclassified kernels.
 
@@ -58,7 +60,7 @@ def report_cmd(paths, output, model, gpu_name, convention, gpu_file, phase, prec
         rep, _run, failed = report_run(paths, engine=engine, jobs=jobs, address=address, rules_file=rules_file,
                                        patterns=segment_patterns(segments_file), max_bytes=max_bytes, budget=budget,
                                        max_events=max_events, title=title, detail_ranks=parse_detail_ranks(detail_ranks),
-                                       progress=progress, skipped=skipped)
+                                       progress=progress, skipped=skipped, strict=strict)
     note_skipped(skipped)
     for e in failed:
         error_line(e)

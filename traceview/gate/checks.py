@@ -14,6 +14,11 @@ Checks (each gives one ``CheckResult``; values are the numbers ``traceview analy
                      ``max_regression_pct`` of the baseline value AND more than ``min_regression_us``
                      (a noise floor, so that a 20 µs category does not fail on 2 µs)
 
+  loader_warnings    one per input whose loader skipped or repaired events: WARN, FAIL with ``strict``
+  trace_health       one per trace health problem of an input (``TraceAnalysis.health``: dropped
+                     graph replays, launches without GPU records, no record_shapes, string pids,
+                     two writers): WARN, FAIL with ``strict``
+
 Per-segment checks use ``TraceAnalysis.segments(per)``: a micro-batch row sums its iterations
 (the rows add up to the GPU total), a layer row is one layer of one micro-batch in one iteration.
 Segments without communication have nothing to expose and get no check.
@@ -87,7 +92,7 @@ class Thresholds:
     baseline: str | None = None
     max_regression_pct: float | None = None
     min_regression_us: float = DEFAULT_MIN_REGRESSION_US
-    strict: bool = False         # loader warnings (skipped/repaired events, truncation) fail the gate
+    strict: bool = False         # loader warnings and trace health problems fail the gate
     max_wait_pct: float | None = None  # a run: exposed waiting for other ranks, % of the iteration, per rank
 
     def validate(self) -> "Thresholds":
@@ -134,10 +139,14 @@ class CheckResult:
     baseline: float | None = None          # regression checks: the baseline value (per iteration)
     baseline_where: str | None = None      # regression checks: which baseline GPU, how matched
     detail: str = ""                       # extra words for the line (comm time, why skipped)
+    device_name: str | None = None         # the GPU's name where its pid was a string ("GPU 0")
 
     @property
     def where(self) -> str:
-        w = f"rank {self.rank} GPU {self.device}" if self.rank is not None else f"GPU {self.device}"
+        from ..report.text import device_label
+
+        gpu = device_label(self.device, self.device_name)
+        w = f"rank {self.rank} {gpu}" if self.rank is not None else gpu
         if self.segment:
             w += " " + SegmentRow(self.segment, 0, 0, 0, {}).where()
         return w
@@ -152,6 +161,7 @@ class CheckResult:
             "regression.span": "regression: iteration time (span)",
             "regression.category": f"regression: {self.category} time",
             "loader_warnings": "loader warnings",
+            "trace_health": "trace health",
             "run.wait_pct": "exposed waiting for other ranks",
         }.get(self.check, self.check)
 
@@ -161,6 +171,8 @@ class CheckResult:
         if self.check == "loader_warnings":
             n = int(self.value)
             return f"{n} warning" + ("" if n == 1 else "s")
+        if self.check == "trace_health":
+            return (self.category or "").replace("_", " ")
         if self.check == "exposed_comm_pct":
             return f"{self.value:.1f}% of the iteration"
         if self.check == "exposed_of_comm_pct":
@@ -172,7 +184,7 @@ class CheckResult:
         return f"{_ms(self.value)} ms/iter"
 
     def threshold_text(self) -> str:
-        if self.check == "loader_warnings":
+        if self.check in ("loader_warnings", "trace_health"):
             return "--strict: none allowed" if self.status == FAIL else "allowed (--strict fails them)"
         if self.check in ("exposed_comm_pct", "exposed_of_comm_pct"):
             return f"max {self.threshold:g}%"
@@ -223,8 +235,10 @@ class GateResult:
     def verdict(self) -> str:
         n, f = len(self.checks), len(self.failed)
         s = sum(c.status == SKIP for c in self.checks)
-        w = len(self.warned)
-        skipped = (f", {s} skipped" if s else "") + (f", {w} with loader warnings" if w else "")
+        w = sum(c.check == "loader_warnings" for c in self.warned)
+        h = sum(c.check == "trace_health" for c in self.warned)
+        skipped = ((f", {s} skipped" if s else "") + (f", {w} with loader warnings" if w else "")
+                   + (f", {h} trace health problem" + ("" if h == 1 else "s") if h else ""))
         checks = f"{n} check" + ("" if n == 1 else "s")
         if self.errors:
             return f"gate: ERROR ({len(self.errors)} input(s) could not be analyzed; {checks}, {f} failed{skipped})"
@@ -276,10 +290,14 @@ def _basename(path: str) -> str:
 
 # --- evaluation --------------------------------------------------------------------------------
 
+def _at(g: GpuSummary) -> dict:
+    """Where a check on this GPU was made: its file, rank, device and the device's given name."""
+    return dict(file=g.file, rank=g.rank, device=g.device, device_name=g.device_name)
+
+
 def _skips(g: GpuSummary, t: Thresholds, detail: str, segment: dict | None = None) -> list[CheckResult]:
     """A SKIP line for each exposed-comm check asked for: there is nothing to measure, and why."""
-    return [CheckResult(check, SKIP, None, thr, unit, file=g.file, rank=g.rank, device=g.device, segment=segment,
-                        detail=detail)
+    return [CheckResult(check, SKIP, None, thr, unit, **_at(g), segment=segment, detail=detail)
             for check, thr, unit in (("exposed_comm_pct", t.max_exposed_comm_pct, "%"),
                                      ("exposed_comm_ms", t.max_exposed_comm_us, "us"),
                                      ("exposed_of_comm_pct", t.max_exposed_of_comm_pct, "%")) if thr is not None]
@@ -309,7 +327,7 @@ def _absolute_checks(g: GpuSummary, t: Thresholds) -> list[CheckResult]:
     """Exposed communication (share of the iteration, time per iteration, share of comm) of one
     GPU, or of each of its segments."""
     out: list[CheckResult] = []
-    common = dict(file=g.file, rank=g.rank, device=g.device)
+    common = _at(g)
     units = _units(g, t)
     if t.per != "gpu":
         if units and all((k or {}).get(t.per) == "(none)" for k, *_ in units):
@@ -371,14 +389,13 @@ def _regression(check: str, g: GpuSummary, new_pi: float, base_pi: float, t: Thr
     detail = ""
     if status == PASS and new_pi - base_pi > base_pi * t.max_regression_pct / 100.0 + 1e-9:
         detail = f"+{_ms(new_pi - base_pi)} ms is within the {_ms(t.min_regression_us)} ms noise floor"
-    return CheckResult(check, status, new_pi, t.max_regression_pct, "%", file=g.file, rank=g.rank, device=g.device,
-                       segment=segment, category=category, baseline=base_pi, baseline_where=where_base, detail=detail)
+    return CheckResult(check, status, new_pi, t.max_regression_pct, "%", **_at(g), segment=segment, category=category, baseline=base_pi, baseline_where=where_base, detail=detail)
 
 
 def _regression_checks(g: GpuSummary, b: GpuSummary | None, how: str, t: Thresholds) -> list[CheckResult]:
     if b is None:
-        return [CheckResult("regression.exposed_comm", SKIP, None, t.max_regression_pct or 0.0, "%", file=g.file,
-                            rank=g.rank, device=g.device, detail="no GPU in the baseline to compare with")]
+        return [CheckResult("regression.exposed_comm", SKIP, None, t.max_regression_pct or 0.0, "%", **_at(g),
+                            detail="no GPU in the baseline to compare with")]
     where_base = f"baseline {b.label}" + ("" if how == "same rank and GPU" else f" ({how})")
     if g.iterations != b.iterations:
         where_base += f", per iteration: {g.per} vs {b.per}"
@@ -416,7 +433,24 @@ def _warning_checks(gpus: list[GpuSummary], t: Thresholds) -> list[CheckResult]:
             continue
         seen.add(g.file)
         out.append(CheckResult("loader_warnings", FAIL if t.strict else WARN, float(len(g.warnings)), 0.0, "",
-                               file=g.file, rank=g.rank, device=g.device, detail="; ".join(g.warnings)))
+                               **_at(g), detail="; ".join(g.warnings)))
+    return out
+
+
+def _health_checks(gpus: list[GpuSummary], t: Thresholds) -> list[CheckResult]:
+    """One check per trace health problem of each input file (load/health.py: dropped graph
+    replays, launches without GPU records, no record_shapes, string pids, two writers): a
+    warning, or a failure with ``--strict`` (the figures of such a recording are distorted)."""
+    out: list[CheckResult] = []
+    seen: set[str] = set()
+    for g in gpus:
+        if not g.health or g.file in seen:
+            continue
+        seen.add(g.file)
+        for h in g.health:
+            out.append(CheckResult("trace_health", FAIL if t.strict else WARN, float(h.get("count") or 0), 0.0, "",
+                                   file=g.file, rank=g.rank, device=g.device, category=str(h["key"]),
+                                   detail=str(h["message"])))
     return out
 
 
@@ -432,6 +466,7 @@ def run_checks(runs: list, t: Thresholds) -> list[CheckResult]:
             first = run.ranks[0] if run.ranks else None
             out.append(CheckResult("run.wait_pct", SKIP, None, t.max_wait_pct, "%", file=first.file if first else "",
                                    rank=None, device=first.device if first else 0,
+                                   device_name=first.device_name if first else None,
                                    detail=f"no cross-rank numbers: {run.reason}"))
             continue
         s = run.straggler
@@ -442,6 +477,7 @@ def run_checks(runs: list, t: Thresholds) -> list[CheckResult]:
             r = by_rank[tm.rank]
             out.append(CheckResult("run.wait_pct", PASS if share <= t.max_wait_pct + 1e-9 else FAIL, share,
                                    t.max_wait_pct, "%", file=r.file, rank=tm.rank, device=r.device,
+                                   device_name=r.device_name,
                                    detail=f"{_ms(tm.per_iteration(tm.exposed_wait_us))} ms/iter of a "
                                           f"{_ms(tm.iteration_us)} ms iteration{who}"
                                           + (f"; {run.partial_note}" if run.partial else "")))
@@ -450,8 +486,9 @@ def run_checks(runs: list, t: Thresholds) -> list[CheckResult]:
 
 def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] | None = None,
              runs: list | None = None) -> list[CheckResult]:
-    """Every check the thresholds ask for, GPU by GPU, in a stable order; loader warnings first."""
-    out: list[CheckResult] = _warning_checks(gpus, t)
+    """Every check the thresholds ask for, GPU by GPU, in a stable order; loader warnings and trace
+    health first."""
+    out: list[CheckResult] = _warning_checks(gpus, t) + _health_checks(gpus, t)
     pairs = match_gpus(gpus, baseline) if baseline is not None else [(g, None, "") for g in gpus]
     for g, b, how in pairs:
         if t.exposed_checks():

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -90,7 +91,7 @@ Worker& worker() {
 // --- the event's fields ------------------------------------------------------------------
 
 enum Field { PH, CAT, NAME, PID, TID, TS, DUR, ARGS, NFIELDS };
-enum ArgField { CORR, STREAM, DEVICE, EXTID, DIMS, BYTES, GRID, BLOCK, NARGS };
+enum ArgField { CORR, STREAM, DEVICE, EXTID, DIMS, BYTES, GRID, BLOCK, GNODE, NARGS };
 
 int field_of(std::string_view k) {
   switch (k.size()) {
@@ -108,6 +109,7 @@ int arg_of(std::string_view k) {
     case 6: return k == "stream" ? STREAM : k == "device" ? DEVICE : -1;
     case 10: return k == "Input Dims" ? DIMS : -1;
     case 11: return k == "correlation" ? CORR : k == "External id" ? EXTID : -1;
+    case 13: return k == "graph node id" ? GNODE : -1;
     default: return -1;
   }
 }
@@ -141,8 +143,9 @@ bool time_field(bool present, element e, double& v, bool& ok) {
 }
 
 // ``bytes`` is ``int | str | None`` (some exporters write "256"): a string gets decode._int's
-// treatment (under 24 characters, '-'s then decimal digits, within int64; else null); what
-// only Python's str methods decide (non-ASCII digits, several '-') is left to the Python path.
+// treatment (under 24 characters, one optional '-' then decimal digits, within int64; else null,
+// so "--5" is null); what only Python's str methods decide (non-ASCII digits) is left to the
+// Python path.
 bool bytes_field(bool present, element e, int64_t& v, uint8_t& ok) {
   if (!present || e.type() != element_type::STRING) return int_field(present, e, v, ok);
   v = 0;
@@ -156,7 +159,7 @@ bool bytes_field(bool present, element e, int64_t& v, uint8_t& ok) {
   if (i == s.size()) return true;  // "" or "-": not decimal
   for (size_t j = i; j < s.size(); j++)
     if (s[j] < '0' || s[j] > '9') return true;
-  if (i > 1) return false;  // int("--5") raises: the Python path decides
+  if (i > 1) return true;  // "--5": not a number (null), as decode._int says
   // at most 23 characters: fits in __int128 without overflow
   __int128 x = 0;
   for (size_t j = i; j < s.size(); j++) x = x * 10 + (s[j] - '0');
@@ -330,6 +333,10 @@ bool walk(element root, Columns& c) {
         if (i == BYTES && a[i].type() == element_type::STRING) continue;  // see bytes_field
         if (a[i].type() != element_type::INT64) return false;
       }
+      // a CUDA-graph node: its annotation args (any key) are read by the Python path
+      if ((aseen & (1u << GNODE)) && !a[GNODE].is_null() &&
+          !(a[GNODE].type() == element_type::INT64 && a[GNODE].get_int64().value_unsafe() == 0))
+        return false;
     }
     auto ahas = [&](int i) { return (aseen & (1u << i)) != 0; };
     if (!has_cat) continue;
@@ -415,6 +422,12 @@ bool decode_buffer(Worker& w, size_t len) {
   return ok;
 }
 
+void release(Worker& w) {  // give back what a failed allocation left: the Python path needs it
+  std::vector<uint8_t>().swap(w.buf);
+  w.parser = simdjson::dom::parser();
+  w.cols = Columns();
+}
+
 void reserve_padded(Worker& w, size_t len) {
   if (w.buf.size() < len + simdjson::SIMDJSON_PADDING) w.buf.resize(len + simdjson::SIMDJSON_PADDING + (len >> 4));
 }
@@ -497,10 +510,15 @@ PyObject* py_decode(PyObject*, PyObject* arg) {
   size_t len = size_t(view.len);
   bool ok;
   Py_BEGIN_ALLOW_THREADS
-  reserve_padded(w, len);
-  std::memcpy(w.buf.data(), view.buf, len);
-  std::memset(w.buf.data() + len, 0, simdjson::SIMDJSON_PADDING);
-  ok = decode_buffer(w, len);
+  try {  // (under a memory limit an allocation throws: decline, the Python path names the file)
+    reserve_padded(w, len);
+    std::memcpy(w.buf.data(), view.buf, len);
+    std::memset(w.buf.data() + len, 0, simdjson::SIMDJSON_PADDING);
+    ok = decode_buffer(w, len);
+  } catch (const std::bad_alloc&) {
+    release(w);
+    ok = false;
+  }
   Py_END_ALLOW_THREADS
   PyBuffer_Release(&view);
   return finish(w, ok);
@@ -521,6 +539,7 @@ PyObject* py_decode_file(PyObject*, PyObject* args) {
   bool ok = false;
   Py_BEGIN_ALLOW_THREADS
   size_t n = size_t(length);
+  try {  // (under a memory limit an allocation throws: decline, the Python path names the file)
   reserve_padded(w, n + 2);
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd >= 0) {
@@ -542,6 +561,10 @@ PyObject* py_decode_file(PyObject*, PyObject* args) {
       std::memset(b + n + 2, 0, simdjson::SIMDJSON_PADDING);
       ok = decode_buffer(w, n + 2);
     }
+  }
+  } catch (const std::bad_alloc&) {
+    release(w);
+    ok = false;
   }
   Py_END_ALLOW_THREADS
   return finish(w, ok);
@@ -569,5 +592,7 @@ PyMODINIT_FUNC PyInit__simd(void) {
   PyObject* m = PyModule_Create(&kModule);
   if (m == nullptr) return nullptr;
   PyModule_AddStringConstant(m, "SIMDJSON_VERSION", TV_STR(SIMDJSON_VERSION));
+  // what this build declines beyond the first version (native.py refuses an older build)
+  PyModule_AddIntConstant(m, "DECLINES_GRAPH_NODES", 1);
   return m;
 }

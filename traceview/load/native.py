@@ -33,6 +33,8 @@ _SKIP_REASONS = ("events without a name", "events without a valid timestamp",
 def _enabled() -> bool:
     if _simd is None or os.environ.get("TRACEVIEW_DECODER", "").strip().lower() in ("python", "pure", "msgspec"):
         return False
+    if not getattr(_simd, "DECLINES_GRAPH_NODES", 0):
+        return False  # built from an older _simd.cpp: it would drop CUDA-graph annotations (rebuild it)
     _simd.configure({alias: EVENT_KINDS.index(kind) for alias, kind in CATEGORY_ALIASES.items()},
                     "".join(sorted(CHROME_PHASES - {"X", "B", "E"})))
     return True
@@ -45,18 +47,30 @@ def describe() -> str:
     """Which decoder loads traces here (``traceview --version`` prints it)."""
     if ENABLED:
         return f"compiled (simdjson {_simd.SIMDJSON_VERSION})"
+    if _simd is not None and not getattr(_simd, "DECLINES_GRAPH_NODES", 0):
+        return "pure Python (msgspec; the compiled decoder is an older build: rebuild it with pip install -e .)"
     if _simd is not None:
         return "pure Python (msgspec; the compiled decoder is off: TRACEVIEW_DECODER=python)"
     return "pure Python (msgspec; the compiled decoder is not built)"
 
 
+#: Pieces larger than this (one event of hundreds of MB: a huge kernel name) are declined
+#: before anything is allocated: simdjson's DOM needs ~13 bytes per byte of input (tape and
+#: structural indexes), which under a memory limit would leave too little for the msgspec path.
+MAX_PIECE_BYTES = 256 << 20
+
+
 def decode(array) -> tuple[pl.DataFrame, dict[str, int]] | None:
     """``[ ... ]`` bytes -> (frame, skipped) as ``fast._decode`` makes them; None: not clean."""
+    if len(array) > MAX_PIECE_BYTES:
+        return None
     return _frame(_simd.decode(array))
 
 
 def decode_file(path: str, offset: int, length: int) -> tuple[pl.DataFrame, dict[str, int]] | None:
     """The piece at ``offset`` of ``path``, read and framed by ``_simd`` itself (no Python buffer)."""
+    if length > MAX_PIECE_BYTES:
+        return None
     return _frame(_simd.decode_file(path, offset, length))
 
 
@@ -89,6 +103,7 @@ def _frame(r) -> tuple[pl.DataFrame, dict[str, int]] | None:
         "input_dims": pl.Series(dims_table, dtype=pl.Utf8).gather(_codes(dims, np.int32)),
         "bytes": _ints(nbytes, nbytes_ok),
         "grid": pl.Series(grid_table, dtype=pl.Categorical).gather(_codes(grid, np.int32)),
+        "annotation": pl.Series([None] * n, dtype=pl.Utf8),  # it declines pieces with graph annotations
     })
     return frame, skipped
 

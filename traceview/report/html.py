@@ -156,6 +156,7 @@ class Fragment:
     kernels: int = 0                            # kernels of its traces
     notes: list[str] = field(default_factory=list)  # timelines that merged kernels
     title: str | None = None                    # the file's name, for a one-file page's title
+    problems: list[str] = field(default_factory=list)  # what --strict fails on (loader warnings, trace health)
 
     def add(self, html_text: str) -> None:
         self.parts.append(html_text)
@@ -523,7 +524,8 @@ def _kernels(page: Fragment, results: list[TraceAnalysis]) -> None:
     k = _all_kernels(results)
     total = float(k["dur"].sum()) or 1.0
     top = (k.group_by("name", "category", "role").agg(pl.col("dur").sum().alias("t"), pl.len().alias("n"))
-           .sort("t", descending=True))
+           .sort("t", descending=True)
+           .with_columns(pl.col("name").str.slice(0, 1 << 16)))  # (what a cell shows: not a 500 MB name)
     scope = "" if len(results) == 1 else f" (all {len(results)} traces together)"
     page.add(f"<h2>Top kernels{scope}</h2>")
     rows = [[_kernel_cell(n), _cat_cell(c, r), ms(t), f"{cnt:,}", pct(t / total), f"{t / cnt:,.1f}"]

@@ -70,7 +70,7 @@ class DetailTask(RankTask):
         if self.budget:
             rec, note = reconcile_one(a, self.budget, self.transfer.get(a.rank))
         boxes = self.boxes_per_gpu or _per_gpu_budget(self.max_events, len(a.gpus))
-        frag = Fragment()
+        frag = Fragment(problems=a.strict_problems())
         if self.with_header:
             frag.add(_header([a]))
             frag.add(_warnings([a]))
@@ -147,11 +147,12 @@ def report_run(paths, *, engine: "str | Engine" = "local", jobs: int = 1, addres
                budget: dict | None = None, max_events: int = DEFAULT_MAX_EVENTS, title: str | None = None,
                detail_ranks: "str | Sequence[int] | None" = None,
                progress: Callable[[Path, int, int], None] | None = None, skipped: list | None = None,
-               generated: str | None = None) -> tuple[Report | None, Any, list[TraceError]]:
+               generated: str | None = None, strict: bool = False) -> tuple[Report | None, Any, list[TraceError]]:
     """The HTML report of ``paths`` (rank files, directories of them) on ``engine``.
 
     Returns the page (None when no file could be read), the ``RunAnalysis`` (None for one
-    file) and the one-line errors of the files that failed (map or detail round).
+    file) and the one-line errors of the files that failed (map or detail round); with
+    ``strict``, also one per loader warning and trace health problem of every file read.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -190,6 +191,10 @@ def report_run(paths, *, engine: "str | Engine" = "local", jobs: int = 1, addres
             rendered[str(shown)] = f"{shown}: {frag.reason}"
         elif frag is not None:
             rendered[str(shown)] = frag
+    if strict:
+        problems = ([(r.file, p) for r in run.ranks for p in r.strict_problems] if run is not None else
+                    [(details[0].file, p) for f in rendered.values() if isinstance(f, Fragment) for p in f.problems])
+        errors += [TraceError(file, f"--strict: {p}") for file, p in dict.fromkeys(problems)]
     errors = sorted({str(e): e for e in errors}.values(), key=lambda e: str(e.path))
     if run is None:
         frag = rendered.get(details[0].file)

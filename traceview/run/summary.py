@@ -70,8 +70,12 @@ class RankSummary:
     num_microbatches: int = 1
     #: how many GPUs the file held (a run pairs one GPU per rank)
     gpus_in_file: int = 1
+    #: the name the trace gave the GPU as a string ``pid`` ("GPU 0"), shown instead of its internal id
+    device_name: str | None = None
     #: the trace health messages (load/health.py) of the file, for the run page's warnings
     health: list[str] = field(default_factory=list)
+    #: what ``--strict`` fails on for the file: loader warnings and trace health problems
+    strict_problems: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # the per-kernel tables are kept compressed (zlib) from here on: in the worker, on the
@@ -121,7 +125,7 @@ class RankSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "rank": self.rank, "world_size": self.world_size,
-                "rank_source": self.rank_source, "device": self.device,
+                "rank_source": self.rank_source, "device": self.device, "device_name": self.device_name,
                 "base_time_ns": self.base_time_ns, "collectives": self.comm.height,
                 "iterations": self.iterations.height}
 
@@ -152,6 +156,7 @@ def summarize(analysis) -> list[RankSummary]:
         out.append(_summarize_device(trace, g, d, base, source, seg, len(analysis.gpus),
                                      by_layer.filter(pl.col("device") == g.device),
                                      [h.message for h in analysis.health]))
+        out[-1].strict_problems = analysis.strict_problems()
     return out
 
 
@@ -201,7 +206,8 @@ def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, 
         device=g.device, gpu=g, base_time_ns=base, warnings=list(trace.warnings), iterations=iterations,
         comm=comm_table, window_compute=window_compute, exposed_start=exposed[0], exposed_end=exposed[1],
         layers=layers, sources=dict(seg.sources), num_microbatches=seg.num_microbatches, gpus_in_file=n_gpus,
-        health=list(health), **dict(zip(("compute_start", "compute_end"), iv.coarsen(*compute, TIMELINE_PIECES))))
+        device_name=trace.given_name(g.device), health=list(health),
+        **dict(zip(("compute_start", "compute_end"), iv.coarsen(*compute, TIMELINE_PIECES))))
 
 
 def _launch_gaps(d: pl.DataFrame, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, list]:

@@ -270,7 +270,7 @@ def test_files_that_are_not_one_run_get_the_first_files_in_detail_and_say_so(tmp
     assert "No cross-rank numbers." in text and "two files claim one rank" in text
     heads = re.findall(r'<h2 class="rank-detail"[^>]*>Detail: ([^<]*)</h2>', text)
     assert [h.split(" · ")[1].rsplit("/", 1)[-1] for h in heads] == [f"copy{i}.json.gz" for i in range(4)]
-    assert "The other 2 files are in the run tables above" in text and "--detail-ranks all" in text
+    assert "The other 2 files are among the files above" in text and "--detail-ranks all." in text
     code, _o, err = run("report", tmp_path, "-o", out, "--detail-ranks", "x,1")
     assert code == 2 and err.strip() == "traceview: error: --detail-ranks 'x,1': give rank numbers (3,17) or all"
 

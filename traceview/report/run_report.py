@@ -138,8 +138,9 @@ def detail_note(run, details: list[Detail]) -> str:
     others = list(dict.fromkeys(r.rank for r in run.ranks if r.file not in detailed and r.rank is not None))[:2]
     how = (f"--detail-ranks {','.join(map(str, others))} (rank numbers) or --detail-ranks all" if run.cross_rank
            and others else "--detail-ranks all")
-    return (f"Detail below for {chosen} ({why}). The other {n_files - len(details)} files are in the run tables "
-            f"above; for their detail, run the report again with {how}.")
+    where = "in the run tables above" if run.cross_rank else "among the files above"
+    return (f"Detail below for {chosen} ({why}). The other {n_files - len(details)} files are {where}; for their "
+            f"detail, run the report again with {how}.")
 
 
 def report_run(paths, *, engine: "str | Engine" = "local", jobs: int = 1, address: str | None = None,

@@ -258,6 +258,23 @@ def test_cli_directory_of_ranks(tmp_path):
     assert len([f for f in figures(text).values() if "</b> timeline" in f["layout"]["title"]["text"]]) == 2
 
 
+def test_files_that_are_not_one_run_get_the_first_files_in_detail_and_say_so(tmp_path):
+    """Six copies of one rank are not a run (six files claim rank 0): no cross-rank numbers, the
+    first four files in detail, and the page says how to get the others."""
+    for i in range(6):
+        shutil.copy(TBO0, tmp_path / f"copy{i}.json.gz")
+    out = tmp_path / "r.html"
+    code, _o, err = run("report", tmp_path, "-o", out)
+    assert code == 0, err
+    text = out.read_text()
+    assert "No cross-rank numbers." in text and "two files claim one rank" in text
+    heads = re.findall(r'<h2 class="rank-detail"[^>]*>Detail: ([^<]*)</h2>', text)
+    assert [h.split(" · ")[1].rsplit("/", 1)[-1] for h in heads] == [f"copy{i}.json.gz" for i in range(4)]
+    assert "The other 2 files are among the files above" in text and "--detail-ranks all." in text
+    code, _o, err = run("report", tmp_path, "-o", out, "--detail-ranks", "x,1")
+    assert code == 2 and err.strip() == "traceview: error: --detail-ranks 'x,1': give rank numbers (3,17) or all"
+
+
 def test_cli_reconciliation(tmp_path):
     out = tmp_path / "r.html"
     code, _o, err = run("report", TBO0, "-o", out, "--model", "deepseek-v3", "--gpu", "H200")

@@ -135,11 +135,12 @@ def detail_note(run, details: list[Detail]) -> str:
         return f"Every file has its detail below ({chosen})."
     why = "; ".join(f"rank {d.rank}: {d.why}" for d in details if d.why)
     detailed = {d.file for d in details}
-    others = [r.rank for r in run.ranks if r.file not in detailed and r.rank is not None][:2]
-    example = ",".join(map(str, others)) or "3,17"
-    return (f"Detail below for {chosen} ({why}). The other {n_files - len(details)} files are in the run tables "
-            f"above; for their detail, run the report again with --detail-ranks {example} (rank numbers) or "
-            "--detail-ranks all.")
+    others = list(dict.fromkeys(r.rank for r in run.ranks if r.file not in detailed and r.rank is not None))[:2]
+    how = (f"--detail-ranks {','.join(map(str, others))} (rank numbers) or --detail-ranks all" if run.cross_rank
+           and others else "--detail-ranks all")
+    where = "in the run tables above" if run.cross_rank else "among the files above"
+    return (f"Detail below for {chosen} ({why}). The other {n_files - len(details)} files are {where}; for their "
+            f"detail, run the report again with {how}.")
 
 
 def report_run(paths, *, engine: "str | Engine" = "local", jobs: int = 1, address: str | None = None,

@@ -5,7 +5,9 @@ Three sources, in this order, per level (the result says which one was used):
 1. ``annotations``: record_function/NVTX ranges open on the CPU thread when the event was
    *launched* (correlation id -> launch -> enclosing ranges), never whatever GPU range
    happens to overlap it in time: with two-batch overlap, one micro-batch's all-to-all
-   runs under the other's compute.
+   runs under the other's compute.  CUDA-graph kernels carry their own annotations when
+   PyTorch 2.12+ wrote them (``mark_kernels`` scopes merged into their args by
+   ``torch.cuda._annotate_cuda_graph_trace``): read by the same patterns.
 2. ``threads``: frameworks that drive each micro-batch from its own CPU thread (vLLM's
    dual-batch overlap): the launching thread is the micro-batch.
 3. ``inferred``: no annotations (SGLang-style single-thread TBO, or a stripped trace).
@@ -13,8 +15,10 @@ Three sources, in this order, per level (the result says which one was used):
    launch stream is cut into *stages* ending at each group of communication launches;
    consecutive stages alternate between micro-batches, and the number of micro-batches is
    how many consecutive stages share the same kind of work.  Layers are counted by the
-   attention kernels (or, without attention kernels, by the communication groups) of each
-   micro-batch; iterations by ``cudaDeviceSynchronize`` on the launching thread.
+   attention groups (without attention kernels: the repeating GEMM, else the dispatch or
+   communication groups) of each micro-batch, each starting at its input norm; iterations by ``cudaDeviceSynchronize`` on the launching thread.  CUDA-graph
+   replays get theirs from the replay streams (one branch per micro-batch) or from the
+   repetition of each micro-batch's kernels (``_replay_microbatches``), one iteration per launch.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ KINDS: list[tuple[str, str, str]] = [
     ("Other compression", "zstd, bzip2, xz, lz4 (whole and cut in half), zstd named `.json.gz`, zstd frames and "
      "junk after them, corrupt xz, zip of one trace or of two, a `.tar.gz` of a run directory, an xz bomb",
      r"z-"),
+    ("Compressed stream cut at its start", "gzip, zstd, bzip2, xz, lz4 cut inside the magic bytes, just after the "
+     "header, early in the first block (named `.json`: told by content); a zip cut in its magic or in half",
+     r"zcut-"),
     ("Truncated plain trace", "Kineto text cut at many offsets: in the header, a name, a number, args, "
      "between events, in the keys after the array", r"cut-"),
     ("Truncated bare array", "a Chrome JSON array of events, cut short", r"bare-cut-"),

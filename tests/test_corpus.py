@@ -31,6 +31,7 @@ from conftest import PROJECT_FIXTURES, ROOT
 from traceview.cli import main
 from traceview.cli.common import parse_size
 from traceview.errors import TraceError
+from traceview.load.reader import TRACE_SUFFIXES
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 CASES = json.loads((CORPUS / "cases.json").read_text())["cases"]
@@ -665,38 +666,174 @@ def test_nul_bytes_after_a_valid_head_under_a_memory_limit(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_a_worker_that_dies_or_memory_that_runs_out_is_one_line_naming_the_file(tmp_path, monkeypatch):
-    from concurrent.futures.process import BrokenProcessPool
+def _holders(path: Path) -> list[int]:
+    """The processes (other than this one) that have ``path`` open, from /proc/*/fd."""
+    pids = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        pid = int(fd_dir.parent.name)
+        if pid == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == str(path) for fd in fd_dir.iterdir()):
+                pids.append(pid)
+    return pids
 
-    from traceview.load import reader
 
-    p = tmp_path / "rank0.json.gz"
-    p.write_bytes(_good_bytes())
-    for exc, words in ((BrokenProcessPool("A process in the process pool was terminated abruptly"),
-                        "a decoding worker process died while decoding it"),
-                       (MemoryError(), "out of memory while loading it")):
-        def boom(*_a, exc=exc, **_k):
-            raise exc
+def test_a_worker_killed_mid_file_is_one_line_naming_it_and_the_others_are_analyzed(tmp_path):
+    """``--jobs 2`` over a real rank and a FIFO: each worker that opens the FIFO is killed with
+    SIGKILL (what the OOM killer sends) while it reads.  The FIFO's line names it and the signal,
+    exit 2, no traceback, no internal error; the real rank is still analyzed."""
+    import threading
 
-        monkeypatch.setattr(reader, "_load", boom)
-        code, out, err = run_cli("analyze", str(p))
-        assert code == 2 and err.count("\n") == 1 and "Traceback" not in out + err
-        assert err.startswith(f"traceview: error: {p}: {words} (") and "bytes on disk" in err
+    good = tmp_path / "rank0.json.gz"
+    good.write_bytes(_good_bytes())
+    fifo = tmp_path / "rank1.json"
+    os.mkfifo(fifo)
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set():
+            fd = os.open(fifo, os.O_WRONLY)  # blocks until a worker opens the FIFO to read it
+            try:
+                if stop.is_set():
+                    return
+                for _ in range(200):  # the worker now blocks reading it: find it, kill it
+                    pids = [p for p in _holders(fifo) if p not in killed]  # (a dying one still holds it)
+                    if pids:
+                        for pid in pids:
+                            os.kill(pid, signal.SIGKILL)
+                            killed.append(pid)
+                        break
+                    threading.Event().wait(0.01)
+            finally:
+                os.close(fd)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        with watchdog(120):
+            code, out, err = run_cli("analyze", "--jobs", "2", str(good), str(fifo))
+    finally:
+        stop.set()
+        with contextlib.suppress(OSError):  # unblock the killer's open
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        t.join(10)
+    assert len(killed) == 2  # the pool's worker, then the file's own process
+    assert code == 2 and "Traceback" not in out + err and "internal error" not in err
+    assert err == (f"traceview: error: {fifo}: the worker process analyzing it was killed (signal 9, SIGKILL: out "
+                   "of memory? the kernel's OOM killer sends SIGKILL; try fewer --jobs or more memory)\n")
+    assert "rank0" in out and "GPU time" in out  # the other file, analyzed
+
+
+def test_died_reason_names_the_signal_or_the_status():
+    from traceview.processes import died_reason
+
+    assert died_reason(-15) == "the worker process analyzing it was killed (signal 15, SIGTERM)"
+    assert died_reason(3, "decoding it") == "the worker process decoding it exited with status 3 before it finished"
 
 
 def test_the_whole_corpus_through_gate_diff_and_report():
-    """Every corpus case, old and new, through gate and diff in one run each (and the round-two
-    families through report): exit 0/1/2, each error one line naming its file, no traceback, no
-    internal error."""
+    """Every corpus case, old and new, through gate, diff and report (analyze: each case above,
+    one by one): one run of each over every file (diff: one base against the whole corpus
+    directory, then the archives its scan does not take), exit 0/1/2, each error one line naming
+    its file, no traceback, no internal error, no hang."""
     files = [str(CORPUS / c["file"]) for c in CASES]
-    with watchdog(300):
-        runs = [run_cli("gate", "--no-config", "--max-exposed-comm", "50%", *files)]
-        new = [f for f in files if Path(f).name.split("-", 1)[1].startswith(("exp-", "enc-", "z-"))]
-        for family in ("-exp-pid-two-gpus", "-enc-utf-16-gz", "-z-zstd-named-gz", "-z-tar-gz-run"):
-            runs.append(run_cli("diff", str(CORPUS / CASES[0]["file"]), next(f for f in new if family in f)))
-        runs.append(run_cli("report", "-o", os.devnull, *new))
-    for code, out, err in runs:
-        assert code in (0, 1, 2) and "Traceback" not in out + err and "internal error" not in err, err
+    unscanned = [f for f in files if not f.endswith(TRACE_SUFFIXES)]  # .zip, .tar.gz
+    assert unscanned and len(unscanned) < 10
+    with watchdog(600):
+        runs = {"gate": run_cli("gate", "--no-config", "--max-exposed-comm", "50%", *files),
+                "report": run_cli("report", "-o", os.devnull, *files),
+                "diff": run_cli("diff", files[0], str(CORPUS), "--format", "json")}
+        for f in unscanned:
+            runs[f"diff {Path(f).name}"] = run_cli("diff", files[0], f)
+    named = set(files) | {str(CORPUS / "cases.json")}
+    for what, (code, out, err) in runs.items():
+        assert code in (0, 1, 2) and "Traceback" not in out + err and "internal error" not in err, (what, err)
         for line in err.splitlines():
-            if line.startswith("traceview: error: "):
-                assert any(line.startswith(f"traceview: error: {f}: ") for f in files), line
+            if line.startswith(("traceview: error: ", "traceview: note: ", "traceview: warning: ")):
+                assert any(line.split(": ", 2)[2].startswith(f"{f}: ") for f in named), (what, line)
+    # the report and the diff analyzed every case that analyzes, and named every one that does not
+    errors = {c["file"] for c in CASES if c["expect"]["exit"] == 2 and "max_bytes" not in c["expect"]}
+    for what in ("report", "diff"):  # (a scan skips a non-trace with a note; named, it is an error)
+        err = runs[what][2]
+        said = ("traceview: error: ",) if what == "report" else ("traceview: error: ", "traceview: note: ")
+        missing = [f for f in errors if (what == "report" or f.endswith(TRACE_SUFFIXES))
+                   and not any(f"{s}{CORPUS / f}: " in err for s in said)]
+        assert not missing, (what, missing[:5])
+    doc = json.loads(runs["diff"][1])
+    assert len(doc["pairs"]) >= len(CASES) - len(errors) - len(unscanned) - 20
+
+
+# --- round two: string pids named in every output ----------------------------------------------
+
+INTERNAL_ID = re.compile(r"-\d{15,}")  # a named device's internal id (load/decode.py: named_id)
+
+
+def _pid_case(family: str) -> Path:
+    return CORPUS / next(c["file"] for c in CASES if c["file"].split("-", 1)[1] == f"exp-pid-{family}.json.gz")
+
+
+def test_string_pids_are_shown_by_name_in_gate_diff_junit_and_run(tmp_path):
+    """pids given as strings ("GPU 0", SGLang's "[TP00-DP00-PP00-EP03] 495"): gate lines, JUnit,
+    GitHub annotations, the diff tables and JSON, a gate baseline from a saved document, the
+    per-GPU segment and tax tables and the run summaries all say the given name, never the
+    internal id; the two GPUs stay distinct and pair with themselves across files."""
+    import xml.etree.ElementTree as ET
+
+    sglang, two, names = _pid_case("sglang"), _pid_case("two-gpus"), _pid_case("names")
+    junit, doc = tmp_path / "j.xml", tmp_path / "two.json"
+    assert run_cli("analyze", str(two), "--format", "json", "-o", str(doc))[0] == 0
+    runs = {
+        "gate": run_cli("gate", "--no-config", "--max-exposed-comm", "1%", "--github", "--junit", str(junit),
+                        str(sglang), str(two), str(names)),
+        "gate-baseline": run_cli("gate", "--no-config", "--baseline", str(doc), "--max-regression", "5%", str(two)),
+        "diff": run_cli("diff", str(two), str(two)),
+        "diff-doc": run_cli("diff", str(doc), str(sglang)),
+        "diff-json": run_cli("diff", str(two), str(two), "--format", "json"),
+        "by-microbatch": run_cli("analyze", str(two), "--by", "microbatch", "--tax"),
+    }
+    for what, (code, out, err) in runs.items():
+        assert code in (0, 1) and "Traceback" not in out + err, (what, err)
+        if what != "diff-json":  # (JSON keeps the stable id as "device", beside "device_name")
+            assert INTERNAL_ID.search(out + err) is None, (what, INTERNAL_ID.search(out + err).group())
+    gate = runs["gate"][1]
+    assert "rank 0 [TP00-DP00-PP00-EP03] 495  [" in gate and "rank 0 GPU 1  [" in gate
+    annotations = [ln for ln in gate.splitlines() if ln.startswith("::error")]
+    assert len(annotations) == 4 and any("(rank 0 [TP00-DP00-PP00-EP03] 495)" in a for a in annotations)
+    cases = [c.get("name") for c in ET.parse(junit).iter("testcase")]
+    assert "exposed_comm_pct [rank 0 GPU 0]" in cases and "exposed_comm_pct [rank 0 GPU 1]" in cases
+    assert INTERNAL_ID.search(junit.read_text()) is None
+    # a baseline document carries the names: each GPU pairs with itself, by name
+    assert runs["gate-baseline"][1].count("vs baseline rank 0 GPU 0") >= 1
+    assert "(by position)" not in runs["gate-baseline"][1]
+    pairs = json.loads(runs["diff-json"][1])["pairs"]
+    assert [(p["base"]["device_name"], p["new"]["device_name"], p["matched_by"]) for p in pairs] == \
+        [("GPU 0", "GPU 0", "same rank and GPU"), ("GPU 1", "GPU 1", "same rank and GPU")]
+    assert pairs[0]["base"]["device"] != pairs[1]["base"]["device"]  # distinct devices
+    assert "rank 0 [TP00-DP00-PP00-EP03] 495" in runs["diff-doc"][1]
+    # the run's per-rank summaries (RankSummary) carry the name too
+    run = traceview.analyze_run([sglang, two])
+    assert sorted(r.device_name for r in run.ranks) == ["GPU 0", "GPU 1", "[TP00-DP00-PP00-EP03] 495"]
+    assert all(r.to_dict()["device_name"] == r.device_name for r in run.ranks)
+
+
+def test_memory_that_runs_out_while_loading_is_one_line_naming_the_file(tmp_path):
+    """A real address-space limit (set in the child just above what it already maps, so it holds
+    on any machine) that a 96 MB kernel name (``scripts/make_scale_cases.py``, from a real kernel)
+    cannot fit in: one line naming the file and that memory ran out, exit 2, no traceback, not
+    a crash in the compiled decoder or polars."""
+    mod = _scale_cases()
+    p = mod.huge_name(tmp_path / "rank0.json", 96 << 20)
+    code = ("import re, resource, sys\n"
+            "from traceview.cli import main\n"
+            "import polars as pl; pl.DataFrame({'a': [1]}).group_by('a').len()  # (its thread pools)\n"
+            "vm = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) << 10\n"
+            "limit = vm + (144 << 20)\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+            "sys.argv = ['traceview', 'analyze', sys.argv[1]]; main()\n")
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.startswith(f"traceview: error: {p}: out of memory while loading it ({p.stat().st_size:,} bytes") and \
+        r.stderr.count("\n") == 1, r.stderr[-2000:]

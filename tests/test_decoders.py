@@ -163,7 +163,6 @@ DECLINED = {  # a clean kernel event, then the one thing that makes the compiled
     "escaped surrogate": '"name": "x\\ud800"',
     "invalid JSON in an unread field": '"junk": tru',
     "non-ASCII category": '"cat": "\u212aernel"',
-    "bytes as '--5'": '"args": {"bytes": "--5"}',
     "string ts": '"ts": "5"',
     "pid as a float": '"pid": 1.0',
     "args not an object": '"args": null',
@@ -180,10 +179,33 @@ def test_unusual_pieces_are_left_to_the_python_path(extra, tmp_path):
     clean = '{"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 1.5, "dur": 2}'
     assert native.decode(("[" + clean + "]").encode()) is not None
     assert native.decode(("[" + clean + ", " + event + "]").encode()) is None
-    if "--5" in extra:  # the compiled path declines; the Python path's answer is a bug of its own
-        pytest.xfail("decode._int raises ValueError on the string '--5' (int('--5')): a traceback, for issue 19")
     path = tmp_path / "t.json"
     path.write_text('{"traceEvents": [' + clean + ", " + event + "]}", encoding="utf-8")
+    _same(path)
+
+
+MALFORMED_BYTES = {"--5": None, "-": None, "": None, "5-": None, "-+5": None, "1e3": None, " 5": None,
+                   "-0": 0, "007": 7, "-9223372036854775808": -(1 << 63), "9223372036854775808": None,
+                   "\u0663": 3}  # (an Arabic-Indic digit: a decimal digit to Python)
+
+
+@pytest.mark.parametrize("use_compiled", [False, pytest.param(True, marks=compiled)])
+def test_malformed_numeric_strings_in_bytes_are_null_on_both_paths(tmp_path, use_compiled):
+    """``"bytes": "--5"`` and its kin on real memcpy events: null (not a number), never a
+    traceback, the same on both decoders; the other events keep their real byte counts."""
+    src = json.loads(__import__("gzip").decompress((PROJECT_FIXTURES / "prefill_serial_rank0.json.gz").read_bytes()))
+    copies = [e for e in src["traceEvents"] if e.get("cat") in ("gpu_memcpy", "gpu_memset")][:60]
+    assert len(copies) > len(MALFORMED_BYTES) and all(isinstance(e["args"]["bytes"], int) for e in copies)
+    values = list(MALFORMED_BYTES)
+    for e, v in zip(copies, values):
+        e["args"]["bytes"] = v
+    path = tmp_path / "bytes.json"
+    path.write_text(json.dumps({"traceEvents": copies}), encoding="utf-8")
+    tr = _load(path, use_compiled)
+    assert not isinstance(tr, TraceError), tr
+    got = tr.events.filter(pl.col("kind").is_in(["gpu_memcpy", "gpu_memset"]))["bytes"].to_list()
+    want = [MALFORMED_BYTES[v] for v in values] + [e["args"]["bytes"] for e in copies[len(values):]]
+    assert got == want
     _same(path)
 
 

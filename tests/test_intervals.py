@@ -26,6 +26,17 @@ def test_union_matches_reference(xs):
     assert [[a, b] for a, b in zip(s.tolist(), e.tolist())] == ref.merge(xs)
 
 
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=4), interval), max_size=60))
+def test_measure_by_group_matches_the_reference_group_by_group(items):
+    """The grouped union (one sort, a running maximum that restarts per group) equals the
+    reference union of each group on its own, touching and nested intervals included."""
+    g = np.array([k for k, _ in items], dtype=np.int64)
+    s, e = arr([x for _, x in items])
+    got = iv.measure_by_group(s, e, g, 6)
+    want = [ref.length(ref.merge([x for k, x in items if k == group])) for group in range(6)]
+    assert got.tolist() == want
+
+
 @given(interval_sets, interval_sets)
 def test_intersection_and_difference_measures(a, b):
     assert iv.intersection_measure(arr(a), arr(b)) == pytest.approx(ref.length(ref.intersection(a, b)))

@@ -8,9 +8,7 @@ each number is computed in exactly one place.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -24,7 +22,7 @@ from .load.health import HealthIssue, trace_health
 from .load.reader import missing_reason
 from .metrics import GpuMetrics, all_devices
 from .metrics.iterations import ITERATION_EXTRA, iteration_summary, iteration_table
-from .metrics.segments import segment_table
+from .metrics.segments import labelled, segment_table
 from .metrics.tax import overlap_tax_with_notes
 from .segment import LevelPatterns, Segmentation, segment
 
@@ -63,7 +61,7 @@ class TraceAnalysis:
         """Per-segment compute / overlapped / exposed communication (see metrics/segments.py);
         by iteration also the iteration's duration, idle and what-if (metrics/iterations.py)."""
         if by not in self._segment_cache:
-            df = segment_table(self.kernels, self.segmentation, by)
+            df = segment_table(self.kernels, self.segmentation, by, self._labelled)
             if by == "iteration" and df.height:
                 it = self.iterations.select("device", "iteration", *ITERATION_EXTRA)
                 df = df.join(it, on=["device", "iteration"], how="left", maintain_order="left")
@@ -73,6 +71,11 @@ class TraceAnalysis:
     @functools.cached_property
     def _segment_cache(self) -> dict[str, pl.DataFrame]:
         return {}
+
+    @functools.cached_property
+    def _labelled(self) -> pl.DataFrame:
+        """The GPU events with their segment labels: joined once, read by every view."""
+        return labelled(self.kernels, self.segmentation)
 
     def overlap_tax(self) -> pl.DataFrame:
         """How much slower compute kernels ran beside communication than alone."""
@@ -202,11 +205,15 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None,
         return SkippedInput(e.path, e.reason) if isinstance(path, ScannedPath) else e
     except TraceError as e:
         return e
+    except MemoryError:  # (after the load, which names its own: classifying, measuring)
+        return TraceError(path, "out of memory while analyzing it (a memory limit such as ulimit -v or a "
+                                "container's is too small for it; try fewer --jobs)")
     if summarize:
         a.rank_summaries  # noqa: B018  (computed while the events are here)
     if not keep_events:
         a.verdict_inputs()  # what the verdict reads, measured while the events are here
         a.trace.events = None  # type: ignore[assignment]  # (anything that still reads it fails loudly)
+        a.__dict__.pop("_labelled", None)  # (a copy of the events' rows: not kept per rank)
     return a
 
 
@@ -236,15 +243,11 @@ def analyze_many(paths: list[Path], rules_file: str | None = None, jobs: int = 1
     work = [(p, rules_file, max_bytes, patterns, workers, keep_events) for p in paths]
     if not parallel:
         results = [_analyze_one(w, progress, summarize) for w in work]
-    else:
-        # spawn, not fork: forking a process that runs polars thread pools can deadlock
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=spawn) as pool:
-            futures = {pool.submit(_analyze_one, w, None, summarize): path for w, path in zip(work, paths)}
-            if progress is not None:
-                for fut in as_completed(futures):
-                    progress(futures[fut], 1, 1)
-            results = [f.result() for f in futures]
+    else:  # (a worker that dies is reported by the file it held: processes.py)
+        from .processes import map_files
+
+        results = map_files(functools.partial(_analyze_one, summarize=summarize), work, paths,
+                            min(jobs, len(paths)), None if progress is None else (lambda i: progress(paths[i], 1, 1)))
     if skipped is not None:
         skipped.extend(r for r in results if isinstance(r, SkippedInput))
     results = [r for r in results if not isinstance(r, SkippedInput)]

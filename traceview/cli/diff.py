@@ -11,7 +11,7 @@ from rich.console import Console
 from ..errors import TraceError
 from ..compare import diff_paths, render_diff
 from ..report.text import display_path, json_dumps, one_line
-from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, rules_option,
+from .common import (EXIT_INPUT, error_line, handle_errors, jobs_option, max_bytes_option, note_skipped, rules_option,
                      segment_patterns, segments_option)
 from .gate import write_file
 from .progress import LoadProgress
@@ -41,8 +41,10 @@ def diff_cmd(base, new, kernels, top, pairs, fmt, output, rules_file, segments_f
     BASE and NEW are trace files, directories of per-rank traces, or 'analyze --format json' documents.
     GPUs pair up by rank and device, else by position (so rank 0 of one run compares with rank 1).
     """
+    skipped: list = []
     result, errors = diff_paths([base], [new], rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
-                                patterns=segment_patterns(segments_file), progress=LoadProgress)
+                                patterns=segment_patterns(segments_file), progress=LoadProgress, skipped=skipped)
+    note_skipped(skipped)
     for e in errors:
         error_line(e)
     warned = {g.file: g.warnings for p in result.pairs for g in (p.base, p.new) if g.warnings}
@@ -69,7 +71,7 @@ def diff_cmd(base, new, kernels, top, pairs, fmt, output, rules_file, segments_f
         except OSError as e:
             raise TraceError(output, f"cannot write: {e.strerror or e}") from None
         try:
-            console = Console(file=out, width=None if out.isatty() else 160)
+            console = Console(file=out, width=None if out.isatty() else 160, markup=False, emoji=False)
             render_diff(result, console, top=top, kernels=kernels, pairs=pairs)
         finally:
             if output:

@@ -16,11 +16,15 @@ For each GPU pair:
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 import polars as pl
 
+from ..errors import TraceError
 from ..gate.checks import match_gpus
 from ..gate.summary import SEGMENT_VIEWS, GpuSummary, load_inputs
 
@@ -174,9 +178,9 @@ class GpuDiff:
 
         return {
             "base": {"file": self.base.file, "rank": self.base.rank, "device": self.base.device,
-                     "iterations": self.base.iterations},
+                     "device_name": self.base.device_name, "iterations": self.base.iterations},
             "new": {"file": self.new.file, "rank": self.new.rank, "device": self.new.device,
-                    "iterations": self.new.iterations},
+                    "device_name": self.new.device_name, "iterations": self.new.iterations},
             "matched_by": self.matched_by,
             "findings": [f.to_dict() for f in self.findings],
             "notes": self.notes,
@@ -202,7 +206,8 @@ class DiffResult:
         rows = []
         for d in self.pairs:
             span, exp = d.total("span_us"), d.total("exposed_comm_us")
-            rows.append({"rank": d.new.rank, "device": d.new.device, "base": d.base.label, "new": d.new.label,
+            rows.append({"rank": d.new.rank, "device": d.new.device, "device_name": d.new.device_name,
+                         "base": d.base.label, "new": d.new.label,
                          "iteration_base_us": span.base, "iteration_new_us": span.new, "iteration_delta_us": span.delta,
                          "iteration_delta_pct": _pct(span.new, span.base), "exposed_comm_base_us": exp.base,
                          "exposed_comm_new_us": exp.new, "exposed_comm_delta_us": exp.delta,
@@ -415,19 +420,57 @@ def diff_summaries(base: list[GpuSummary], new: list[GpuSummary],
 
 def diff_paths(base: Iterable[str], new: Iterable[str], rules_file: str | None = None, jobs: int = 1,
                max_bytes: int | None = None, views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True,
-               patterns=None, progress=None):
+               patterns=None, progress=None, skipped: list | None = None):
     """Load both sides (traces, rank directories or saved documents) and diff them.
 
     Returns ``(DiffResult, errors)``; errors are ``TraceError`` for inputs that could not be read.
+    Files of a scanned directory that hold no trace are appended to ``skipped`` (for a note).
     """
     views = list(views)
-    b, e1 = load_inputs(list(base), views=views, kernels=kernels, rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
-                        patterns=patterns, progress=progress)
-    n, e2 = load_inputs(list(new), views=views, kernels=kernels, rules_file=rules_file, jobs=jobs, max_bytes=max_bytes,
-                        patterns=patterns, progress=progress)
+    sides = [list(base), list(new)]
+    load = functools.partial(_load_side, views=views, kernels=kernels, rules_file=rules_file, jobs=jobs,
+                             max_bytes=max_bytes, patterns=patterns)
+    if _side_by_side(sides):  # two big inputs: each analysed in its own process, at once
+        from ..processes import map_files
+
+        done = map_files(load, sides, [Path(side[0]) if side else Path(".") for side in sides], 2)
+        (b, e1, s1), (n, e2, s2) = [([], [r], []) if isinstance(r, TraceError) else r for r in done]
+    else:
+        b, e1, s1 = load(sides[0], progress=progress)
+        n, e2, s2 = load(sides[1], progress=progress)
+    if skipped is not None:
+        skipped.extend(s1 + s2)
     if not b or not n:
         return DiffResult([]), e1 + e2
     return diff_summaries(b, n, views), e1 + e2
+
+
+def _load_side(paths: list, **options) -> tuple[list[GpuSummary], list, list]:
+    """One side's summaries, errors and skipped files (``load_inputs``; runs in a worker too)."""
+    skipped: list = []
+    summaries, errors = load_inputs(paths, skipped=skipped, **options)
+    return summaries, errors, skipped
+
+
+#: Both sides at least this big on disk (and two cores): they are analysed in two processes at
+#: once (below it, starting a process costs more than it saves).
+SIDE_BY_SIDE_BYTES = 128 << 20
+
+
+def _side_by_side(sides: list[list]) -> bool:
+    if (os.cpu_count() or 1) < 2 or not all(sides):
+        return False
+    return min(sum(_bytes_on_disk(Path(p)) for p in side) for side in sides) >= SIDE_BY_SIDE_BYTES
+
+
+def _bytes_on_disk(p: Path) -> int:
+    """A file's size, or the sizes of the files directly in a directory (0 when unreadable)."""
+    try:
+        if p.is_dir():
+            return sum(q.stat().st_size for q in p.iterdir() if q.is_file())
+        return p.stat().st_size
+    except OSError:
+        return 0
 
 
 def kernel_frame(changes: list[KernelChange]) -> pl.DataFrame:

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..report.text import clean, short_kernel_name
+from ..report.text import clean, gpu_cell, short_kernel_name
 from .diff import TOTAL_LABELS, DiffResult, GpuDiff
 
 
@@ -62,7 +62,7 @@ def _summary(result: DiffResult, console: Console) -> None:
               "exposed comm new", "delta exposed"):
         t.add_column(c, justify="right")
     for r in result.summary_rows():
-        t.add_row("-" if r["rank"] is None else str(r["rank"]), str(r["device"]), _ms(r["iteration_base_us"]),
+        t.add_row("-" if r["rank"] is None else str(r["rank"]), gpu_cell(r["device"], r["device_name"]), _ms(r["iteration_base_us"]),
                   _ms(r["iteration_new_us"]), _d(r["iteration_delta_us"]),
                   _pct(r["iteration_new_us"], r["iteration_base_us"]), _ms(r["exposed_comm_base_us"]),
                   _ms(r["exposed_comm_new_us"]), _d(r["exposed_comm_delta_us"]))

@@ -139,10 +139,14 @@ class CheckResult:
     baseline: float | None = None          # regression checks: the baseline value (per iteration)
     baseline_where: str | None = None      # regression checks: which baseline GPU, how matched
     detail: str = ""                       # extra words for the line (comm time, why skipped)
+    device_name: str | None = None         # the GPU's name where its pid was a string ("GPU 0")
 
     @property
     def where(self) -> str:
-        w = f"rank {self.rank} GPU {self.device}" if self.rank is not None else f"GPU {self.device}"
+        from ..report.text import device_label
+
+        gpu = device_label(self.device, self.device_name)
+        w = f"rank {self.rank} {gpu}" if self.rank is not None else gpu
         if self.segment:
             w += " " + SegmentRow(self.segment, 0, 0, 0, {}).where()
         return w
@@ -286,10 +290,14 @@ def _basename(path: str) -> str:
 
 # --- evaluation --------------------------------------------------------------------------------
 
+def _at(g: GpuSummary) -> dict:
+    """Where a check on this GPU was made: its file, rank, device and the device's given name."""
+    return dict(file=g.file, rank=g.rank, device=g.device, device_name=g.device_name)
+
+
 def _skips(g: GpuSummary, t: Thresholds, detail: str, segment: dict | None = None) -> list[CheckResult]:
     """A SKIP line for each exposed-comm check asked for: there is nothing to measure, and why."""
-    return [CheckResult(check, SKIP, None, thr, unit, file=g.file, rank=g.rank, device=g.device, segment=segment,
-                        detail=detail)
+    return [CheckResult(check, SKIP, None, thr, unit, **_at(g), segment=segment, detail=detail)
             for check, thr, unit in (("exposed_comm_pct", t.max_exposed_comm_pct, "%"),
                                      ("exposed_comm_ms", t.max_exposed_comm_us, "us"),
                                      ("exposed_of_comm_pct", t.max_exposed_of_comm_pct, "%")) if thr is not None]
@@ -319,7 +327,7 @@ def _absolute_checks(g: GpuSummary, t: Thresholds) -> list[CheckResult]:
     """Exposed communication (share of the iteration, time per iteration, share of comm) of one
     GPU, or of each of its segments."""
     out: list[CheckResult] = []
-    common = dict(file=g.file, rank=g.rank, device=g.device)
+    common = _at(g)
     units = _units(g, t)
     if t.per != "gpu":
         if units and all((k or {}).get(t.per) == "(none)" for k, *_ in units):
@@ -381,14 +389,13 @@ def _regression(check: str, g: GpuSummary, new_pi: float, base_pi: float, t: Thr
     detail = ""
     if status == PASS and new_pi - base_pi > base_pi * t.max_regression_pct / 100.0 + 1e-9:
         detail = f"+{_ms(new_pi - base_pi)} ms is within the {_ms(t.min_regression_us)} ms noise floor"
-    return CheckResult(check, status, new_pi, t.max_regression_pct, "%", file=g.file, rank=g.rank, device=g.device,
-                       segment=segment, category=category, baseline=base_pi, baseline_where=where_base, detail=detail)
+    return CheckResult(check, status, new_pi, t.max_regression_pct, "%", **_at(g), segment=segment, category=category, baseline=base_pi, baseline_where=where_base, detail=detail)
 
 
 def _regression_checks(g: GpuSummary, b: GpuSummary | None, how: str, t: Thresholds) -> list[CheckResult]:
     if b is None:
-        return [CheckResult("regression.exposed_comm", SKIP, None, t.max_regression_pct or 0.0, "%", file=g.file,
-                            rank=g.rank, device=g.device, detail="no GPU in the baseline to compare with")]
+        return [CheckResult("regression.exposed_comm", SKIP, None, t.max_regression_pct or 0.0, "%", **_at(g),
+                            detail="no GPU in the baseline to compare with")]
     where_base = f"baseline {b.label}" + ("" if how == "same rank and GPU" else f" ({how})")
     if g.iterations != b.iterations:
         where_base += f", per iteration: {g.per} vs {b.per}"
@@ -426,7 +433,7 @@ def _warning_checks(gpus: list[GpuSummary], t: Thresholds) -> list[CheckResult]:
             continue
         seen.add(g.file)
         out.append(CheckResult("loader_warnings", FAIL if t.strict else WARN, float(len(g.warnings)), 0.0, "",
-                               file=g.file, rank=g.rank, device=g.device, detail="; ".join(g.warnings)))
+                               **_at(g), detail="; ".join(g.warnings)))
     return out
 
 
@@ -459,6 +466,7 @@ def run_checks(runs: list, t: Thresholds) -> list[CheckResult]:
             first = run.ranks[0] if run.ranks else None
             out.append(CheckResult("run.wait_pct", SKIP, None, t.max_wait_pct, "%", file=first.file if first else "",
                                    rank=None, device=first.device if first else 0,
+                                   device_name=first.device_name if first else None,
                                    detail=f"no cross-rank numbers: {run.reason}"))
             continue
         s = run.straggler
@@ -469,6 +477,7 @@ def run_checks(runs: list, t: Thresholds) -> list[CheckResult]:
             r = by_rank[tm.rank]
             out.append(CheckResult("run.wait_pct", PASS if share <= t.max_wait_pct + 1e-9 else FAIL, share,
                                    t.max_wait_pct, "%", file=r.file, rank=tm.rank, device=r.device,
+                                   device_name=r.device_name,
                                    detail=f"{_ms(tm.per_iteration(tm.exposed_wait_us))} ms/iter of a "
                                           f"{_ms(tm.iteration_us)} ms iteration{who}"
                                           + (f"; {run.partial_note}" if run.partial else "")))

@@ -77,12 +77,17 @@ class GpuSummary:
     tax_us: float | None = None          # overlap tax measured within the run
     source: str = "trace"                # "trace" or "document"
     warnings: tuple[str, ...] = ()       # the loader's warnings for this GPU's file (skipped/repaired events)
+    #: the name the trace gave this GPU as a string ``pid`` ("GPU 0"); shown instead of its internal id
+    device_name: str | None = None
     #: trace health problems of this GPU's file (load/health.py: key, message, count), loader drops left out
     health: tuple[dict, ...] = ()
 
     @property
     def label(self) -> str:
-        return f"GPU {self.device}" if self.rank is None else f"rank {self.rank} GPU {self.device}"
+        from ..report.text import device_label
+
+        gpu = device_label(self.device, self.device_name)
+        return gpu if self.rank is None else f"rank {self.rank} {gpu}"
 
     @property
     def file_name(self) -> str:
@@ -156,10 +161,10 @@ def _rows_from_table(df: pl.DataFrame, view: str) -> dict[int, list[SegmentRow]]
 
 def kernel_table(kernels: pl.DataFrame) -> pl.DataFrame:
     """Kernels grouped by (device, name, launch grid): the identity used to match kernels across runs."""
-    return (kernels.with_columns(pl.col("name").cast(pl.Utf8), pl.col("grid").cast(pl.Utf8).fill_null(""),
-                                 pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8))
-            .group_by("device", "name", "grid", "category", "role")
-            .agg(pl.len().alias("count"), pl.col("dur").sum().alias("time_us")))
+    return (kernels.group_by("device", "name", "grid", "category", "role")  # (on the categories' codes:
+            .agg(pl.len().alias("count"), pl.col("dur").sum().alias("time_us"))  # texts only per group)
+            .with_columns(pl.col("name").cast(pl.Utf8), pl.col("grid").cast(pl.Utf8).fill_null(""),
+                          pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8)))
 
 
 def from_analysis(a: "TraceAnalysis", views: Iterable[str] = SEGMENT_VIEWS, kernels: bool = True, tax: bool = True) -> list[GpuSummary]:
@@ -187,6 +192,7 @@ def from_analysis(a: "TraceAnalysis", views: Iterable[str] = SEGMENT_VIEWS, kern
             kernels=ktab.filter(pl.col("device") == g.device).drop("device") if ktab is not None else None,
             tax_us=taxes.get(g.device, 0.0) if tax else None,
             warnings=tuple(a.trace.warnings),
+            device_name=a.trace.given_name(g.device),
             health=tuple(h.to_dict() for h in a.strict_health()),
         ))
     return out
@@ -219,6 +225,13 @@ def _num(v: Any, path: str, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TraceError(path, f"not a traceview analyze document: {where} is not a number")
     return float(v)
+
+
+def _device(v: Any, path: str, where: str) -> int:
+    """A device id as written (a named device's id is a 63-bit integer: not through a float)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    return int(_num(v, path, where))
 
 
 def from_document(doc: Any, path: str | os.PathLike) -> list[GpuSummary]:
@@ -255,7 +268,7 @@ def from_document(doc: Any, path: str | os.PathLike) -> list[GpuSummary]:
                 cats = r.get("categories") or {} if isinstance(r, dict) else None
                 if not isinstance(cats, dict):
                     raise TraceError(path, f"not a traceview analyze document: {w} is not a segment row")
-                by_dev.setdefault(int(_num(_need(r, "device", path, w), path, w)), []).append(SegmentRow(
+                by_dev.setdefault(_device(_need(r, "device", path, w), path, w), []).append(SegmentRow(
                     keys={k: str(r.get(k)) for k in keys},
                     comm_us=_num(r.get("comm_us"), path, w), exposed_comm_us=_num(r.get("exposed_comm_us"), path, w),
                     compute_us=_num(r.get("compute_us"), path, w),
@@ -264,7 +277,7 @@ def from_document(doc: Any, path: str | os.PathLike) -> list[GpuSummary]:
             seg_rows[view] = by_dev
         for gi, g in enumerate(gpus if isinstance(gpus, list) else []):
             w = f"{where}.gpus[{gi}]"
-            device = int(_num(_need(g, "device", path, w), path, w))
+            device = _device(_need(g, "device", path, w), path, w)
             cats = _need(g, "categories", path, w)
             if not isinstance(cats, dict):
                 raise TraceError(path, f"not a traceview analyze document: {w}.categories is not an object")
@@ -278,6 +291,7 @@ def from_document(doc: Any, path: str | os.PathLike) -> list[GpuSummary]:
                 segments={v: rows.get(device, []) for v, rows in seg_rows.items()},
                 source="document",
                 warnings=tuple(str(x) for x in t.get("warnings") or [] if isinstance(x, str)),
+                device_name=g["device_name"] if isinstance(g.get("device_name"), str) else None,
                 health=tuple(_health_items(t.get("health"))),
             ))
     if not out:

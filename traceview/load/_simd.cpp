@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -142,8 +143,9 @@ bool time_field(bool present, element e, double& v, bool& ok) {
 }
 
 // ``bytes`` is ``int | str | None`` (some exporters write "256"): a string gets decode._int's
-// treatment (under 24 characters, '-'s then decimal digits, within int64; else null); what
-// only Python's str methods decide (non-ASCII digits, several '-') is left to the Python path.
+// treatment (under 24 characters, one optional '-' then decimal digits, within int64; else null,
+// so "--5" is null); what only Python's str methods decide (non-ASCII digits) is left to the
+// Python path.
 bool bytes_field(bool present, element e, int64_t& v, uint8_t& ok) {
   if (!present || e.type() != element_type::STRING) return int_field(present, e, v, ok);
   v = 0;
@@ -157,7 +159,7 @@ bool bytes_field(bool present, element e, int64_t& v, uint8_t& ok) {
   if (i == s.size()) return true;  // "" or "-": not decimal
   for (size_t j = i; j < s.size(); j++)
     if (s[j] < '0' || s[j] > '9') return true;
-  if (i > 1) return false;  // int("--5") raises: the Python path decides
+  if (i > 1) return true;  // "--5": not a number (null), as decode._int says
   // at most 23 characters: fits in __int128 without overflow
   __int128 x = 0;
   for (size_t j = i; j < s.size(); j++) x = x * 10 + (s[j] - '0');
@@ -420,6 +422,12 @@ bool decode_buffer(Worker& w, size_t len) {
   return ok;
 }
 
+void release(Worker& w) {  // give back what a failed allocation left: the Python path needs it
+  std::vector<uint8_t>().swap(w.buf);
+  w.parser = simdjson::dom::parser();
+  w.cols = Columns();
+}
+
 void reserve_padded(Worker& w, size_t len) {
   if (w.buf.size() < len + simdjson::SIMDJSON_PADDING) w.buf.resize(len + simdjson::SIMDJSON_PADDING + (len >> 4));
 }
@@ -502,10 +510,15 @@ PyObject* py_decode(PyObject*, PyObject* arg) {
   size_t len = size_t(view.len);
   bool ok;
   Py_BEGIN_ALLOW_THREADS
-  reserve_padded(w, len);
-  std::memcpy(w.buf.data(), view.buf, len);
-  std::memset(w.buf.data() + len, 0, simdjson::SIMDJSON_PADDING);
-  ok = decode_buffer(w, len);
+  try {  // (under a memory limit an allocation throws: decline, the Python path names the file)
+    reserve_padded(w, len);
+    std::memcpy(w.buf.data(), view.buf, len);
+    std::memset(w.buf.data() + len, 0, simdjson::SIMDJSON_PADDING);
+    ok = decode_buffer(w, len);
+  } catch (const std::bad_alloc&) {
+    release(w);
+    ok = false;
+  }
   Py_END_ALLOW_THREADS
   PyBuffer_Release(&view);
   return finish(w, ok);
@@ -526,6 +539,7 @@ PyObject* py_decode_file(PyObject*, PyObject* args) {
   bool ok = false;
   Py_BEGIN_ALLOW_THREADS
   size_t n = size_t(length);
+  try {  // (under a memory limit an allocation throws: decline, the Python path names the file)
   reserve_padded(w, n + 2);
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd >= 0) {
@@ -547,6 +561,10 @@ PyObject* py_decode_file(PyObject*, PyObject* args) {
       std::memset(b + n + 2, 0, simdjson::SIMDJSON_PADDING);
       ok = decode_buffer(w, n + 2);
     }
+  }
+  } catch (const std::bad_alloc&) {
+    release(w);
+    ok = false;
   }
   Py_END_ALLOW_THREADS
   return finish(w, ok);

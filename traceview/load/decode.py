@@ -162,9 +162,12 @@ def _int(value: Any) -> int | None:
         return value if -(1 << 63) <= value < (1 << 63) else None
     if isinstance(value, float) and math.isfinite(value) and value == int(value):
         return _int(int(value))
-    if isinstance(value, str) and len(value) < 24 and value.lstrip("-").isdecimal():
+    if isinstance(value, str) and len(value) < 24 and _DECIMAL.fullmatch(value):
         return _int(int(value))
-    return None
+    return None  # (a string of several '-', "--5", is not a number: int() would raise)
+
+
+_DECIMAL = re.compile(r"-?\d+")  # one optional minus sign, then decimal digits (as str.isdecimal)
 
 
 MAX_ABS_TIME_US = 1e17  # ~3,000 years in microseconds: anything larger is corrupt

@@ -155,7 +155,7 @@ def _decode(array: bytes | bytearray) -> Piece:
     args = [e.args for e in kept]
     del kept
     skipped: dict[str, int] = {}
-    no_name = pl.Series(names, dtype=pl.Utf8).is_null()
+    no_name = pl.Series([n is None for n in names], dtype=pl.Boolean)  # (not a copy of every name: a name may be 500 MB)
     bad_ts = ~no_name & (ts.is_null() | (ts.abs() > MAX_ABS_TIME_US))
     timed = ~no_name & ~bad_ts
     no_dur = timed & dur.is_null()

@@ -54,13 +54,23 @@ def describe() -> str:
     return "pure Python (msgspec; the compiled decoder is not built)"
 
 
+#: Pieces larger than this (one event of hundreds of MB: a huge kernel name) are declined
+#: before anything is allocated: simdjson's DOM needs ~13 bytes per byte of input (tape and
+#: structural indexes), which under a memory limit would leave too little for the msgspec path.
+MAX_PIECE_BYTES = 256 << 20
+
+
 def decode(array) -> tuple[pl.DataFrame, dict[str, int]] | None:
     """``[ ... ]`` bytes -> (frame, skipped) as ``fast._decode`` makes them; None: not clean."""
+    if len(array) > MAX_PIECE_BYTES:
+        return None
     return _frame(_simd.decode(array))
 
 
 def decode_file(path: str, offset: int, length: int) -> tuple[pl.DataFrame, dict[str, int]] | None:
     """The piece at ``offset`` of ``path``, read and framed by ``_simd`` itself (no Python buffer)."""
+    if length > MAX_PIECE_BYTES:
+        return None
     return _frame(_simd.decode_file(path, offset, length))
 
 

@@ -194,6 +194,22 @@ def compression_of(head: bytes) -> str | None:
     return None
 
 
+def _cut_magic(path: Path, data: bytes) -> None:
+    """A whole file that is the start of a format's magic bytes (2 bytes or more: a stream cut
+    inside its first bytes) is refused by the format's name, not as "not a trace"."""
+    if len(data) >= 2:
+        for magic, fmt in _MAGIC:
+            if len(data) < len(magic) and magic.startswith(data):
+                raise TraceError(path, empty_stream(fmt))
+
+
+def empty_stream(fmt: str) -> str:
+    """The reason of a compressed stream that ends before its first block gives any data."""
+    if fmt == "zip":
+        return "zip archive ends before its first member (truncated or empty)"
+    return f"{fmt} stream ends before its first block (truncated or empty)"
+
+
 def _open_bytes(path: Path, max_bytes: int, spill_bytes: int | None) -> Source:
     with open(path, "rb") as f:
         if not f.seekable():  # a pipe, e.g. <(zcat t.json.gz): read it whole, up to the cap
@@ -203,6 +219,7 @@ def _open_bytes(path: Path, max_bytes: int, spill_bytes: int | None) -> Source:
             if len(data) > max_bytes:
                 raise TraceError(path, f"more than {max_bytes} bytes (raise the limit with --max-bytes)")
             if compression_of(bytes(data[:8])) is None:
+                _cut_magic(path, bytes(data[:8]))
                 return Source(bytes(data))
             f = io.BytesIO(data)  # compressed: decompressed below like a file
         magic = f.read(8)
@@ -215,6 +232,8 @@ def _open_bytes(path: Path, max_bytes: int, spill_bytes: int | None) -> Source:
                                        "(raise it with --max-bytes)")
             if size == 0:
                 return Source(b"")
+            if size < 8:
+                _cut_magic(path, magic)
             try:
                 return Source(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), Path(path))
             except (OSError, ValueError):  # a pipe or a special file: read it
@@ -277,7 +296,7 @@ def _decompress(path: Path, fmt: str, f, max_bytes: int, out: "_Sink") -> GzipDa
                           f"analyzed the {len(out)} bytes before the damage")
     if opened:
         if not len(out):
-            raise TraceError(path, f"{fmt} stream is truncated before any data")
+            raise TraceError(path, empty_stream(fmt))
         return GzipDamage(f"{fmt} stream is cut short", "analyzed what decompressed")
     return None
 
@@ -324,7 +343,12 @@ def _unzip(path: Path, f, max_bytes: int, out: "_Sink") -> None:
                                            "(a bomb?); raise the limit with --max-bytes")
     except TraceError:
         raise
-    except Exception as e:  # BadZipFile, encrypted members, unknown methods, CRC errors, EOF
+    except zipfile.BadZipFile as e:
+        if str(e) == "File is not a zip file":  # a local header, but no central directory at the end
+            raise TraceError(path, "zip archive is cut short (it starts as one but its central directory, "
+                                   "written last, is missing: truncated?)") from None
+        raise TraceError(path, f"cannot read the zip archive (BadZipFile: {e})") from None
+    except Exception as e:  # encrypted members, unknown methods, CRC errors, EOF
         raise TraceError(path, f"cannot read the zip archive ({type(e).__name__}: {e})") from None
     return None
 
@@ -508,7 +532,7 @@ def _gunzip(path: Path, f, max_bytes: int, out: _Sink) -> GzipDamage | None:
     if member_open:
         # Stream cut short (a job killed mid-write): keep what decompressed.
         if not len(out):
-            raise TraceError(path, "gzip stream is truncated before any data")
+            raise TraceError(path, empty_stream("gzip"))
         return GzipDamage("gzip stream is cut short", "analyzed what decompressed")
     return None
 
@@ -737,7 +761,9 @@ class _Table:
     def add(self, src: Source, offset: int, length: int, result: object) -> bool:
         """Decode one piece (or take the worker's result); False if it is not whole events."""
         piece = None
-        if result is _NOT_RUN:
+        if result is _NOT_RUN and src.file is not None:  # read into one bracketed buffer: no copies
+            result = fast.decode_file_piece(str(src.file), offset, length)  # (of a piece that may be 500 MB)
+        elif result is _NOT_RUN:
             piece = src.read(offset, length)
             result = fast.decode_piece(_trim(piece))
         if result is not None:

@@ -18,6 +18,12 @@ EVENT_KINDS = GPU_KINDS + CPU_KINDS + ("gpu_user_annotation",)
 KIND_DTYPE = pl.Enum(list(EVENT_KINDS))
 
 
+def gpu_text(device: int, given_name: str | None) -> str:
+    """A device as a user knows it: its number, or the name its ``pid`` was given as (the one
+    spelling every output uses; the internal id of a named device is never shown)."""
+    return str(device) if given_name is None else given_name
+
+
 @dataclass
 class Trace:
     """One trace file (one rank), loaded.
@@ -81,9 +87,14 @@ class Trace:
         d = self.device_entry(device)
         return None if d is None else d.get("name")
 
+    def given_name(self, device: int) -> str | None:
+        """The string a ``pid`` was given as ("GPU 0", SGLang's "[TP00-DP00-PP00-EP03] 495"):
+        the device's name in every output; None for a numbered device."""
+        return self.thread_names.get(device)
+
     def device_text(self, device: int) -> str:
         """The device as a user knows it: its number, or the name it was given as a string."""
-        return self.thread_names.get(device, str(device))
+        return gpu_text(device, self.given_name(device))
 
     def to_pandas(self) -> "pandas.DataFrame":
         """The event table as a pandas DataFrame, for notebooks (needs pandas + pyarrow)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import polars as pl
 
 from ..timeline import intervals as iv
@@ -79,13 +80,18 @@ def covered(df: pl.DataFrame, keys: list[str]) -> dict[tuple, float]:
     of devices or streams; the same union as ``intervals.measure``, group by group)."""
     if df.height == 0:
         return {}
-    runs = (df.lazy().filter(pl.col("end") > pl.col("ts")).select(*keys, "ts", "end").sort(*keys, "ts")
-            .with_columns(reach=pl.col("end").cum_max().over(keys))
-            .with_columns(run=(pl.col("ts") > pl.col("reach").shift(1).over(keys)).fill_null(True).cum_sum().over(keys))
-            .group_by(*keys, "run").agg(pl.col("ts").min(), pl.col("reach").max())
-            .group_by(keys).agg((pl.col("reach") - pl.col("ts")).sum().alias("us"))
-            .collect())
-    return {tuple(r[:-1]): float(r[-1]) for r in runs.iter_rows()}
+    d = (df.lazy().filter(pl.col("end") > pl.col("ts")).select(*keys, "ts", "end").sort(*keys, "ts")
+         .with_columns(first=pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys])
+                       .fill_null(True))
+         .collect())
+    if d.height == 0:
+        return {}
+    first = d["first"].to_numpy().copy()
+    first[0] = True  # (a null key on the first row: ne_missing(null, null) is False)
+    lengths, rows = iv.sorted_group_runs(d["ts"].to_numpy(), d["end"].to_numpy(), first)
+    per_group = np.zeros(int(first.sum()))
+    np.add.at(per_group, (np.cumsum(first) - 1)[rows], lengths)
+    return {tuple(k): float(us) for k, us in zip(d.filter(pl.Series(first)).select(keys).iter_rows(), per_group)}
 
 
 def all_devices(gpu: pl.DataFrame) -> list[GpuMetrics]:

@@ -38,10 +38,12 @@ def labelled(kernels: pl.DataFrame, seg: Segmentation) -> pl.DataFrame:
         [pl.col(c).fill_null(NONE) for c in lab.columns if c != "row"])
 
 
-def segment_table(kernels: pl.DataFrame, seg: Segmentation, by: str) -> pl.DataFrame:
-    """One row per (device, group) with the metrics above, in a stable order."""
+def segment_table(kernels: pl.DataFrame, seg: Segmentation, by: str,
+                  labelled_kernels: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per (device, group) with the metrics above, in a stable order
+    (``labelled_kernels``: ``labelled(kernels, seg)`` when the caller already has it)."""
     keys = BY_KEYS[by]
-    df = labelled(kernels, seg)
+    df = labelled(kernels, seg) if labelled_kernels is None else labelled_kernels
     frames = []
     for (device,), d in df.partition_by("device", as_dict=True, maintain_order=True).items():
         frames.append(_device_groups(d, int(device), keys))
@@ -55,18 +57,14 @@ def _device_groups(d: pl.DataFrame, device: int, keys: list[str]) -> pl.DataFram
     d = d.join(groups, on=keys, how="left")
     n = groups.height
     gid = d["gid"].to_numpy().astype(np.int64)
-    role = d["role"].cast(pl.Utf8).to_numpy()
     ts, end = d["ts"].to_numpy(), d["end"].to_numpy()
-    compute_mask, comm_mask = role == "compute", role == "comm"
+    role = d["role"].cast(pl.Utf8)  # (masks from polars: not an array of 2 million Python strings)
+    compute_mask, comm_mask = (role == "compute").to_numpy(), (role == "comm").to_numpy()
     k_union = iv.union(ts[compute_mask], end[compute_mask])
     covered, uncovered = iv.split_by_owner(ts[comm_mask], end[comm_mask], gid[comm_mask], n, k_union)
 
-    compute_us = np.zeros(n)
-    comm_us = np.zeros(n)
-    for g in range(n):
-        sel = gid == g
-        compute_us[g] = iv.measure(ts[sel & compute_mask], end[sel & compute_mask])
-        comm_us[g] = iv.measure(ts[sel & comm_mask], end[sel & comm_mask])
+    compute_us = iv.measure_by_group(ts[compute_mask], end[compute_mask], gid[compute_mask], n)
+    comm_us = iv.measure_by_group(ts[comm_mask], end[comm_mask], gid[comm_mask], n)
 
     cover_other = np.full(n, np.nan)
     if keys == ["microbatch"]:

@@ -63,17 +63,14 @@ def _names(names: pl.Series) -> dict[str, str]:
     return {n: esc(short_kernel_name(n, 100)) for n in names.unique().to_list()}
 
 
-def _merge_close(s: np.ndarray, e: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Join sorted disjoint intervals closer than ``gap``: (start, end, pieces, covered length)."""
-    if s.size == 0:
-        return s, e, np.zeros(0, int), np.zeros(0)
-    new = np.ones(s.size, dtype=bool)
-    new[1:] = (s[1:] - e[:-1]) >= gap
-    idx = np.flatnonzero(new)
-    ends = np.maximum.reduceat(e, idx)
-    pieces = np.diff(np.append(idx, s.size))
-    covered = np.add.reduceat(e - s, idx)
-    return s[idx], ends, pieces, covered
+def _hover_names(names: pl.Series) -> pl.Series:
+    """Each event's short, escaped name label, mapped through the categorical codes: the full
+    names are never copied into a new column (a 500 MB name would be, under a memory limit)."""
+    if names.dtype != pl.Categorical:
+        return names.replace_strict(_names(names), return_dtype=pl.Utf8)
+    uniq = names.unique()
+    labels = {code: esc(short_kernel_name(n, 100)) for code, n in zip(uniq.to_physical().to_list(), uniq.to_list())}
+    return names.to_physical().replace_strict(labels, return_dtype=pl.Utf8)
 
 
 def _reduce_intervals(s: np.ndarray, e: np.ndarray, cap: int, r: float, detail_end: float | None = None):
@@ -87,12 +84,12 @@ def _reduce_intervals(s: np.ndarray, e: np.ndarray, cap: int, r: float, detail_e
     ts, te = s[cut:], e[cut:]
     gap = r
     while ts.size:
-        tail = _merge_close(ts, te, gap)
+        tail = iv.join_close(ts, te, gap)
         if tail[0].size <= cap:
             break
         gap *= 2
     else:
-        tail = _merge_close(ts, te, 0.0)
+        tail = iv.join_close(ts, te, 0.0)
     return tuple(np.concatenate([h, t]) for h, t in zip(head, tail))
 
 
@@ -101,10 +98,8 @@ def _kernel_boxes(d: pl.DataFrame, t0: float, span: float, budget: int,
     """Boxes to draw (ts, end, stream, category, role, hover, n, alpha) and (kernels merged,
     resolution, end of the detail window): the kernels themselves when they fit the budget,
     else a detail window plus long kernels and merged bins of short ones."""
-    names = _names(d["name"])
     single = d.with_columns(
-        pl.format("<b>{}</b><br>{} · {}<br>{} · starts at {} ms",
-                  pl.col("name").replace_strict(names, return_dtype=pl.Utf8),
+        pl.format("<b>{}</b><br>{} · {}<br>{} · starts at {} ms", _hover_names(d["name"]),
                   pl.col("category"), _fmt_dur("dur"), pl.col("stream_text"),
                   ((pl.col("ts") - t0) / 1000).round(3)).alias("hover"),
         pl.lit(1, dtype=pl.UInt32).alias("n"), pl.lit(1.0).alias("alpha"))
@@ -262,7 +257,7 @@ def _bar(name: str, y: float, base: np.ndarray, width_ms: np.ndarray, hover: lis
 def gpu_timeline(a, g, budget: int = 10_000, label: str = "", subtitle: str = "") -> Timeline:
     """The timeline figure of GPU ``g`` of analysis ``a`` with at most ``budget`` kernel boxes."""
     d = (a.kernels.filter(pl.col("device") == g.device)
-         .select("row", "ts", "end", "dur", "stream", pl.col("name").cast(pl.Utf8),
+         .select("row", "ts", "end", "dur", "stream", "name",  # (categorical: labels via its codes)
                  pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8))
          .with_columns(pl.col("stream").fill_null(-1))
          .sort("stream", "ts"))

@@ -34,6 +34,7 @@ def _gpu_dict(a: TraceAnalysis, g) -> dict[str, Any]:
     from .verdict import severity, verdict_lines
 
     d = g.to_dict()
+    d["device_name"] = a.trace.given_name(g.device)  # the pid's string, when it was one
     d["per_iteration"] = a.iteration_summary(g.device)
     d["verdict"] = verdict_lines(a, g)
     d["severity"] = severity(a, g)

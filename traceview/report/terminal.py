@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..analysis import TraceAnalysis
-from .text import clean, display_path, fmt_ms, fmt_pct, one_line, short_kernel_name, word
+from .text import clean, display_path, fmt_ms, fmt_pct, gpu_cell, one_line, short_kernel_name, word
 from .verdict import severity, verdict, verdict_lines  # noqa: F401  (verdict: the one-line form)
 
 SEVERITY_STYLE = {"bad": "red", "warn": "yellow", "ok": "green", "none": ""}
@@ -190,7 +190,7 @@ def render_segments(a: TraceAnalysis, by: str, console: Console) -> None:
         tops = sorted(cats, key=lambda c: -(row[c] or 0.0))[:3]
         top_text = ", ".join(f"{clean(c[4:])} {100 * row[c] / total:.0f}%" for c in tops if total and row[c])
         cover = row["cover_other_mb_us"]
-        cells = [str(row["device"])] if multi_gpu else []
+        cells = [gpu_cell(row["device"], a.trace.given_name(row["device"]))] if multi_gpu else []
         cells += [clean(row[k], 40) for k in keys]
         exposed_pct = row["exposed_comm_us"] / row["comm_us"] if row["comm_us"] > 0 else None
         cells += [str(row["events"])]
@@ -227,7 +227,7 @@ def render_tax(a: TraceAnalysis, console: Console) -> None:
                 "slowdown"):
         t.add_column(col, justify="left" if col == "category" else "right")
     for r in tax.iter_rows(named=True):
-        t.add_row(str(r["device"]), clean(r["category"]), r["overlap"], str(r["kernels_with_comm"]),
+        t.add_row(gpu_cell(r["device"], a.trace.given_name(r["device"])), clean(r["category"]), r["overlap"], str(r["kernels_with_comm"]),
                   fmt_ms(r["time_with_comm_us"]), fmt_ms(r["alone_estimate_us"]), fmt_ms(r["tax_us"]),
                   fmt_pct(r["slowdown"]))
     console.print(t)
@@ -322,6 +322,8 @@ def render_reconciliation(a: TraceAnalysis, rec, console: Console) -> None:
                 cells.append(fmt_ms(v * 1000 if v is not None else None))
             elif col in ("efficiency", "vs_model"):
                 cells.append(fmt_pct(v))
+            elif col == "device":
+                cells.append(gpu_cell(v, a.trace.given_name(v)))
             else:
                 cells.append(str(v))
         t.add_row(*cells, style="dim" if r["class"].startswith("unmodeled") else None)

@@ -90,6 +90,17 @@ def one_line(text: object, limit: int | None = None) -> str:
     return clean(_BLANKS.sub(" ", str(text)), limit)
 
 
+def device_label(device: int, given_name: str | None) -> str:
+    """``GPU 3``, or the name the trace gave the GPU as a string ``pid`` ("GPU 0", SGLang's
+    "[TP00-DP00-PP00-EP03] 495"), made safe: what gate, diff, JUnit and the run tables say."""
+    return f"GPU {device}" if given_name is None else one_line(given_name, 80)
+
+
+def gpu_cell(device: int, given_name: str | None) -> str:
+    """The GPU column of a table: its number, or its given name (made safe)."""
+    return str(device) if given_name is None else one_line(given_name, 80)
+
+
 #: What a file name may hold that must not reach a terminal as it is: controls (newlines
 #: included), bidi and invisible characters, bytes that are not UTF-8.
 _PATH_UNSAFE = re.compile(_CONTROL.pattern[:-1] + r"\t\n]")

@@ -693,7 +693,8 @@ def _tandem_blocks(codes: np.ndarray, n: int, major: np.ndarray | None = None) -
 
     Dynamic programming over positions: the most kernels covered, then the most blocks (so four
     identical layers give four blocks of one layer, not two of two).  Equal runs are found with a
-    polynomial prefix hash (uint64, vectorized per start) and confirmed element by element.
+    polynomial prefix hash (uint64, vectorized per start); the blocks chosen are confirmed element
+    by element.
     Returns the copy index (0..n-1) of each kernel, -1 outside every block."""
     L = len(codes)
     out = np.full(L, -1, dtype=np.int64)
@@ -730,18 +731,18 @@ def _tandem_blocks(codes: np.ndarray, n: int, major: np.ndarray | None = None) -
         ok = np.ones(p.size, dtype=bool)
         for m in range(1, n):
             ok &= sub(i + m * p, p) == first
-        for q in p[ok]:
-            q = int(q)
-            if not all(np.array_equal(codes[i:i + q], codes[i + m * q:i + (m + 1) * q]) for m in range(1, n)):
-                continue  # a hash collision
-            c, b = cov[i + n * q] + n * q, blocks[i + n * q] + 1
-            if (c, b) > (cov[i], blocks[i]):
-                cov[i], blocks[i], choice[i] = c, b, q
+        q = p[ok]
+        if q.size == 0:
+            continue
+        c, b = cov[i + n * q] + n * q, blocks[i + n * q] + 1
+        best = np.lexsort((b, c))[-1]  # the most covered, then the most blocks
+        if (c[best], b[best]) > (cov[i], blocks[i]):
+            cov[i], blocks[i], choice[i] = c[best], b[best], q[best]
     i = 0
     while i < L:
         q = int(choice[i])
-        if q == 0:
-            i += 1
+        if q == 0 or not all(np.array_equal(codes[i:i + q], codes[i + m * q:i + (m + 1) * q]) for m in range(1, n)):
+            i += 1  # outside every block (or a hash collision: confirmed here, element by element)
             continue
         for m in range(n):
             out[i + m * q:i + (m + 1) * q] = m

@@ -8,6 +8,7 @@ import gzip
 import json
 import re
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -296,3 +297,24 @@ def test_graph_annotation_args_read_as_range_names():
     from traceview.segment.assign import _scope_values
 
     assert _scope_values('["mb1", "layer.4"]') == ["mb1", "layer.4"] and _scope_values("attn") == ["attn"]
+
+
+def test_tandem_blocks_pick_micro_batches_not_layer_pairs():
+    """Blocks of a replay built from the real TBO graph's own kernel names: mb0/mb1 copies of each stage,
+    four identical layers (so pairs of layers also repeat): the most blocks wins, one stage each; and
+    a 61-layer replay of 6,100 kernels takes well under a second (cached per distinct replay)."""
+    import time
+
+    from traceview.segment.assign import _tandem_blocks
+
+    k = analysis_of(str(EXTRA / "decode_tbo_cudagraph.json.gz")).kernels
+    names = k.filter((pl.col("kind") == "kernel") & (pl.col("correlation") == k["correlation"].min())).sort("ts")["name"]
+    codes = names.cast(pl.Utf8).rank("dense").cast(pl.Int64).to_numpy()
+    body = codes[:40]
+    seq = np.concatenate([body, body, body, body])            # stage S of mb0, mb1, then the same stage again
+    got = _tandem_blocks(seq, 2, np.ones(len(seq), dtype=bool))
+    assert got.tolist() == [0] * 40 + [1] * 40 + [0] * 40 + [1] * 40
+    big = np.concatenate([np.concatenate([codes[:50], codes[:50]]) for _ in range(61)])
+    t = time.perf_counter()
+    assert (_tandem_blocks(big, 2, np.ones(len(big), dtype=bool)) >= 0).all()
+    assert time.perf_counter() - t < 3

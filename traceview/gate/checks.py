@@ -449,8 +449,7 @@ def _health_checks(gpus: list[GpuSummary], t: Thresholds) -> list[CheckResult]:
         seen.add(g.file)
         for h in g.health:
             out.append(CheckResult("trace_health", FAIL if t.strict else WARN, float(h.get("count") or 0), 0.0, "",
-                                   file=g.file, rank=g.rank, device=g.device, category=str(h["key"]),
-                                   detail=str(h["message"])))
+                                   **_at(g), category=str(h["key"]), detail=str(h["message"])))
     return out
 
 

@@ -5,7 +5,9 @@ Three sources, in this order, per level (the result says which one was used):
 1. ``annotations``: record_function/NVTX ranges open on the CPU thread when the event was
    *launched* (correlation id -> launch -> enclosing ranges), never whatever GPU range
    happens to overlap it in time: with two-batch overlap, one micro-batch's all-to-all
-   runs under the other's compute.
+   runs under the other's compute.  CUDA-graph kernels carry their own annotations when
+   PyTorch 2.12+ wrote them (``mark_kernels`` scopes merged into their args by
+   ``torch.cuda._annotate_cuda_graph_trace``): read by the same patterns.
 2. ``threads``: frameworks that drive each micro-batch from its own CPU thread (vLLM's
    dual-batch overlap): the launching thread is the micro-batch.
 3. ``inferred``: no annotations (SGLang-style single-thread TBO, or a stripped trace).
@@ -13,8 +15,10 @@ Three sources, in this order, per level (the result says which one was used):
    launch stream is cut into *stages* ending at each group of communication launches;
    consecutive stages alternate between micro-batches, and the number of micro-batches is
    how many consecutive stages share the same kind of work.  Layers are counted by the
-   attention kernels (or, without attention kernels, by the communication groups) of each
-   micro-batch; iterations by ``cudaDeviceSynchronize`` on the launching thread.
+   attention groups (without attention kernels: the repeating GEMM, else the dispatch or
+   communication groups) of each micro-batch, each starting at its input norm; iterations by ``cudaDeviceSynchronize`` on the launching thread.  CUDA-graph
+   replays get theirs from the replay streams (one branch per micro-batch) or from the
+   repetition of each micro-batch's kernels (``_replay_microbatches``), one iteration per launch.
 """
 
 from __future__ import annotations
@@ -689,7 +693,8 @@ def _tandem_blocks(codes: np.ndarray, n: int, major: np.ndarray | None = None) -
 
     Dynamic programming over positions: the most kernels covered, then the most blocks (so four
     identical layers give four blocks of one layer, not two of two).  Equal runs are found with a
-    polynomial prefix hash (uint64, vectorized per start) and confirmed element by element.
+    polynomial prefix hash (uint64, vectorized per start); the blocks chosen are confirmed element
+    by element.
     Returns the copy index (0..n-1) of each kernel, -1 outside every block."""
     L = len(codes)
     out = np.full(L, -1, dtype=np.int64)
@@ -726,18 +731,18 @@ def _tandem_blocks(codes: np.ndarray, n: int, major: np.ndarray | None = None) -
         ok = np.ones(p.size, dtype=bool)
         for m in range(1, n):
             ok &= sub(i + m * p, p) == first
-        for q in p[ok]:
-            q = int(q)
-            if not all(np.array_equal(codes[i:i + q], codes[i + m * q:i + (m + 1) * q]) for m in range(1, n)):
-                continue  # a hash collision
-            c, b = cov[i + n * q] + n * q, blocks[i + n * q] + 1
-            if (c, b) > (cov[i], blocks[i]):
-                cov[i], blocks[i], choice[i] = c, b, q
+        q = p[ok]
+        if q.size == 0:
+            continue
+        c, b = cov[i + n * q] + n * q, blocks[i + n * q] + 1
+        best = np.lexsort((b, c))[-1]  # the most covered, then the most blocks
+        if (c[best], b[best]) > (cov[i], blocks[i]):
+            cov[i], blocks[i], choice[i] = c[best], b[best], q[best]
     i = 0
     while i < L:
         q = int(choice[i])
-        if q == 0:
-            i += 1
+        if q == 0 or not all(np.array_equal(codes[i:i + q], codes[i + m * q:i + (m + 1) * q]) for m in range(1, n)):
+            i += 1  # outside every block (or a hash collision: confirmed here, element by element)
             continue
         for m in range(n):
             out[i + m * q:i + (m + 1) * q] = m

@@ -87,25 +87,16 @@ def child(engine: str, run_dir: str, jobs: int, ray_cpus: int, out: str) -> None
     cpu = time.process_time() + tree + ch.ru_utime + ch.ru_stime - cpu0
     sizes = [r.nbytes() for r in run.ranks]
     wire = [len(zlib.compress(pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL), 1)) for r in run.ranks]
-    held = [_held_bytes(r) for r in run.ranks]
+    held = [r.unpacked_nbytes() for r in run.ranks]
     doc = {"engine": engine, "wall_s": wall, "cpu_s": cpu, "ray_start_s": start_s,
            "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "driver_rss_before_mb": rss0 / 1024, "summary_bytes_mean": sum(sizes) / max(1, len(sizes)),
            "summary_bytes_max": max(sizes, default=0),
-           "summary_wire_bytes_mean": sum(wire) / max(1, len(wire)), "summary_held_bytes_mean": sum(held) / max(1, len(held)), "ranks": len(run.ranks), "errors": [str(e) for e in run.errors],
+           "summary_wire_bytes_mean": sum(wire) / max(1, len(wire)), "summary_unpacked_bytes_mean": sum(held) / max(1, len(held)), "ranks": len(run.ranks), "errors": [str(e) for e in run.errors],
            "straggler": run.straggler.rank if run.straggler else None, "run": run.to_dict()}
     Path(out).write_text(json.dumps(doc, default=str))
     if engine == "ray":
         ray.shutdown()
-
-
-def _held_bytes(s) -> int:
-    """What one summary's tables occupy in the driver's memory (polars' estimate + numpy arrays)."""
-    import numpy as np
-    import polars as pl
-
-    return sum(v.estimated_size() if isinstance(v, pl.DataFrame) else v.nbytes for v in vars(s).values()
-               if isinstance(v, (pl.DataFrame, np.ndarray)))
 
 
 def _gz_size(p: Path) -> int:

@@ -123,6 +123,24 @@ def run_wait_transfer(per_rank):
     return out
 
 
+
+def queued_intervals(events):
+    """[queued from, start) of each event, sorted by start: from its launch; without one, from
+    the latest end of the events that started before it."""
+    queued, latest = [], min(e[0] for e in events)
+    for s, e, _r, launch in sorted(events, key=lambda e: e[0]):
+        queued.append((launch if launch is not None else latest, s))
+        latest = max(latest, e)
+    return queued
+
+
+def idle_no_queue_in_windows(events, windows):
+    """Per window (a, b): the time in it when no event ran and none was queued (the span of
+    the events minus every event, minus every queued stretch, cut to the window)."""
+    span = [(min(e[0] for e in events), max(e[1] for e in events))]
+    free = difference(difference(span, [(s, e) for s, e, _r, _l in events]), queued_intervals(events))
+    return [length(intersection(free, [(a, b)])) for a, b in windows]
+
 def iteration_metrics(events, iterations):
     """Per iteration window, by brute force over merged lists.
 
@@ -143,10 +161,7 @@ def iteration_metrics(events, iterations):
         def inside(role):
             return intersection([(s, e) for s, e, r, _l in events if r == role], window)
 
-        queued, latest = [], events[0][0]
-        for s, e, _r, launch in events:
-            queued.append((launch if launch is not None else latest, s))
-            latest = max(latest, e)
+        queued = queued_intervals(events)
         compute, comm, memory = inside("compute"), inside("comm"), inside("memory")
         busy = length(compute + comm + memory)
         idle_set = difference(window, compute + comm + memory)

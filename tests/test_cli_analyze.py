@@ -248,3 +248,23 @@ def test_a_rule_with_an_undeclared_category_is_refused(tmp_path):
     assert code == 2 and out == ""
     assert err.strip() == (f"traceview: error: {rules}: rule 1: category 'atention.mla' is not declared: add it under "
                            '[categories] ("atention.mla" = { role = "compute" }) or use a known one')
+
+
+@pytest.mark.parametrize("extra", [["--table", "collectives"], ["--table", "ranks"], ["--by", "microbatch"]])
+def test_parquet_is_the_csv_table(tmp_path, extra):
+    """--format parquet writes the very table --format csv prints (the run's collectives of the EP2 decode
+    pair, its ranks, a --by view), typed; without -o it is a usage error."""
+    import polars as pl
+
+    ranks = [PROJECT_FIXTURES / "gpu-extra" / f"decode_tbo_rank{r}.json.gz" for r in (0, 1)]
+    code, _, err = run("analyze", *ranks, *extra, "--format", "parquet", "-o", tmp_path / "t.parquet")
+    assert code == 0, err
+    code, out, _ = run("analyze", *ranks, *extra, "--format", "csv", "-o", tmp_path / "t.csv")
+    assert code == 0
+    pq, csv = pl.read_parquet(tmp_path / "t.parquet"), pl.read_csv(tmp_path / "t.csv")
+    assert pq.columns == csv.columns and pq.height == csv.height > 1
+    for c in pq.columns:
+        if pq[c].dtype.is_numeric() and csv[c].dtype.is_numeric():
+            assert (pq[c].cast(pl.Float64) - csv[c].cast(pl.Float64)).abs().max() <= 1e-6 * (1 + pq[c].abs().max())
+    code, _, err = run("analyze", *ranks, "--format", "parquet")
+    assert code == 2 and "give -o FILE.parquet" in err

@@ -258,3 +258,17 @@ def test_a_truncated_side_is_warned_about_not_read_as_a_speedup(tmp_path):
     code, out, _ = run("diff", TBO1, cut, "--format", "json")
     (pair,) = json.loads(out)["pairs"]
     assert any("loader warning" in n for n in pair["notes"])
+
+
+def test_a_sidecar_in_a_compared_directory_is_noted_once(tmp_path):
+    """A manifest beside the ranks is skipped with a note, as in analyze, and named once even when both
+    sides scan the same directory; the diff itself still runs."""
+    import shutil
+
+    shutil.copy(SERIAL0, tmp_path / "rank0.json.gz")
+    (tmp_path / "MANIFEST.json").write_text('{"files": {}}')
+    code, out, err = run("diff", tmp_path, tmp_path)
+    assert code == 0 and "iteration time" in out
+    notes = [ln for ln in err.splitlines() if ln.startswith("traceview: note:")]
+    assert notes == [f"traceview: note: {tmp_path / 'MANIFEST.json'}: skipped, not a trace: JSON without "
+                     "'traceEvents' (a sidecar) (found in a directory; name it to get an error instead)"], err

@@ -594,9 +594,10 @@ def test_segments_file_is_honoured_by_gate_like_analyze(tmp_path):
 def test_per_layer_on_a_trace_without_layers_is_a_skip_not_a_pass():
     code, out, _ = run("gate", shared("deepseek/train.json"), "--per", "layer", "--max-exposed-of-comm", "50%")
     assert code == 0
-    line, verdict = out.strip().splitlines()
+    health, line, verdict = out.strip().splitlines()
+    assert health.startswith("WARN  trace health: no record shapes")  # train.json has no shapes: said, not failed
     assert line.startswith("SKIP") and "no layer segments in this trace" in line and "use --by gpu" in line
-    assert verdict == "gate: PASS (1 check, 1 skipped)"
+    assert verdict == "gate: PASS (2 checks, 1 skipped, 1 trace health problem)"
 
 
 def test_share_is_of_the_iteration_not_of_comm():
@@ -633,3 +634,29 @@ def test_baseline_directory_of_traces(tmp_path):
     assert len(span) == 2 and all("vs baseline rank" in l and "(" not in l.split("vs baseline rank")[1] for l in span)
     assert "126.214 ms/iter vs baseline 120.461 ms/iter (+4.8%)" in span[0]
     assert any(l.startswith("FAIL  regression: gemm.grouped time") for l in lines)
+
+
+def test_a_skipped_sidecar_is_a_note_in_junit_github_and_the_summary(tmp_path):
+    """A manifest scanned beside the ranks does not fail the gate; every CI output names it as skipped."""
+    import shutil
+
+    from traceview.gate.junit import step_summary
+
+    shutil.copy(TBO0, tmp_path / "rank0.json.gz")
+    (tmp_path / "MANIFEST.json").write_text('{"files": {}}')
+    xml_path = tmp_path / "j.xml"
+    code, out, _ = run("gate", tmp_path, "--max-exposed-of-comm", "50%", "--junit", xml_path, "--github")
+    assert code == 0
+    xml = xml_path.read_text()
+    validate_jenkins_junit(xml)
+    root = ET.fromstring(xml)
+    (suite,) = [s for s in root if s.get("name") == "traceview gate: skipped inputs"]
+    (case,) = list(suite.iter("testcase"))
+    assert "MANIFEST.json" in case.find("skipped").get("message") and suite.get("skipped") == "1"
+    assert int(root.get("tests")) == sum(int(s.get("tests")) for s in root)
+    notices = [ln for ln in out.splitlines() if ln.startswith("::notice")]
+    assert len(notices) == 1 and "MANIFEST.json" in notices[0]
+    t = Thresholds(max_exposed_of_comm_pct=50.0)
+    r = GateResult(t, evaluate(from_analysis(analysis_of(str(TBO0))), t),
+                   notes=["skipped x/MANIFEST.json: not a trace (found in a directory)"])
+    assert "| ℹ️ | skipped input | skipped x/MANIFEST.json" in step_summary(r)

@@ -200,8 +200,91 @@ def test_local_engine_in_processes_equals_in_process(decode_local):
 
 
 def test_engine_options_refused_where_they_cannot_work(tmp_path):
-    pytest.importorskip("ray", reason='Ray is not installed here (pip install "traceview[ray]")')
-    r = CliRunner().invoke(main, ["report", str(DECODE[0]), "-o", str(tmp_path / "x.html"), "--engine", "ray"])
-    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "--engine local" in r.output
     r = CliRunner().invoke(main, ["analyze", str(DECODE[0]), "--address", "ray://head:10001"])
     assert r.exit_code == 2 and "--address is for --engine ray" in r.output
+
+
+# --- the HTML report on Ray: the run page from summaries, detail rendered on the rank's node --------
+
+def _page(paths, engine, **kw):
+    from traceview.report.run_report import report_run
+
+    rep, run, errors = report_run(paths, engine=engine, generated="(fixed for the test)", **kw)
+    return rep, run, errors
+
+
+def _headings(html_text):
+    import re
+
+    return re.findall(r'<h2 class="rank-detail"[^>]*>Detail: ([^<]*)</h2>', html_text)
+
+
+def test_report_on_ray_is_the_local_page_decode(ray_cluster, tmp_path):
+    local, run, errors = _page(DECODE, "local")
+    on_ray, ray_run, ray_errors = _page(DECODE, "ray")
+    assert not errors and not ray_errors and run.cross_rank
+    assert on_ray.html == local.html
+    assert (on_ray.figures, on_ray.boxes, on_ray.kernels) == (local.figures, local.boxes, local.kernels)
+    # two ranks: both in detail, with their timelines, under the run page
+    assert [h.split(" · ")[0] for h in _headings(local.html)] == ["rank 0", "rank 1"]
+    assert "Run: all ranks together" in local.html and local.html.count("<h2>Timeline</h2>") == 2
+    # the local engine in processes: the same page again
+    assert _page(DECODE, "local", jobs=2)[0].html == local.html
+
+
+@needs_shared
+def test_report_on_ray_is_the_local_page_shared_prefill(ray_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for p in PREFILL:
+        shutil.copy(p, run_dir / p.name)
+    shutil.copy(shared("gpu/MANIFEST.json"), run_dir / "MANIFEST.json")
+    skipped_local, skipped_ray = [], []
+    local = _page([run_dir], "local", skipped=skipped_local)[0]
+    on_ray = _page([run_dir], "ray", skipped=skipped_ray)[0]
+    assert on_ray.html == local.html and "is the straggler" in local.html
+    assert [Path(s.path).name for s in skipped_local] == ["MANIFEST.json"]
+
+
+@pytest.fixture(scope="module")
+def generated_run(tmp_path_factory):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import make_run
+
+    out = tmp_path_factory.mktemp("gen") / "run6"
+    make_run.make_run(DECODE[0], 6, out, make_run.Injection(4, host_delay_us=6000.0, layer="2"), iterations=1)
+    return out
+
+
+def test_report_on_ray_of_a_generated_run_details_the_ranks_a_reader_needs(ray_cluster, generated_run):
+    local, run, _ = _page([generated_run], "local")
+    on_ray, ray_run, _ = _page([generated_run], "ray")
+    assert on_ray.html == local.html
+    assert run.straggler.rank == 4
+    heads = _headings(local.html)
+    # the straggler, the median rank by waiting, the rank that waited most: three of the six
+    assert len(heads) == 3 and any(h.startswith("rank 4 · ") and h.endswith("the straggler") for h in heads)
+    assert any("the median rank by waiting" in h for h in heads) and any("waited the most" in h for h in heads)
+    assert "The other 3 files are in the run tables above" in local.html and "--detail-ranks all" in local.html
+    # every rank is on the run page all the same: a lane each on the one clock
+    assert all(f"rank {r}" in local.html for r in range(6))
+    # the detail of the ranks asked for, rendered on Ray
+    asked, _, _ = _page([generated_run], "ray", detail_ranks=[0, 5])
+    assert [h.split(" · ")[0] for h in _headings(asked.html)] == ["rank 0", "rank 5"]
+
+
+def test_cli_report_on_ray(ray_cluster, generated_run, tmp_path):
+    import re
+
+    pages = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"{engine}.html"
+        r = CliRunner().invoke(main, ["report", str(generated_run), "--engine", engine, "-o", str(out),
+                                      "--detail-ranks", "2"])
+        assert r.exit_code == 0, r.output
+        pages[engine] = re.sub(r"generated [^·]*·", "", out.read_text())
+    assert pages["ray"] == pages["local"] and len(_headings(pages["ray"])) == 1
+    r = CliRunner().invoke(main, ["report", str(generated_run), "--engine", "ray", "-o", str(tmp_path / "x.html"),
+                                  "--detail-ranks", "2,99"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert "--detail-ranks: no rank 99 among the loaded ranks (0, 1, 2, 3, 4, 5)" in r.output

@@ -251,7 +251,10 @@ def test_cli_directory_of_ranks(tmp_path):
     assert code == 0, err
     text = out.read_text()
     assert "r0/gpu0" in text and "r1/gpu1" in text and "0, 1 of world size 2" in text
-    assert "Top kernels (all 2 traces together)" in text
+    # a run of two: both ranks in detail, each under its own heading, after the run page
+    assert text.index("Run: all ranks together") < text.index("Per-rank detail") < text.index("Detail: rank 0")
+    assert "Every file has its detail below (rank 0, rank 1)" in text and "Detail: rank 1" in text
+    assert text.count("<h2>Top kernels</h2>") == 2
     assert len([f for f in figures(text).values() if "</b> timeline" in f["layout"]["title"]["text"]]) == 2
 
 
@@ -454,3 +457,24 @@ def test_browser_injected_script_does_not_run(browser, reports):
         return h ? h.textContent : null;""")
     assert label and INJECT in label, label
     assert browser.execute_script("return typeof window.__pwned") == "undefined"
+
+
+def test_run_lane_pieces_cover_the_real_intervals_within_the_limit():
+    """The run page joins a rank's compute intervals into at most the lane's limit of boxes; every real
+    interval lies inside one box, boxes stay sorted and disjoint, and nothing is joined below the limit."""
+    import numpy as np
+
+    from traceview.run.summary import summarize
+    from traceview.timeline.intervals import coarsen as _pieces
+
+    (r,) = summarize(analysis_of(str(PROJECT_FIXTURES / "prefill_tbo_rank0.json.gz")))
+    s, e = np.asarray(r.compute_start, float), np.asarray(r.compute_end, float)
+    assert len(s) > 200
+    same_s, same_e = _pieces(s, e, len(s))
+    assert np.array_equal(same_s, s) and np.array_equal(same_e, e)
+    for limit in (200, 37):
+        ps, pe = _pieces(s, e, limit)
+        assert 0 < len(ps) <= limit and np.all(ps[1:] >= pe[:-1]) and np.all(pe >= ps)
+        box = np.searchsorted(ps, s, side="right") - 1
+        assert np.all(box >= 0) and np.all(e <= pe[box]) and np.all(s >= ps[box])
+        assert (pe - ps).sum() >= (e - s).sum() - 1e-6

@@ -193,3 +193,34 @@ def test_cli_by_microbatch_layer_phase():
     assert seg["sources"]["microbatch"] == "annotations"
     assert sum(x["exposed_comm_us"] for x in seg["by_microbatch"]) == pytest.approx(
         doc["traces"][0]["gpus"][0]["exposed_comm_us"])
+
+
+def _without_user_ranges(src, dst):
+    """A copy without the user's mb/layer/phase ranges; the profiler's ProfilerStep and library ranges stay."""
+    raw = src.read_bytes()
+    doc = orjson.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    doc["traceEvents"] = [e for e in doc["traceEvents"]
+                          if not (e.get("cat") in ("user_annotation", "gpu_user_annotation")
+                                  and not str(e.get("name", "")).startswith(("nccl:", "ProfilerStep#")))]
+    dst.write_bytes(orjson.dumps(doc))
+    return dst
+
+
+@pytest.mark.parametrize("src,share", [
+    (PROJECT_FIXTURES / "prefill_tbo_rank0.json.gz", 0.97),        # MLA prefill: attention kernels, TBO
+    (EXTRA / "decode_tbo_rank0.json.gz", 0.97),                    # absorbed-MLA decode: no attention kernel
+    (EXTRA / "tp2_dense_decode_rank0.json.gz", 1.0),               # dense decode, all-reduce
+])
+def test_inferred_layers_agree_with_the_layer_ranges(tmp_path, src, share):
+    """Each kernel's inferred layer == its layer.N range on the labelled capture, for (nearly) every
+    kernel: a layer starts at its input norm (the start found at attention or the repeating GEMM
+    moves back over the projections to it), and a dense first layer of an MoE model is a layer."""
+    annotated = analysis_of(str(src))
+    stripped = analyze(_without_user_ranges(src, tmp_path / "stripped.json"))
+    assert stripped.segmentation.sources["layer"] == "inferred"
+    a = annotated.kernels.join(annotated.segmentation.labels, on="row").sort("device", "ts", "row")
+    s = stripped.kernels.join(stripped.segmentation.labels, on="row").sort("device", "ts", "row")
+    labelled = a["layer"].is_not_null()
+    agree = ((a["layer"] == s["layer"]) & labelled).sum() / labelled.sum()
+    assert agree >= share, agree
+    assert stripped.segmentation.summary()["layer_instances"] == annotated.segmentation.summary()["layer_instances"]

@@ -13,7 +13,8 @@ from traceview.classify import classify, default_rules, demangle, display_name, 
 from traceview.load import load
 
 GPU_EXTRA = PROJECT_FIXTURES / "gpu-extra"
-REAL_TRACES = all_shared_traces() + sorted(GPU_EXTRA.glob("*.json.gz"))
+REAL_TRACES = (all_shared_traces() + sorted(GPU_EXTRA.glob("*.json.gz")) + sorted(PROJECT_FIXTURES.glob("*.json.gz"))
+               + sorted((PROJECT_FIXTURES / "captures").glob("*.json.gz")))
 #: classes that say nothing specific: a trace's time in them counts as not classified
 VAGUE = ("unclassified", "compute.other")
 

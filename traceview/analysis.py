@@ -113,6 +113,16 @@ class TraceAnalysis:
 
         return summarize(self)
 
+    def strict_health(self) -> list[HealthIssue]:
+        """The health problems ``--strict`` fails on besides the loader's warnings (a loader
+        drop is already one of those warnings: said once)."""
+        return [h for h in self.health if h.key != "dropped_records"]
+
+    def strict_problems(self) -> list[str]:
+        """What ``--strict`` turns into errors (analyze, report): each loader warning and each
+        trace health problem, one line each."""
+        return [*self.trace.warnings, *(f"trace health: {h.message}" for h in self.strict_health())]
+
     @property
     def file(self) -> str:
         return str(self.trace.path)

@@ -49,7 +49,8 @@ def align(analyses: dict[int, TraceAnalysis]) -> Alignment:
                 .select("row", pl.col("name").cast(pl.Utf8), pl.col("stream").cast(pl.Int64), "ts", "dur")
                 .sort("ts"))
         theirs = (inst.filter(pl.col("rank") == r)
-                  .select("instance", "name", pl.col("stream").cast(pl.Int64), "dur", "arrival", "wait_us", "last_rank",
+                  .select("instance", pl.col("name").cast(pl.Utf8), pl.col("stream").cast(pl.Int64), "dur", "arrival",
+                          "wait_us", "last_rank",
                           (pl.col("arrival") - shift[r]).alias("ts"))
                   .sort("ts"))
         # the same kernel: same name, stream and duration, at its own time (to rounding)

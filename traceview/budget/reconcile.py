@@ -383,7 +383,16 @@ def _apply_overrides(s: dict, tokens: int | None, kv_len: int | None, batch: int
 def trace_gpu(analysis, gpu_file: str | None = None) -> tuple[GPUSpec | None, str]:
     """The spec of the trace's GPU from its ``deviceProperties`` (None if none maps to a known
     spec) and the device as the trace describes it."""
-    devices = list(getattr(analysis.trace, "devices", None) or [])
+    trace = analysis.trace
+    devices = list(getattr(trace, "devices", None) or [])
+    measured = [g.device for g in getattr(analysis, "gpus", None) or []]
+    if measured and hasattr(trace, "device_entry"):
+        # the entries of the GPUs measured, never another listed device's: with a GPU the
+        # trace cannot name, the budget needs --gpu
+        for device in measured:
+            if trace.device_entry(device) is None:
+                return None, trace.unknown_gpu_reason(device) or ""
+        devices = [trace.device_entry(d) for d in measured]
     for d in devices:
         spec = gpu_from_device(d, gpu_file)
         if spec is not None:
@@ -411,8 +420,9 @@ def reconcile(analysis, model: ModelConfig | str, gpu: GPUSpec | str | None = No
     detected, device = trace_gpu(analysis, gpu_file)
     if gpu is None:
         if detected is None:
-            raise UsageError(f"{analysis.trace.name}: the trace's deviceProperties "
-                             + (f"name {device!r}, not a known GPU" if device else "are missing")
+            raise UsageError(f"{analysis.trace.name}: "
+                             + (device if device.startswith("GPU name unknown") else "the trace's deviceProperties "
+                                + (f"name {device!r}, not a known GPU" if device else "are missing"))
                              + "; give --gpu (see 'traceview budget --list')")
         gpu, gpu_source = detected, f"from the trace: {device}"
     else:

@@ -22,8 +22,9 @@ from .progress import LoadProgress, RankProgress
 
 @click.command("analyze")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
-              help="table: terminal view; json: the documented schema; csv: one flat table (see --table).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "parquet"]), default="table",
+              show_default=True, help="table: terminal view; json: the documented schema; csv: one flat table (see "
+                                      "--table); parquet: the same table as a Parquet file (needs -o).")
 @click.option("--table", "table_name", type=click.Choice(sorted(tables.TABLES) + list(tables.RUN_TABLES)), default="gpus",
               show_default=True, help="Which flat table --format csv prints (ranks, collectives: of a run of several "
                                       "rank files).")
@@ -76,15 +77,17 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
                          micro-batches' compute: what two-batch overlap bought
     """
     load_rules(rules_file)  # validate the rules file once, before any work
-    if fmt == "csv" and len(by) > 1:
-        raise UsageError("--format csv writes one table: give one --by (or run once per view)")
-    if fmt == "csv" and by and click.get_current_context().get_parameter_source("table_name").name != "DEFAULT":
-        raise UsageError("--format csv writes one table: --table and --by do not go together")
+    if fmt in ("csv", "parquet") and len(by) > 1:
+        raise UsageError(f"--format {fmt} writes one table: give one --by (or run once per view)")
+    if fmt == "parquet" and not output:
+        raise UsageError("--format parquet writes a file: give -o FILE.parquet")
+    if fmt in ("csv", "parquet") and by and click.get_current_context().get_parameter_source("table_name").name != "DEFAULT":
+        raise UsageError(f"--format {fmt} writes one table: --table and --by do not go together")
     budget = budget_settings(model, gpu_name, convention, gpu_file, phase, precision, tokens, kv_len, n_seqs)
     patterns = segment_patterns(segments_file)
     check_engine(engine, address)
     if engine != "local":
-        return _analyze_on_engine(paths, fmt, output, by or tax or budget or strict or fmt == "csv", rules_file,
+        return _analyze_on_engine(paths, fmt, output, by or tax or budget or strict or fmt in ("csv", "parquet"), rules_file,
                                   patterns, engine, address, max_bytes)
     skipped: list = []
     files = expand_paths(paths, skipped)
@@ -98,13 +101,7 @@ def analyze_cmd(paths, fmt, table_name, output, strict, by, tax, segments_file, 
     failed = [r for r in results if isinstance(r, TraceError)]
     good = [r for r in results if isinstance(r, TraceAnalysis)]
     if strict:
-        for a in good:
-            for w in a.trace.warnings:
-                failed.append(TraceError(a.trace.path, f"--strict: {w}"))
-            for h in a.health:
-                if h.key == "dropped_records":
-                    continue  # already failed as the loader warnings it repeats
-                failed.append(TraceError(a.trace.path, f"--strict: trace health: {h.message}"))
+        failed += [TraceError(a.trace.path, f"--strict: {p}") for a in good for p in a.strict_problems()]
     for e in failed:
         error_line(e)
     if good:
@@ -123,6 +120,12 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None,
 
         recs = {id(a): reconcile(a, **budget, comm_transfer_us=run.transfer_by_category(a.rank) if run else None)
                 for a in good}
+    if fmt == "parquet":  # binary: the strings as they are, no terminal escaping
+        try:
+            _flat_table(good, table_name, by, run).write_parquet(output)
+        except OSError as e:
+            raise TraceError(output, f"cannot write: {e.strerror or e}") from None
+        return
     out = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
         if fmt == "json":
@@ -132,16 +135,7 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None,
                     t["reconciliation"] = recs[id(a)].to_dict()
             out.write(json_dumps(doc, orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + "\n")
         elif fmt == "csv":
-            if by == ("rank",):
-                out.write(clean_frame(run.by_rank_layer() if run is not None else tables.empty()).write_csv())
-            elif by:
-                import polars as pl
-
-                frames = [a.segments(by[0]).with_columns(pl.lit(a.trace.name).alias("file"),
-                                                         pl.lit(a.rank, dtype=pl.Int64).alias("rank")) for a in good]
-                out.write(clean_frame(pl.concat(frames, how="diagonal_relaxed")).write_csv())
-            else:
-                out.write(clean_frame(tables.table(table_name, good, run)).write_csv())
+            out.write(clean_frame(_flat_table(good, table_name, by, run)).write_csv())
         else:
             # markup/emoji off: a kernel named "[link=...]" or ":skull:" is printed, not interpreted
             # a pipe gets 160 columns unless COLUMNS says otherwise (as a terminal's width does)
@@ -164,6 +158,19 @@ def _emit(good, results, fmt, table_name, output, by=(), tax=False, budget=None,
     finally:
         if output:
             out.close()
+
+
+def _flat_table(good, table_name, by, run):
+    """The one flat table --format csv/parquet writes: a --by view, the rank x layer table, or --table."""
+    import polars as pl
+
+    if by == ("rank",):
+        return run.by_rank_layer() if run is not None else tables.empty()
+    if by:
+        frames = [a.segments(by[0]).with_columns(pl.lit(a.trace.name).alias("file"),
+                                                 pl.lit(a.rank, dtype=pl.Int64).alias("rank")) for a in good]
+        return pl.concat(frames, how="diagonal_relaxed")
+    return tables.table(table_name, good, run)
 
 
 def _analyze_on_engine(paths, fmt, output, unsupported, rules_file, patterns, engine, address, max_bytes) -> None:

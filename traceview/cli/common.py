@@ -28,7 +28,11 @@ def note_skipped(skipped) -> None:
     """``traceview: note: <file>: skipped (<why>)`` for each scanned file that held no trace."""
     from ..report.text import one_line
 
+    seen = set()
     for s in skipped:
+        if (str(s.path), s.reason) in seen:  # both sides of a diff may scan the same directory
+            continue
+        seen.add((str(s.path), s.reason))
         click.echo(f"traceview: note: {one_line(s.path)}: skipped, {one_line(s.reason)} (found in a directory; "
                    "name it to get an error instead)", err=True)
 

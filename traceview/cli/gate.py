@@ -49,8 +49,9 @@ from .progress import LoadProgress
               help="TOML file with a [tool.traceview.gate] table (default: traceview.toml or pyproject.toml here).")
 @click.option("--no-config", is_flag=True, help="Do not read traceview.toml / pyproject.toml.")
 @click.option("--strict", is_flag=True, default=None,
-              help="Fail when the loader skipped or repaired events (truncated file, events without duration...); "
-                   "without it they are WARN lines.")
+              help="Fail when the loader skipped or repaired events (truncated file, events without duration...) "
+                   "or the trace has a health problem (dropped graph replays, kernels without GPU records, no "
+                   "record_shapes, string pids, two writers); without it they are WARN lines.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: one line per check; json: the traceview.gate/1 document.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write the report to this file.")

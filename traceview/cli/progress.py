@@ -77,8 +77,10 @@ class RankProgress:
         self.done = 0
 
     def expect(self, n: int) -> None:
+        """``n`` files in the next round (the report's detail round starts a second count)."""
+        self.done = 0
         if self.bar is not None:
-            self.bar.update(self.task, total=n)
+            self.bar.update(self.task, total=n, completed=0)
 
     def __call__(self, path: Path, done: int, total: int) -> None:
         if done >= total:

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import click
 
-from ..analysis import TraceAnalysis, analyze_many, expand_paths
 from ..classify import load_rules
 from ..errors import TraceError, UsageError
 from .common import (EXIT_INPUT, budget_options, budget_settings, check_engine, engine_options, error_line,
                      handle_errors, jobs_option, max_bytes_option, note_skipped, rules_option, segment_patterns,
                      segments_option)
-from .progress import LoadProgress
+from .progress import RankProgress
 
 
 @click.command("report")
@@ -26,20 +25,29 @@ from .progress import LoadProgress
                    "min(N, 500), so a timeline stays readable); beyond its share a GPU's short kernels are "
                    "merged into time bins (the page says so).")
 @click.option("--title", help="Page title (default: from the file names).")
+@click.option("--strict", is_flag=True, help="As analyze --strict: loader warnings and trace health problems are "
+                                             "errors (the page is still written; exit code 2).")
 @rules_option
 @segments_option
 @jobs_option
 @engine_options
 @max_bytes_option
+@click.option("--detail-ranks", metavar="RANKS",
+              help="Ranks drawn in detail (timelines, segments, kernels) below the run page, e.g. 3,17 or all. "
+                   "Default: every file of a run of up to 4; else the straggler, the median rank by waiting and "
+                   "the rank that waited most. The run page itself always covers every rank.")
 @handle_errors
 def report_cmd(paths, output, model, gpu_name, convention, gpu_file, phase, precision, tokens, kv_len, n_seqs,
-               max_events, title, rules_file, segments_file, jobs, engine, address, max_bytes):
+               max_events, title, strict, rules_file, segments_file, jobs, engine, address, max_bytes, detail_ranks):
     """Write an HTML report: per-GPU timelines with exposed communication marked, per
     micro-batch and per layer overlap, kernel categories, top and unclassified kernels.
 
-    PATHS are trace files (.json, .json.gz) or directories of per-rank traces.
+    PATHS are trace files (.json, .json.gz) or directories of per-rank traces. Several ranks
+    give a run page (every rank on one clock, the straggler, waiting per layer) from each rank's
+    summary, then detail for the ranks a reader needs (--detail-ranks); with --engine ray each
+    rank file is read by a task on the node that holds it, and the page is the same.
     """
-    from ..report.html import write_html
+    from ..report.run_report import report_run
 
     load_rules(rules_file)
     budget = budget_settings(model, gpu_name, convention, gpu_file, phase, precision, tokens, kv_len, n_seqs)
@@ -47,31 +55,20 @@ def report_cmd(paths, output, model, gpu_name, convention, gpu_file, phase, prec
     if not out.parent.is_dir():
         raise TraceError(out, "the output's directory does not exist")
     check_engine(engine, address)
-    if engine != "local":
-        # the page draws every kernel of every rank: it reads event tables, which stay on the nodes
-        raise UsageError(f"report --engine {engine}: the HTML page needs the run page built from summaries "
-                         "(not yet); use analyze --engine ray for the run analysis, or report --engine local")
     skipped: list = []
-    files = expand_paths(paths, skipped)
-    with LoadProgress(files) as progress:
-        results = analyze_many(files, rules_file, jobs, max_bytes, segment_patterns(segments_file), progress=progress,
-                               summarize=len(files) > 1, skipped=skipped)
+    with RankProgress() as progress:
+        rep, _run, failed = report_run(paths, engine=engine, jobs=jobs, address=address, rules_file=rules_file,
+                                       patterns=segment_patterns(segments_file), max_bytes=max_bytes, budget=budget,
+                                       max_events=max_events, title=title, detail_ranks=parse_detail_ranks(detail_ranks),
+                                       progress=progress, skipped=skipped, strict=strict)
     note_skipped(skipped)
-    failed = [r for r in results if isinstance(r, TraceError)]
-    good = [r for r in results if isinstance(r, TraceAnalysis)]
     for e in failed:
         error_line(e)
-    if not good:
+    if rep is None:
         sys.exit(EXIT_INPUT)
-    from ..run import run_from_analyses
-
-    run = run_from_analyses(results) if len(files) > 1 else None
-    recs, note = (None, None)
-    if budget:
-        recs, note = reconcile_all(good, budget, run)
     try:
-        rep = write_html(good, out, max_events=max_events, reconciliations=recs, budget_note=note, title=title,
-                         run=run)
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(rep.html)
     except OSError as e:
         raise TraceError(out, f"cannot write: {e.strerror or e}") from None
     size = out.stat().st_size
@@ -80,13 +77,16 @@ def report_cmd(paths, output, model, gpu_name, convention, gpu_file, phase, prec
     sys.exit(EXIT_INPUT if failed else 0)
 
 
-def reconcile_all(good: list[TraceAnalysis], budget: dict, run=None) -> tuple[dict | None, str | None]:
-    """Per analysis, ``traceview.budget.reconcile.reconcile(a, **budget)`` (with the run's
-    transfer times when there is a run); where the budget
-    code is missing, (None, why) so the page says the part is unavailable."""
+def parse_detail_ranks(text: str | None) -> "str | list[int] | None":
+    """``all``, or comma-separated rank numbers; a bad list is a one-line usage error."""
+    if text is None:
+        return None
+    if text.strip().lower() == "all":
+        return "all"
     try:
-        from ..budget.reconcile import reconcile
-    except (ImportError, AttributeError) as e:
-        return None, f"the budget reconciliation is not available here ({type(e).__name__})"
-    return {id(a): reconcile(a, **budget, comm_transfer_us=run.transfer_by_category(a.rank) if run else None)
-            for a in good}, None
+        ranks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--detail-ranks {text!r}: give rank numbers (3,17) or all") from None
+    if not ranks:
+        raise UsageError("--detail-ranks: give rank numbers (3,17) or all")
+    return ranks

@@ -14,6 +14,11 @@ Checks (each gives one ``CheckResult``; values are the numbers ``traceview analy
                      ``max_regression_pct`` of the baseline value AND more than ``min_regression_us``
                      (a noise floor, so that a 20 µs category does not fail on 2 µs)
 
+  loader_warnings    one per input whose loader skipped or repaired events: WARN, FAIL with ``strict``
+  trace_health       one per trace health problem of an input (``TraceAnalysis.health``: dropped
+                     graph replays, launches without GPU records, no record_shapes, string pids,
+                     two writers): WARN, FAIL with ``strict``
+
 Per-segment checks use ``TraceAnalysis.segments(per)``: a micro-batch row sums its iterations
 (the rows add up to the GPU total), a layer row is one layer of one micro-batch in one iteration.
 Segments without communication have nothing to expose and get no check.
@@ -87,7 +92,7 @@ class Thresholds:
     baseline: str | None = None
     max_regression_pct: float | None = None
     min_regression_us: float = DEFAULT_MIN_REGRESSION_US
-    strict: bool = False         # loader warnings (skipped/repaired events, truncation) fail the gate
+    strict: bool = False         # loader warnings and trace health problems fail the gate
     max_wait_pct: float | None = None  # a run: exposed waiting for other ranks, % of the iteration, per rank
 
     def validate(self) -> "Thresholds":
@@ -156,6 +161,7 @@ class CheckResult:
             "regression.span": "regression: iteration time (span)",
             "regression.category": f"regression: {self.category} time",
             "loader_warnings": "loader warnings",
+            "trace_health": "trace health",
             "run.wait_pct": "exposed waiting for other ranks",
         }.get(self.check, self.check)
 
@@ -165,6 +171,8 @@ class CheckResult:
         if self.check == "loader_warnings":
             n = int(self.value)
             return f"{n} warning" + ("" if n == 1 else "s")
+        if self.check == "trace_health":
+            return (self.category or "").replace("_", " ")
         if self.check == "exposed_comm_pct":
             return f"{self.value:.1f}% of the iteration"
         if self.check == "exposed_of_comm_pct":
@@ -176,7 +184,7 @@ class CheckResult:
         return f"{_ms(self.value)} ms/iter"
 
     def threshold_text(self) -> str:
-        if self.check == "loader_warnings":
+        if self.check in ("loader_warnings", "trace_health"):
             return "--strict: none allowed" if self.status == FAIL else "allowed (--strict fails them)"
         if self.check in ("exposed_comm_pct", "exposed_of_comm_pct"):
             return f"max {self.threshold:g}%"
@@ -227,8 +235,10 @@ class GateResult:
     def verdict(self) -> str:
         n, f = len(self.checks), len(self.failed)
         s = sum(c.status == SKIP for c in self.checks)
-        w = len(self.warned)
-        skipped = (f", {s} skipped" if s else "") + (f", {w} with loader warnings" if w else "")
+        w = sum(c.check == "loader_warnings" for c in self.warned)
+        h = sum(c.check == "trace_health" for c in self.warned)
+        skipped = ((f", {s} skipped" if s else "") + (f", {w} with loader warnings" if w else "")
+                   + (f", {h} trace health problem" + ("" if h == 1 else "s") if h else ""))
         checks = f"{n} check" + ("" if n == 1 else "s")
         if self.errors:
             return f"gate: ERROR ({len(self.errors)} input(s) could not be analyzed; {checks}, {f} failed{skipped})"
@@ -427,6 +437,23 @@ def _warning_checks(gpus: list[GpuSummary], t: Thresholds) -> list[CheckResult]:
     return out
 
 
+def _health_checks(gpus: list[GpuSummary], t: Thresholds) -> list[CheckResult]:
+    """One check per trace health problem of each input file (load/health.py: dropped graph
+    replays, launches without GPU records, no record_shapes, string pids, two writers): a
+    warning, or a failure with ``--strict`` (the figures of such a recording are distorted)."""
+    out: list[CheckResult] = []
+    seen: set[str] = set()
+    for g in gpus:
+        if not g.health or g.file in seen:
+            continue
+        seen.add(g.file)
+        for h in g.health:
+            out.append(CheckResult("trace_health", FAIL if t.strict else WARN, float(h.get("count") or 0), 0.0, "",
+                                   file=g.file, rank=g.rank, device=g.device, category=str(h["key"]),
+                                   detail=str(h["message"])))
+    return out
+
+
 def run_checks(runs: list, t: Thresholds) -> list[CheckResult]:
     """``--max-wait``: per rank of each run, the exposed waiting for other ranks (the part of its
     communication that waited for the last rank and that no compute hid) as a share of the
@@ -459,8 +486,9 @@ def run_checks(runs: list, t: Thresholds) -> list[CheckResult]:
 
 def evaluate(gpus: list[GpuSummary], t: Thresholds, baseline: list[GpuSummary] | None = None,
              runs: list | None = None) -> list[CheckResult]:
-    """Every check the thresholds ask for, GPU by GPU, in a stable order; loader warnings first."""
-    out: list[CheckResult] = _warning_checks(gpus, t)
+    """Every check the thresholds ask for, GPU by GPU, in a stable order; loader warnings and trace
+    health first."""
+    out: list[CheckResult] = _warning_checks(gpus, t) + _health_checks(gpus, t)
     pairs = match_gpus(gpus, baseline) if baseline is not None else [(g, None, "") for g in gpus]
     for g, b, how in pairs:
         if t.exposed_checks():

@@ -3,7 +3,8 @@
 JUnit follows the Jenkins/Surefire dialect (the one GitHub test reporters, GitLab and Jenkins
 accept): ``testsuites`` > one ``testsuite`` per input file > one ``testcase`` per check, with
 ``failure`` for a failed check, ``skipped`` for a check that had nothing to measure and
-``error`` for an input that could not be analyzed.
+``error`` for an input that could not be analyzed.  Files skipped while scanning a directory
+(a manifest beside the ranks) are ``skipped`` test cases of their own suite, so a CI page shows them.
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ def to_junit(result: GateResult, elapsed_s: float = 0.0) -> str:
                                  time="0.000")
             err = ET.SubElement(case, "error", message=clean(e.reason), type="TraceError")
             err.text = clean(str(e))
+    if result.notes:
+        suite = ET.SubElement(root, "testsuite", name=f"{SUITE}: skipped inputs", tests=str(len(result.notes)),
+                              failures="0", errors="0", skipped=str(len(result.notes)), time="0.000",
+                              timestamp=stamp, hostname=host, id=str(len(suites)), package="traceview.gate")
+        for i, note in enumerate(result.notes):
+            case = ET.SubElement(suite, "testcase", name=clean(f"skipped input {i + 1}"),
+                                 classname="traceview.gate.inputs", time="0.000")
+            ET.SubElement(case, "skipped", message=clean(note))
+        totals["tests"] += len(result.notes)
     for k, v in totals.items():
         if k != "skipped":  # the Jenkins schema has no 'skipped' on <testsuites>; 'disabled' is not ours
             root.set(k, str(v))
@@ -93,8 +103,9 @@ def _escape_property(s: str) -> str:
 
 def github_annotations(result: GateResult) -> list[str]:
     """``::error title=...::message`` workflow commands: one per failed check and per bad input
-    (``::warning`` for loader warnings that do not fail the gate)."""
-    lines = []
+    (``::warning`` for loader warnings that do not fail the gate, ``::notice`` for skipped files)."""
+    lines = [f"::notice title={_escape_property('traceview gate: skipped input')}::{_escape_data(clean(n))}"
+             for n in result.notes]
     for c in result.failed:
         title = _escape_property(f"traceview gate: {c.title} ({c.where})")
         lines.append(f"::error title={title}::{_escape_data(clean(c.line()))}")
@@ -121,4 +132,6 @@ def step_summary(result: GateResult) -> str:
                     f"{cell(where)} | {cell(_basename(c.file))} |")
     for e in result.errors:
         rows.append(f"| ⚠️ | input | {cell(e.reason)} | | | {cell(_basename(e.path))} |")
+    for n in result.notes:
+        rows.append(f"| ℹ️ | skipped input | {cell(n)} | | | |")
     return "\n".join(rows) + "\n"

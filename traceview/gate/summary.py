@@ -79,6 +79,8 @@ class GpuSummary:
     warnings: tuple[str, ...] = ()       # the loader's warnings for this GPU's file (skipped/repaired events)
     #: the name the trace gave this GPU as a string ``pid`` ("GPU 0"); shown instead of its internal id
     device_name: str | None = None
+    #: trace health problems of this GPU's file (load/health.py: key, message, count), loader drops left out
+    health: tuple[dict, ...] = ()
 
     @property
     def label(self) -> str:
@@ -191,6 +193,7 @@ def from_analysis(a: "TraceAnalysis", views: Iterable[str] = SEGMENT_VIEWS, kern
             tax_us=taxes.get(g.device, 0.0) if tax else None,
             warnings=tuple(a.trace.warnings),
             device_name=a.trace.given_name(g.device),
+            health=tuple(h.to_dict() for h in a.strict_health()),
         ))
     return out
 
@@ -289,9 +292,21 @@ def from_document(doc: Any, path: str | os.PathLike) -> list[GpuSummary]:
                 source="document",
                 warnings=tuple(str(x) for x in t.get("warnings") or [] if isinstance(x, str)),
                 device_name=g["device_name"] if isinstance(g.get("device_name"), str) else None,
+                health=tuple(_health_items(t.get("health"))),
             ))
     if not out:
         raise TraceError(path, "the document holds no GPUs")
+    return out
+
+
+def _health_items(items: Any) -> list[dict]:
+    """A document's ``traces[].health`` entries (the loader's own drops are its warnings)."""
+    out = []
+    for h in items if isinstance(items, list) else []:
+        if isinstance(h, dict) and isinstance(h.get("key"), str) and h["key"] != "dropped_records":
+            count = h.get("count")
+            out.append({"key": h["key"], "message": str(h.get("message", "")),
+                        "count": count if isinstance(count, int) and not isinstance(count, bool) else 0})
     return out
 
 

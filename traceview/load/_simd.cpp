@@ -91,7 +91,7 @@ Worker& worker() {
 // --- the event's fields ------------------------------------------------------------------
 
 enum Field { PH, CAT, NAME, PID, TID, TS, DUR, ARGS, NFIELDS };
-enum ArgField { CORR, STREAM, DEVICE, EXTID, DIMS, BYTES, GRID, BLOCK, NARGS };
+enum ArgField { CORR, STREAM, DEVICE, EXTID, DIMS, BYTES, GRID, BLOCK, GNODE, NARGS };
 
 int field_of(std::string_view k) {
   switch (k.size()) {
@@ -109,6 +109,7 @@ int arg_of(std::string_view k) {
     case 6: return k == "stream" ? STREAM : k == "device" ? DEVICE : -1;
     case 10: return k == "Input Dims" ? DIMS : -1;
     case 11: return k == "correlation" ? CORR : k == "External id" ? EXTID : -1;
+    case 13: return k == "graph node id" ? GNODE : -1;
     default: return -1;
   }
 }
@@ -332,6 +333,10 @@ bool walk(element root, Columns& c) {
         if (i == BYTES && a[i].type() == element_type::STRING) continue;  // see bytes_field
         if (a[i].type() != element_type::INT64) return false;
       }
+      // a CUDA-graph node: its annotation args (any key) are read by the Python path
+      if ((aseen & (1u << GNODE)) && !a[GNODE].is_null() &&
+          !(a[GNODE].type() == element_type::INT64 && a[GNODE].get_int64().value_unsafe() == 0))
+        return false;
     }
     auto ahas = [&](int i) { return (aseen & (1u << i)) != 0; };
     if (!has_cat) continue;
@@ -587,5 +592,7 @@ PyMODINIT_FUNC PyInit__simd(void) {
   PyObject* m = PyModule_Create(&kModule);
   if (m == nullptr) return nullptr;
   PyModule_AddStringConstant(m, "SIMDJSON_VERSION", TV_STR(SIMDJSON_VERSION));
+  // what this build declines beyond the first version (native.py refuses an older build)
+  PyModule_AddIntConstant(m, "DECLINES_GRAPH_NODES", 1);
   return m;
 }

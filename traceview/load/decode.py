@@ -66,8 +66,33 @@ _header_decoder = msgspec.json.Decoder(TraceHeader)
 
 COLUMNS = (
     "kind", "name", "pid", "tid", "ts", "dur", "correlation", "external_id",
-    "device", "stream", "input_dims", "bytes", "grid",
+    "device", "stream", "input_dims", "bytes", "grid", "annotation",
 )
+
+#: ``args`` keys that Kineto (and torch's CUPTI-monitor writer) put on GPU events themselves
+#: (torch.autograd.profiler_util lists them): on a CUDA-graph kernel (``graph node id`` set)
+#: every other key was added by ``torch.cuda._annotate_cuda_graph_trace`` from the kernel's
+#: ``mark_kernels`` scopes, PyTorch 2.12+
+KINETO_GPU_ARGS = frozenset({
+    "External id", "correlation", "device", "context", "stream", "queued", "kind", "grid", "block",
+    "registers per thread", "shared memory", "blocks per SM", "warps per SM", "est. achieved occupancy %",
+    "occupancy", "priority", "graph id", "graph node id", "channel", "channel_type", "bytes",
+    "memory bandwidth (GB/s)", "fromDevice", "inDevice", "toDevice", "fromContext", "inContext", "toContext",
+    "copy kind", "src kind", "dst kind", "flags", "value", "memory kind", "Collective name", "dtype",
+    "In msg nelems", "Out msg nelems", "In split size", "Out split size", "Global rank start",
+    "Global rank stride", "Group size", "Process Group Name", "Process Group Description",
+    "Process Group Ranks", "Rank", "Src Rank", "Dst Rank", "Seq", "Is asynchronized op",
+})
+
+
+def graph_annotation(args: dict) -> str | None:
+    """The annotation args of a CUDA-graph kernel as JSON text (``{"layer": "3", ...}``, in their
+    order), or None: not a graph node (``graph node id`` absent or 0), or no annotation added."""
+    node = args.get("graph node id")
+    if node is None or node == 0 or node == "0" or isinstance(node, bool):
+        return None
+    extra = {str(k): v for k, v in args.items() if k not in KINETO_GPU_ARGS}
+    return json.dumps(extra, separators=(",", ":"), ensure_ascii=False) if extra else None
 
 
 @dataclass
@@ -167,7 +192,7 @@ def add_event(buf: ColumnBuffer, ph: Any, cat: Any, name: Any, pid: Any, tid: An
         if name is None and kind is not None:
             buf.skip("events without a name")
         if ph == "B" and t is not None and abs(t) <= MAX_ABS_TIME_US:  # placeholder: its 'E' must close it
-            buf.begins.append((buf.thread_key(pid), buf.thread_key(tid), t, None) + (None,) * 7
+            buf.begins.append((buf.thread_key(pid), buf.thread_key(tid), t, None) + (None,) * 8
                               + (len(buf.begins) + len(buf.ends),))
         return
     if not isinstance(name, str):
@@ -183,10 +208,11 @@ def add_event(buf: ColumnBuffer, ph: Any, cat: Any, name: Any, pid: Any, tid: An
         dims = json.dumps(d) if d is not None else None
         g = args.get("grid")
         grid = f"{json.dumps(g, separators=(',', ':'))}/{json.dumps(args.get('block'), separators=(',', ':'))}" if g is not None else None
+        ann = graph_annotation(args)
     else:
-        corr = ext = dev = stream = nbytes = dims = grid = None
+        corr = ext = dev = stream = nbytes = dims = grid = ann = None
     if ph == "B":
-        buf.begins.append((p, th, t, kind, name, corr, ext, dev, stream, dims, grid,
+        buf.begins.append((p, th, t, kind, name, corr, ext, dev, stream, dims, grid, ann,
                            len(buf.begins) + len(buf.ends)))
         return
     d = _num(dur)
@@ -196,10 +222,11 @@ def add_event(buf: ColumnBuffer, ph: Any, cat: Any, name: Any, pid: Any, tid: An
     if d < 0 or d > MAX_ABS_TIME_US:
         buf.skip("events with a negative or huge duration")
         return
-    _append(buf, kind, name, p, th, t, d, corr, ext, dev, stream, dims, nbytes, grid)
+    _append(buf, kind, name, p, th, t, d, corr, ext, dev, stream, dims, nbytes, grid, ann)
 
 
-def _append(buf: ColumnBuffer, kind, name, p, th, t, d, corr, ext, dev, stream, dims, nbytes, grid=None) -> None:
+def _append(buf: ColumnBuffer, kind, name, p, th, t, d, corr, ext, dev, stream, dims, nbytes, grid=None,
+            ann=None) -> None:
     c = buf.cols
     c["kind"].append(kind)
     c["name"].append(name)
@@ -214,6 +241,7 @@ def _append(buf: ColumnBuffer, kind, name, p, th, t, d, corr, ext, dev, stream, 
     c["input_dims"].append(dims)
     c["bytes"].append(_int(nbytes))
     c["grid"].append(grid)
+    c["annotation"].append(ann)
 
 
 def match_begin_end(buf: ColumnBuffer) -> None:
@@ -236,9 +264,9 @@ def match_begin_end(buf: ColumnBuffer) -> None:
         if not stack:
             buf.skip("'E' events without a matching 'B'")
             continue
-        p, th, t, kind, name, corr, ext, dev, stream, dims, grid, _seq = buf.begins[stack.pop()]
+        p, th, t, kind, name, corr, ext, dev, stream, dims, grid, ann, _seq = buf.begins[stack.pop()]
         if kind is not None:  # None: a range of a category we do not keep
-            _append(buf, kind, name, p, th, t, e[2] - t, corr, ext, dev, stream, dims, None, grid)
+            _append(buf, kind, name, p, th, t, e[2] - t, corr, ext, dev, stream, dims, None, grid, ann)
     unmatched = sum(buf.begins[i][3] is not None for s in stacks.values() for i in s)
     if unmatched:
         buf.skip("'B' events without a matching 'E'", unmatched)

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from . import native
-from .decode import CATEGORY_ALIASES, CHROME_PHASES, COLUMNS, MAX_ABS_TIME_US, _int, repair_utf8
+from .decode import CATEGORY_ALIASES, CHROME_PHASES, COLUMNS, MAX_ABS_TIME_US, _int, graph_annotation, repair_utf8
 from .trace import KIND_DTYPE
 
 _NO_RAW = msgspec.Raw(b"")
@@ -44,9 +44,18 @@ class Args(msgspec.Struct, frozen=True, gc=False):
     bytes: int | str | None = None
     grid: msgspec.Raw = _NO_RAW
     block: msgspec.Raw = _NO_RAW
+    graph_node_id: int | None = msgspec.field(default=None, name="graph node id")
 
 
 _NO_ARGS = Args()
+
+
+class _AllArgs(msgspec.Struct, tag_field="ph", tag="X", gc=False):
+    """A complete event's ``args`` whole: read again only for a piece holding CUDA-graph kernels
+    (``graph node id``), whose annotation args have names no struct can list."""
+
+    cat: str | None = None
+    args: dict = msgspec.field(default_factory=dict)
 
 
 #: The two numbers are kept as their JSON text and parsed by polars, many at a time: msgspec
@@ -78,6 +87,7 @@ def _other(ph: str) -> type:
 #: piece goes to the per-event path.
 _OTHER = tuple(_other(ph) for ph in sorted(CHROME_PHASES - {"X", "B", "E"}))
 _decoder = msgspec.json.Decoder(list[Union[(Event, *_OTHER)]])  # type: ignore[valid-type]
+_all_args_decoder = msgspec.json.Decoder(list[Union[(_AllArgs, *_OTHER)]])  # type: ignore[valid-type]
 _PAIRS = frozenset({"B", "E"})
 
 #: The frame every piece produces (``kind`` an Enum, ``name``/``grid`` Categorical).
@@ -85,6 +95,7 @@ SCHEMA = {
     "kind": KIND_DTYPE, "name": pl.Categorical, "pid": pl.Int64, "tid": pl.Int64, "ts": pl.Float64,
     "dur": pl.Float64, "correlation": pl.Int64, "external_id": pl.Int64, "device": pl.Int64,
     "stream": pl.Int64, "input_dims": pl.Utf8, "bytes": pl.Int64, "grid": pl.Categorical,
+    "annotation": pl.Utf8,
 }
 assert tuple(SCHEMA) == COLUMNS
 
@@ -169,10 +180,18 @@ def _decode(array: bytes | bytearray) -> Piece:
         "input_dims": _converted([a.input_dims for a in args], _dims).cast(pl.Utf8),
         "bytes": _ints([a.bytes for a in args]),
         "grid": _converted([a.grid for a in args], _grid, [a.block for a in args]).cast(pl.Categorical),
+        "annotation": _graph_annotations(array, kinds) if any(a.graph_node_id for a in args)
+        else pl.Series([None] * len(args), dtype=pl.Utf8),
     })
     if skipped:
         frame = frame.filter(timed & ~no_dur & ~bad_dur)
     return Piece(frame, skipped)
+
+
+def _graph_annotations(array: bytes | bytearray, kinds: dict) -> pl.Series:
+    """``decode.graph_annotation`` of each kept event, from the piece decoded again with whole args."""
+    events = _all_args_decoder.decode(array)
+    return pl.Series([graph_annotation(e.args) for e in events if e.cat in kinds], dtype=pl.Utf8)
 
 
 def _texts(raws: list[msgspec.Raw]) -> pl.Series:

@@ -3,7 +3,7 @@
 A trace can be a faithful file of an unfaithful recording: CUPTI drops activity records when
 its buffers overflow (graph replays recorded fewer times than launched), a profiler run
 without CUDA activities has launches but no kernels, ``record_shapes`` off leaves the budget
-and the overlap tax without shapes, SGLang's merger writes string pids, and two processes
+and the overlap tax without shapes, a GPU missing from ``deviceProperties`` has no name, SGLang's merger writes string pids, and two processes
 writing one path interleave their events.  Each check below looks at the loaded event table
 only (no classification), so it is computed once at load time and read by terminal, JSON,
 HTML and ``--strict`` alike.
@@ -105,6 +105,16 @@ def trace_health(trace: Trace) -> list[HealthIssue]:
             "string_pids",
             f"{string_pids:,} process ids are strings (a merged trace, e.g. SGLang's profile merger "
             "'[TP00-DP00-PP00-EP00] <pid>'): ranks are numbered in file order, not by their pid", string_pids))
+
+    for device in sorted(gpu["device"].drop_nulls().unique().to_list()):
+        if device in trace.thread_names:
+            continue  # a GPU pid given as a string: its name is that string
+        reason = trace.unknown_gpu_reason(device)
+        if reason is not None:
+            out.append(HealthIssue(
+                "gpu_name_unknown",
+                f"{reason}: the GPU is shown without a name and a budget needs --gpu",
+                gpu.filter(pl.col("device") == device).height))
 
     dup = (rt.filter(pl.col("correlation").is_not_null() & pl.col("name").cast(pl.Utf8).str.contains(LAUNCHES))
            .group_by("correlation").agg(pl.col("pid").n_unique().alias("p")).filter(pl.col("p") > 1).height)

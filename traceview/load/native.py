@@ -33,6 +33,8 @@ _SKIP_REASONS = ("events without a name", "events without a valid timestamp",
 def _enabled() -> bool:
     if _simd is None or os.environ.get("TRACEVIEW_DECODER", "").strip().lower() in ("python", "pure", "msgspec"):
         return False
+    if not getattr(_simd, "DECLINES_GRAPH_NODES", 0):
+        return False  # built from an older _simd.cpp: it would drop CUDA-graph annotations (rebuild it)
     _simd.configure({alias: EVENT_KINDS.index(kind) for alias, kind in CATEGORY_ALIASES.items()},
                     "".join(sorted(CHROME_PHASES - {"X", "B", "E"})))
     return True
@@ -45,6 +47,8 @@ def describe() -> str:
     """Which decoder loads traces here (``traceview --version`` prints it)."""
     if ENABLED:
         return f"compiled (simdjson {_simd.SIMDJSON_VERSION})"
+    if _simd is not None and not getattr(_simd, "DECLINES_GRAPH_NODES", 0):
+        return "pure Python (msgspec; the compiled decoder is an older build: rebuild it with pip install -e .)"
     if _simd is not None:
         return "pure Python (msgspec; the compiled decoder is off: TRACEVIEW_DECODER=python)"
     return "pure Python (msgspec; the compiled decoder is not built)"
@@ -99,6 +103,7 @@ def _frame(r) -> tuple[pl.DataFrame, dict[str, int]] | None:
         "input_dims": pl.Series(dims_table, dtype=pl.Utf8).gather(_codes(dims, np.int32)),
         "bytes": _ints(nbytes, nbytes_ok),
         "grid": pl.Series(grid_table, dtype=pl.Categorical).gather(_codes(grid, np.int32)),
+        "annotation": pl.Series([None] * n, dtype=pl.Utf8),  # it declines pieces with graph annotations
     })
     return frame, skipped
 

@@ -830,6 +830,7 @@ def _lists_frame(buf: decode.ColumnBuffer) -> pl.DataFrame:
             "input_dims": pl.Series(c["input_dims"], dtype=pl.Utf8),
             "bytes": pl.Series(c["bytes"], dtype=pl.Int64),
             "grid": pl.Series(c["grid"], dtype=pl.Utf8).cast(pl.Categorical),
+            "annotation": pl.Series(c["annotation"], dtype=pl.Utf8),
         }
     )
     for col in c.values():

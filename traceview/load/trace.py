@@ -34,7 +34,8 @@ class Trace:
     ``correlation`` and ``external_id`` (links a launch to its kernel), ``device`` and
     ``stream`` (GPU rows: from ``args.device``/``args.stream``, else ``pid``/``tid``),
     ``input_dims`` (JSON text of ``Input Dims`` on CPU ops recorded with shapes) and
-    ``bytes`` (memcpy/memset sizes), ``grid`` (a kernel's launch grid/block, "[x,y,z]/[x,y,z]").
+    ``bytes`` (memcpy/memset sizes), ``grid`` (a kernel's launch grid/block, "[x,y,z]/[x,y,z]"),
+    ``annotation`` (a CUDA-graph kernel's annotation args, JSON text: see ``decode.graph_annotation``).
     """
 
     path: Path
@@ -57,11 +58,34 @@ class Trace:
         """Kernels, memcpys and memsets: the GPU's activity, sorted by device and time."""
         return self.events.filter(pl.col("kind").is_in(GPU_KINDS)).sort(["device", "ts"])
 
+    def device_entry(self, device: int) -> dict[str, Any] | None:
+        """The ``deviceProperties`` entry of ``device``; for a device the trace does not list,
+        the entry it still implies (the only one listed, or any one when every listed device
+        has the same name: a process that lists only its visible GPU, numbered otherwise);
+        None when it implies nothing (see ``unknown_gpu_reason``)."""
+        for d in self.devices:
+            if d.get("id") == device:
+                return d
+        if self.devices and len({str(d.get("name")) for d in self.devices}) == 1:
+            return self.devices[0]
+        return None
+
+    def unknown_gpu_reason(self, device: int) -> str | None:
+        """Why the trace cannot name this GPU (None when it can, or lists it without a name)."""
+        if self.device_entry(device) is not None:
+            return None
+        listed = ", ".join(f"{d.get('id')} ({d.get('name') or 'unnamed'})" for d in self.devices[:8])
+        return (f"GPU name unknown (device {device} not in deviceProperties"
+                + (f", which lists {listed}" if listed else "") + ")")
+
     def device_name(self, device: int) -> str | None:
         for d in self.devices:
             if d.get("id") == device:
                 return d.get("name")
-        return self.thread_names.get(device)  # a pid given as a string ("GPU 0")
+        if device in self.thread_names:
+            return self.thread_names[device]  # a pid given as a string ("GPU 0")
+        d = self.device_entry(device)
+        return None if d is None else d.get("name")
 
     def given_name(self, device: int) -> str | None:
         """The string a ``pid`` was given as ("GPU 0", SGLang's "[TP00-DP00-PP00-EP03] 495"):

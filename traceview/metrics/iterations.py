@@ -21,8 +21,10 @@ Every GPU event of the device is clipped to the window (by time, whatever its la
                         communication ran under compute (compute unchanged: a bound, not a promise)
   kernels               GPU events that started in the window (launches per iteration)
 
-A GPU event whose launch is not in the trace is treated as queued from the end of the
-device's previous event (so it never makes idle look host-bound); ``unlinked`` counts them.
+Idle and "no kernel queued" are ``timeline/idle.py``'s sets (the run summaries measure the
+same sets in their windows): a GPU event whose launch is not in the trace counts as queued
+from the latest end of the device's earlier events (so it never makes idle look host-bound);
+``unlinked`` counts them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import polars as pl
 
 from ..segment import NONE, Segmentation
 from ..timeline import intervals as iv
+from ..timeline.idle import idle_sets
 from .segments import labelled
 
 COLUMNS = ("device", "iteration", "start_us", "end_us", "duration_us", "compute_us", "comm_us", "exposed_comm_us",
@@ -40,12 +43,6 @@ COLUMNS = ("device", "iteration", "start_us", "end_us", "duration_us", "compute_
 
 #: the columns ``--by iteration`` adds to the per-segment table
 ITERATION_EXTRA = ("duration_us", "idle_us", "idle_no_queue_us", "if_hidden_us")
-
-
-def _clip(ts: np.ndarray, end: np.ndarray, a: float, b: float) -> iv.Intervals:
-    s, e = np.maximum(ts, a), np.minimum(end, b)
-    keep = e > s
-    return s[keep], e[keep]
 
 
 def iteration_table(kernels: pl.DataFrame, seg: Segmentation) -> pl.DataFrame:
@@ -59,38 +56,32 @@ def iteration_table(kernels: pl.DataFrame, seg: Segmentation) -> pl.DataFrame:
         d = d.sort("ts")
         ts, end = d["ts"].to_numpy(), d["end"].to_numpy()
         role = d["role"].cast(pl.Utf8).to_numpy()
-        launch = d["launch_ts"].to_numpy().astype(float) if "launch_ts" in d.columns else np.full(d.height, np.nan)
-        prev_end = np.concatenate([[ts[0]], np.maximum.accumulate(end)[:-1]]) if d.height else ts
-        unlinked = np.isnan(launch)
-        queued_from = np.where(unlinked, prev_end, launch)
-        queued = iv.union(*_positive(queued_from, ts))
+        launch = d["launch_ts"].to_numpy().astype(float) if "launch_ts" in d.columns else None
+        gaps = idle_sets(ts, end, launch)
         compute = iv.union(ts[role == "compute"], end[role == "compute"])
         comm = iv.union(ts[role == "comm"], end[role == "comm"])
-        memory = iv.union(ts[role == "memory"], end[role == "memory"])
-        for it, a, b in _windows(d):
+        exposed = iv.subtract(comm, compute)
+        windows = _windows(d)
+        lo = np.array([a for _it, a, _b in windows])
+        hi = np.array([b for _it, _a, b in windows])
+        measured = {name: iv.measure_in_windows(sets, lo, hi) for name, sets in
+                    (("compute", compute), ("comm", comm), ("exposed", exposed), ("busy", gaps.busy),
+                     ("idle", gaps.idle), ("no_queue", gaps.no_queue))}
+        for i, (it, a, b) in enumerate(windows):
             sel = (ts >= a) & (ts < b) if b > a else (ts == a)
-            c, m, x = _clip(*compute, a, b), _clip(*comm, a, b), _clip(*memory, a, b)
-            compute_us, comm_us = iv.measure(*c), iv.measure(*m)
-            cc = iv.measure(*iv.concat(c, m))
-            busy = iv.measure(*iv.concat(c, m, x))
-            busy_or_queued = iv.measure(*iv.concat(c, m, x, _clip(*queued, a, b)))
             duration = b - a
-            idle = max(0.0, duration - busy)
-            no_queue = max(0.0, duration - busy_or_queued)
-            exposed = max(0.0, cc - compute_us)
+            compute_us, exposed_us = float(measured["compute"][i]), float(measured["exposed"][i])
+            busy, idle = float(measured["busy"][i]), float(measured["idle"][i])
+            no_queue = min(float(measured["no_queue"][i]), idle)
             rows.append(dict(device=int(device), iteration=it, start_us=a, end_us=b, duration_us=duration,
-                             compute_us=compute_us, comm_us=comm_us, exposed_comm_us=exposed,
-                             exposed_memory_us=max(0.0, busy - cc), idle_us=idle, idle_no_queue_us=no_queue,
-                             idle_queued_us=max(0.0, idle - no_queue), if_hidden_us=duration - exposed,
-                             kernels=int(sel.sum()), unlinked=int((sel & unlinked).sum())))
+                             compute_us=compute_us, comm_us=float(measured["comm"][i]), exposed_comm_us=exposed_us,
+                             exposed_memory_us=max(0.0, busy - compute_us - exposed_us), idle_us=idle,
+                             idle_no_queue_us=no_queue, idle_queued_us=max(0.0, idle - no_queue),
+                             if_hidden_us=duration - exposed_us,
+                             kernels=int(sel.sum()), unlinked=int((sel & gaps.unlinked).sum())))
     schema = {c: (pl.Int64 if c in ("device", "kernels", "unlinked") else pl.Utf8 if c == "iteration" else pl.Float64)
               for c in COLUMNS}
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
-
-
-def _positive(a: np.ndarray, b: np.ndarray) -> iv.Intervals:
-    keep = b > a
-    return a[keep], b[keep]
 
 
 def _windows(d: pl.DataFrame) -> list[tuple[str, float, float]]:

@@ -138,21 +138,39 @@ footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """
 
 
-class _Page:
-    """Collects HTML fragments and figures in order."""
+#: where the next figure of a fragment goes
+FIGURE = "<!--figure-->"
 
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.figures: dict[str, dict] = {}
+
+@dataclass
+class Fragment:
+    """A part of the page: HTML pieces (``FIGURE`` where each figure goes) and those figures.
+
+    Figures get their element ids only when the page is assembled, so a fragment rendered
+    elsewhere (a worker process, a Ray task on the node holding the rank's file) fits any page.
+    """
+
+    parts: list[str] = field(default_factory=list)
+    figures: list[dict] = field(default_factory=list)
+    boxes: int = 0                              # kernel boxes drawn in its timelines
+    kernels: int = 0                            # kernels of its traces
+    notes: list[str] = field(default_factory=list)  # timelines that merged kernels
+    title: str | None = None                    # the file's name, for a one-file page's title
+    problems: list[str] = field(default_factory=list)  # what --strict fails on (loader warnings, trace health)
 
     def add(self, html_text: str) -> None:
         self.parts.append(html_text)
 
-    def figure(self, fig: dict, css_class: str = "plot") -> None:
-        fid = f"fig{len(self.figures)}"
-        self.figures[fid] = fig
-        h = int(fig.get("layout", {}).get("height", 400))
-        self.add(f'<div class="card"><div id="{fid}" class="{css_class}" style="height:{h}px"></div></div>')
+    def figure(self, fig: dict) -> None:
+        self.parts.append(FIGURE)
+        self.figures.append(fig)
+
+    def extend(self, other: "Fragment") -> None:
+        self.parts += other.parts
+        self.figures += other.figures
+        self.boxes += other.boxes
+        self.kernels += other.kernels
+        self.notes += other.notes
 
 
 def _per_gpu_budget(max_events: int, n_gpus: int) -> int:
@@ -161,92 +179,126 @@ def _per_gpu_budget(max_events: int, n_gpus: int) -> int:
 
 def render_html(results: list[TraceAnalysis], *, max_events: int = DEFAULT_MAX_EVENTS,
                 reconciliations: dict[int, Any] | None = None, budget_note: str | None = None,
-                title: str | None = None, run=None) -> Report:
-    """Build the report page for analyzed traces (one per rank).
+                title: str | None = None, run=None, generated: str | None = None) -> Report:
+    """Build the report page for analyzed traces (one per rank), all of them in detail.
 
     ``max_events`` is shared among the GPUs' timelines, each getting at least
     ``min(max_events, MIN_BOXES_PER_GPU)`` boxes;
     ``reconciliations`` maps ``id(analysis)`` to a reconciliation result (an object with a
     ``summary`` table, or a polars DataFrame), ``budget_note`` says why there is none.
+    A run of many ranks is reported by ``report.run_report.report_run`` instead: the run page
+    from summaries, detail for the ranks a reader needs.
     """
     if not results:
         raise ValueError("no analyses to report")
-    gpus = [(a, g) for a in results for g in a.gpus]
-    budget = _per_gpu_budget(max_events, len(gpus))
-    page = _Page()
-    notes: list[str] = []
-
+    budget = _per_gpu_budget(max_events, sum(len(a.gpus) for a in results))
     title = title or ("traceview report · " + (results[0].trace.name if len(results) == 1
                                                else f"{len(results)} traces"))
-    page.add(f"<h1>{esc(title)}</h1>")
-    page.add('<p class="sub">Where the GPU time went, and how much communication compute did not hide. '
-             'Exposed communication (<span class="exposed">red</span>) is communication that ran while no '
-             'compute kernel ran on the same GPU.</p>')
-    page.add(_header(results))
-    warn_html = _warnings(results)
-    if warn_html:  # first: a truncated or repaired file changes how every number reads
-        page.add(warn_html)
-    from .html_run import run_sections
+    head = Fragment()
+    head.add(_header(results))
+    head.add(_warnings(results))
+    details = [(None if len(results) == 1 else _detail_heading(a.trace.name, a.rank, None),
+                detail_fragment(a, budget, max_events, (reconciliations or {}).get(id(a)),
+                                budget_note if reconciliations is None or id(a) not in reconciliations else None,
+                                budget_asked=reconciliations is not None or budget_note is not None))
+               for a in results]
+    return assemble(title, head, run, details, generated=generated)
 
-    run_parts, run_figures = run_sections(run)
-    for part in run_parts:
-        if part == "<!--figure-->":
-            page.figure(run_figures.pop(0))
-        else:
-            page.add(part)
-    if run_parts:
-        page.add('<h2>Per-rank detail</h2><p class="sub">Each rank on its own, on its own clock.</p>')
-    page.add(_verdicts(results))
-    page.add(_gpu_table(results))
-    page.add(_iterations(results))
-    page.add(_skew(run))
+
+def _detail_heading(name: str, rank: int | None, why: str | None) -> str:
+    who = f"rank {rank}" if rank is not None else "no rank"
+    return (f'<h2 class="rank-detail" id="detail-{esc(str(rank) if rank is not None else name)}">Detail: {who} · '
+            f'{esc(name)}{" · " + esc(why) if why else ""}</h2>')
+
+
+def detail_fragment(a: TraceAnalysis, boxes_per_gpu: int, max_events: int, reconciliation: Any = None,
+                    budget_note: str | None = None, budget_asked: bool = False) -> Fragment:
+    """One trace file in detail (verdicts, tables, timelines, segments, categories, kernels,
+    budget): what needs its event table, so it is rendered where the file is read."""
+    page = Fragment()
+    page.add(_verdicts([a]))
+    page.add(_gpu_table([a]))
+    page.add(_iterations([a]))
     reduced_slot = len(page.parts)
     page.add("")  # filled below when a timeline was reduced
-
-    # timelines
     page.add("<h2>Timeline</h2>")
     page.add('<p class="sub">One lane per stream; kernels colored by category (compute in cool '
              'colors, communication in warm ones). <span class="chip" style="background:'
              f'{EXPOSED}"></span><span class="exposed">Exposed communication</span> is on its own lane and as a red strip under the '
              'communication kernels it belongs to. Bands on top: micro-batch, layer and phase stretches '
              '(from annotations or inferred). Drag to zoom, double-click to reset, click legend entries to hide.</p>')
-    boxes = kernels = 0
-    for a, g in gpus:
-        tl = gpu_timeline(a, g, budget, label=esc(_gpu_name(a, g)), subtitle=esc(verdict(a, g)))
-        boxes += tl.boxes
-        kernels += tl.kernels
+    for g in a.gpus:
+        tl = gpu_timeline(a, g, boxes_per_gpu, label=esc(_gpu_name(a, g)), subtitle=esc(verdict(a, g)))
+        page.boxes += tl.boxes
+        page.kernels += tl.kernels
         page.figure(tl.figure)
-        for n in tl.notes:
-            notes.append(f"{_gpu_name(a, g)}: {n}")
-    if notes:
+        page.notes += [f"{_gpu_name(a, g)}: {n}" for n in tl.notes]
+    if page.notes:
         page.parts[reduced_slot] = ('<div class="note"><b>Reduced timeline.</b> This trace has more kernels than '
                                     f'the report draws one by one (<code>--max-events {max_events:,}</code>): '
-                                    + "; ".join(esc(n) for n in notes)
+                                    + "; ".join(esc(n) for n in page.notes)
                                     + ". Every number, bar and table below is computed from all kernels.</div>")
+    _segments(page, [a])
+    _categories(page, [a])
+    _kernels(page, [a])
+    if budget_asked:
+        _reconciliation(page, [a], None if reconciliation is None else {id(a): reconciliation}, budget_note)
+    return page
 
-    _segments(page, results)
-    _categories(page, results)
-    _kernels(page, results)
-    _reconciliation(page, results, reconciliations, budget_note)
 
-    page.add(f'<footer>traceview {esc(__version__)} · generated {esc(_dt.datetime.now().strftime("%Y-%m-%d %H:%M"))}'
+def assemble(title: str, head: Fragment, run, details: list[tuple[str | None, "Fragment | str"]],
+             detail_note: str = "", generated: str | None = None) -> Report:
+    """The page: title, ``head`` (what was analysed, loader warnings), the run's sections
+    (``html_run``: from the summaries of every rank), then each detail fragment under its
+    heading (or a note where a detail could not be rendered)."""
+    from .html_run import run_sections
+
+    page = Fragment()
+    page.add(f"<h1>{esc(title)}</h1>")
+    page.add('<p class="sub">Where the GPU time went, and how much communication compute did not hide. '
+             'Exposed communication (<span class="exposed">red</span>) is communication that ran while no '
+             'compute kernel ran on the same GPU.</p>')
+    page.extend(head)
+    run_parts, run_figures = run_sections(run)
+    page.extend(Fragment(run_parts, run_figures))
+    page.add(_skew(run))
+    if run_parts:
+        page.add('<h2>Per-rank detail</h2><p class="sub">Each rank on its own, on its own clock.'
+                 f'{" " + detail_note if detail_note else ""}</p>')
+    for heading, frag in details:
+        if heading:
+            page.add(heading)
+        if isinstance(frag, Fragment):
+            page.extend(frag)
+        else:
+            page.add(f'<div class="note"><b>No detail.</b> {esc(frag)}</div>')
+    when = generated or _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    page.add(f'<footer>traceview {esc(__version__)} · generated {esc(when)}'
              ' · definitions: busy(role) = union of that role\'s kernel intervals on a GPU (all streams); '
              'overlap = |comm ∩ compute|; exposed comm = |comm \\ compute|; span = last end − first start.</footer>')
-
+    body, figures = [], {}
+    for part in page.parts:
+        if part == FIGURE:
+            fid = f"fig{len(figures)}"
+            fig = page.figures[len(figures)]
+            figures[fid] = fig
+            h = int(fig.get("layout", {}).get("height", 400))
+            part = f'<div class="card"><div id="{fid}" class="plot" style="height:{h}px"></div></div>'
+        body.append(part)
     plotly = plotly_js()
-    data = json_for_script(page.figures)
+    data = json_for_script(figures)
     html_text = "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f'<meta http-equiv="Content-Security-Policy" content="{_csp(plotly, _BOOT)}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body><main>\n",
-        "\n".join(page.parts),
+        "\n".join(p for p in body if p),
         "\n</main>\n",
         f'<script type="application/json" id="tv-figures">{data}</script>\n',
         f"<script>{plotly}</script>\n<script>{_BOOT}</script>\n</body></html>\n",
     ])
-    return Report(html=html_text, figures=len(page.figures), boxes=boxes, kernels=kernels, reduced=bool(notes),
-                  notes=notes)
+    return Report(html=html_text, figures=len(figures), boxes=page.boxes, kernels=page.kernels,
+                  reduced=bool(page.notes), notes=page.notes)
 
 
 def write_html(results: list[TraceAnalysis], path, **kwargs) -> Report:
@@ -387,7 +439,7 @@ def _warnings(results: list[TraceAnalysis]) -> str:
     return f'<div class="note"><b>Loader warnings</b><ul class="warn-list">{"".join(items)}</ul></div>' if items else ""
 
 
-def _segments(page: _Page, results: list[TraceAnalysis]) -> None:
+def _segments(page: Fragment, results: list[TraceAnalysis]) -> None:
     page.add("<h2>Micro-batches and layers</h2>")
     page.add('<p class="sub">Per group: compute time (union of its compute kernels) beside its communication, '
              'split into the part that ran under <i>any</i> compute on the GPU (hidden) and the part that did not '
@@ -423,7 +475,7 @@ def _segments(page: _Page, results: list[TraceAnalysis]) -> None:
                  "<code>traceview analyze</code>.</p>")
 
 
-def _categories(page: _Page, results: list[TraceAnalysis]) -> None:
+def _categories(page: Fragment, results: list[TraceAnalysis]) -> None:
     page.add("<h2>Kernel categories</h2>")
     gpus = [(esc(gpu_label(a, g.device)), g) for a in results for g in a.gpus]
     rules = results[0].rules
@@ -468,7 +520,7 @@ def _all_kernels(results: list[TraceAnalysis]) -> pl.DataFrame:
                                        pl.col("role").cast(pl.Utf8), "dur") for a in results])
 
 
-def _kernels(page: _Page, results: list[TraceAnalysis]) -> None:
+def _kernels(page: Fragment, results: list[TraceAnalysis]) -> None:
     k = _all_kernels(results)
     total = float(k["dur"].sum()) or 1.0
     top = (k.group_by("name", "category", "role").agg(pl.col("dur").sum().alias("t"), pl.len().alias("n"))
@@ -503,7 +555,7 @@ def _kernel_cell(name: str) -> str:
     return f'<span class="k" title="{esc(full)}">{esc(short_kernel_name(name, 140))}</span>'
 
 
-def _reconciliation(page: _Page, results: list[TraceAnalysis], recs: dict[int, Any] | None,
+def _reconciliation(page: Fragment, results: list[TraceAnalysis], recs: dict[int, Any] | None,
                     note: str | None) -> None:
     if recs is None and note is None:
         return

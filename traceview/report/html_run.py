@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from ..run.summary import TIMELINE_PIECES
+from ..timeline import intervals as iv
 from .html_style import COMPUTE, EXPOSED, esc
 from .text import fmt_ms
 
@@ -26,12 +28,50 @@ ARRIVAL = "#5a5a5a"
 LAST = "#e3001b"
 #: collective instances drawn as arrival lines (the rest are still in the tables)
 MAX_INSTANCE_LINES = 400
-#: boxes per rank lane before short pieces are merged
-MAX_PIECES_PER_LANE = 4000
+#: waiting + transfer boxes drawn at most (over all ranks), beyond which every n-th instance is drawn
+MAX_COLLECTIVE_BARS = 200_000
+#: boxes per rank lane before short pieces are merged (the summaries keep compute at this many)
+MAX_PIECES_PER_LANE = TIMELINE_PIECES
 
 
 def ms(us: float | None) -> str:
     return fmt_ms(us)
+
+
+def run_head(run):
+    """What was analysed (from the summaries of every rank), the loader warnings and trace
+    health of every rank, and the files that could not be read: the top of a run's page."""
+    from .html import Fragment
+
+    ranks = run.ranks
+    names = list(dict.fromkeys(r.name for r in ranks))  # one per file (a file may hold several GPUs)
+    shown = ", ".join(esc(f) for f in names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    nums = sorted({r.rank for r in ranks if r.rank is not None})
+    ws = sorted({r.world_size for r in ranks if r.world_size})
+    rank_text = (", ".join(map(str, nums)) if len(nums) <= 16 else f"{len(nums)} ranks, {nums[0]}-{nums[-1]}") or "unknown"
+    rank_text += f" of world size {ws[0]}" if len(ws) == 1 else ""
+    gpu_names: dict[str, int] = {}
+    for r in ranks:
+        gpu_names[r.gpu.name or "unknown GPU"] = gpu_names.get(r.gpu.name or "unknown GPU", 0) + 1
+    iters = sorted({r.iterations.height for r in ranks})
+    sources = sorted({f"{lvl}: {src}" for r in ranks for lvl, src in r.sources.items() if src != "none"})
+    spans = [r.gpu.span_us for r in ranks]
+    window = (f"{ms(min(spans))} – {ms(max(spans))} ms of GPU activity per GPU" if len(set(spans)) > 1
+              else f"{ms(spans[0])} ms of GPU activity")
+    rows = [("files", shown), ("ranks", rank_text), ("GPUs", ", ".join(f"{n} × {esc(k)}" for k, n in gpu_names.items())),
+            ("iterations", esc(" / ".join(map(str, iters)) + (" (per trace)" if len(iters) > 1 else ""))),
+            ("time window", window), ("GPU events", f"{sum(r.gpu.events for r in ranks):,}"),
+            ("segments from", esc(", ".join(sources)) or "–")]
+    head = Fragment()
+    head.add('<div class="card"><dl class="meta">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+             + "</dl></div>")
+    items = [f"<li>{esc(e.path)}: {esc(e.reason)} (not analysed)</li>" for e in run.errors]
+    files = list({r.file: r for r in ranks}.values())
+    items += [f"<li>{esc(r.name)}: {esc(w)}</li>" for r in files for w in r.warnings]
+    items += [f"<li>{esc(r.name)}: trace health: {esc(h)}</li>" for r in files for h in r.health]
+    if items:
+        head.add(f'<div class="note"><b>Loader warnings</b><ul class="warn-list">{"".join(items)}</ul></div>')
+    return head
 
 
 def run_sections(run) -> tuple[list[str], list[dict]]:
@@ -96,22 +136,6 @@ def _ranks_table(run) -> str:
             f'<div class="card"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
-def _pieces(s: np.ndarray, e: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``limit`` pieces: join neighbours closer than a gap that doubles until they fit."""
-    if len(s) <= limit:
-        return s, e
-    gap = (e[-1] - s[0]) / limit
-    while True:
-        keep = np.concatenate([[True], s[1:] - e[:-1] > gap])
-        idx = np.cumsum(keep) - 1
-        ns = s[keep]
-        ne = np.zeros(len(ns))
-        np.maximum.at(ne, idx, e)
-        if len(ns) <= limit:
-            return ns, ne
-        gap *= 2
-
-
 def run_timeline(run) -> dict:
     """One lane per rank on the common clock (ms since the run's first event)."""
     m = run.matching
@@ -131,16 +155,22 @@ def run_timeline(run) -> dict:
     cl, cs, ce = [], [], []
     xl, xs, xe = [], [], []
     for r in run.ranks:
-        s, e = _pieces(r.compute_start, r.compute_end, MAX_PIECES_PER_LANE)
+        s, e = iv.coarsen(r.compute_start, r.compute_end, MAX_PIECES_PER_LANE)
         cl += [r.rank] * len(s)
         cs += list((s - off[r.rank] - t0) / 1000)
         ce += list((e - off[r.rank] - t0) / 1000)
-        s, e = _pieces(r.exposed_start, r.exposed_end, MAX_PIECES_PER_LANE)
+        s, e = iv.coarsen(r.exposed_start, r.exposed_end, MAX_PIECES_PER_LANE)
         xl += [r.rank] * len(s)
         xs += list((s - off[r.rank] - t0) / 1000)
         xe += list((e - off[r.rank] - t0) / 1000)
     bars("compute (busy)", COMPUTE, cl, cs, ce, 0.18, 0.28, "compute %{base:.3f} ms +%{x:.3f}")
-    c = run.collectives.with_columns(((pl.col("arrival_us") - t0) / 1000).alias("a"),
+    c = run.collectives
+    # hundreds of ranks x thousands of collectives: draw the waiting/transfer of every n-th instance
+    ids_all = c["instance"].unique(maintain_order=True)
+    bar_step = max(1, -(-c.height // MAX_COLLECTIVE_BARS))
+    if bar_step > 1:
+        c = c.filter(pl.col("instance").is_in(ids_all.gather_every(bar_step).implode()))
+    c = c.with_columns(((pl.col("arrival_us") - t0) / 1000).alias("a"),
                                      ((pl.col("end_us") - t0) / 1000).alias("e"),
                                      (pl.col("transfer_us") / 1000).alias("tr"))
     wait_end = (c["e"] - c["tr"]).to_list()
@@ -171,7 +201,9 @@ def run_timeline(run) -> dict:
                  "x": xs_line, "y": ys_line, "line": {"color": ARRIVAL, "width": 1}, "hoverinfo": "skip"})
     data.append({"type": "scatter", "mode": "markers", "name": "last arrival", "x": lx, "y": ly, "text": lt,
                  "marker": {"color": LAST, "size": 7, "symbol": "diamond"}, "hovertemplate": "%{text}<extra></extra>"})
-    note = "" if step == 1 else f" (every {step}th collective joined)"
+    note = "" if step == 1 else f" (every {step * bar_step}th collective joined)"
+    if bar_step > 1:
+        note += f" (waiting and transfer of every {bar_step}th collective drawn: {ids_all.len():,} in the tables)"
     height = 160 + 70 * len(ranks)
     return {"data": data, "layout": {
         "title": {"text": f"All ranks on one clock{note}", "x": 0.0, "xanchor": "left", "font": {"size": 15}},

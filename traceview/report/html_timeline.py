@@ -73,19 +73,6 @@ def _hover_names(names: pl.Series) -> pl.Series:
     return names.to_physical().replace_strict(labels, return_dtype=pl.Utf8)
 
 
-def _merge_close(s: np.ndarray, e: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Join sorted disjoint intervals closer than ``gap``: (start, end, pieces, covered length)."""
-    if s.size == 0:
-        return s, e, np.zeros(0, int), np.zeros(0)
-    new = np.ones(s.size, dtype=bool)
-    new[1:] = (s[1:] - e[:-1]) >= gap
-    idx = np.flatnonzero(new)
-    ends = np.maximum.reduceat(e, idx)
-    pieces = np.diff(np.append(idx, s.size))
-    covered = np.add.reduceat(e - s, idx)
-    return s[idx], ends, pieces, covered
-
-
 def _reduce_intervals(s: np.ndarray, e: np.ndarray, cap: int, r: float, detail_end: float | None = None):
     """Disjoint sorted intervals; those after ``detail_end`` joined at resolution ``r``
     (doubled) until at most ``cap`` remain there.  (start, end, pieces, covered length)."""
@@ -97,12 +84,12 @@ def _reduce_intervals(s: np.ndarray, e: np.ndarray, cap: int, r: float, detail_e
     ts, te = s[cut:], e[cut:]
     gap = r
     while ts.size:
-        tail = _merge_close(ts, te, gap)
+        tail = iv.join_close(ts, te, gap)
         if tail[0].size <= cap:
             break
         gap *= 2
     else:
-        tail = _merge_close(ts, te, 0.0)
+        tail = iv.join_close(ts, te, 0.0)
     return tuple(np.concatenate([h, t]) for h, t in zip(head, tail))
 
 

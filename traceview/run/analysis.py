@@ -112,7 +112,7 @@ class RunAnalysis:
 
     def by_rank_layer(self) -> pl.DataFrame:
         """Rank x layer, per iteration (µs): exposed communication and waiting in that layer."""
-        frames = [r.layers.with_columns(pl.lit(r.rank, dtype=pl.Int64).alias("rank"),
+        frames = [r.layers_table().with_columns(pl.lit(r.rank, dtype=pl.Int64).alias("rank"),
                                         pl.lit(r.iteration_count, dtype=pl.Int64).alias("_n"))
                   for r in self.ranks if r.layers.height and r.rank is not None]
         if not frames:
@@ -123,7 +123,7 @@ class RunAnalysis:
         c = self.collectives
         if c.height:
             n_it = {t.rank: t.iterations for t in self.times}
-            w = (c.group_by("rank", "layer").agg(pl.col("wait_us").sum())
+            w = (c.group_by("rank", "layer").agg(pl.col("wait_us").sum()).with_columns(pl.col("layer").cast(pl.Utf8))
                  .with_columns((pl.col("wait_us") / pl.col("rank").replace_strict(n_it, default=1))
                                .alias("wait_us_per_iteration")).drop("wait_us"))
             lay = lay.join(w, on=["rank", "layer"], how="full", coalesce=True).with_columns(

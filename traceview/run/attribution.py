@@ -57,7 +57,7 @@ def rank_times(ranks: list[RankSummary], inst: pl.DataFrame) -> list[RankTimes]:
     for r in ranks:
         mine = inst.filter(pl.col("rank") == r.rank) if inst.height else inst
         matched_idx = set(mine["idx"].to_list()) if mine.height else set()
-        c = r.comm
+        c = r.comm_table()
         unmatched = c.filter(~pl.col("idx").is_in(list(matched_idx))) if matched_idx else c
         # transfer windows on the rank's own clock (the instances' end is the rank's own end)
         if mine.height:
@@ -173,9 +173,9 @@ def _cause(rank: int, ranks: list[RankSummary], inst: pl.DataFrame, n_it: int) -
         mine = rows.filter(pl.col("rank") == rk).select("instance", "idx", "layer")
         if mine.height == 0:
             continue
-        w = mine.join(r.comm.select("idx", "win_idle_no_queue_us", "win_idle_us", "win_exposed_comm_us",
-                                    "win_launch_gap_us", "win_launch_gap_layer"), on="idx")
-        wc = (mine.join(r.window_compute, on="idx").group_by("instance", "category").agg(pl.col("time_us").sum())
+        w = mine.join(r.comm_table().select("idx", "win_idle_no_queue_us", "win_idle_us", "win_exposed_comm_us",
+                                            "win_launch_gap_us", "win_launch_gap_layer"), on="idx")
+        wc = (mine.join(r.window_compute_table(), on="idx").group_by("instance", "category").agg(pl.col("time_us").sum())
               .pivot(on="category", index="instance", values="time_us"))
         w = w.join(wc, on="instance", how="left").with_columns(pl.lit(rk, dtype=pl.Int64).alias("rank"))
         frames.append(w)
@@ -192,7 +192,7 @@ def _cause(rank: int, ranks: list[RankSummary], inst: pl.DataFrame, n_it: int) -
     # queued-but-idle is idle minus idle with no kernel queued
     excess_idle_queued = excess.pop("win_idle_us", 0.0) - excess.get("win_idle_no_queue_us", 0.0)
     launch_gap = excess.pop("win_launch_gap_us", 0.0)
-    compute = {m: v for m, v in excess.items() if not m.startswith("win_")}
+    compute = {m: excess[m] for m in sorted(excess) if not m.startswith("win_")}  # a stable order in every output
     candidates = {"host_bound": excess.get("win_idle_no_queue_us", 0.0),
                   "exposed_comm": excess.get("win_exposed_comm_us", 0.0),
                   "idle_queued": excess_idle_queued}
@@ -265,7 +265,7 @@ def _expert_layers(rank: int, rows: pl.DataFrame, allw: pl.DataFrame) -> list[st
 def expert_imbalance(ranks: list[RankSummary], inst: pl.DataFrame) -> pl.DataFrame:
     """Per (iteration, layer, micro-batch): expert GEMM time per rank, max/mean, the slowest
     rank, and the combine waiting on the other ranks in that layer."""
-    frames = [r.layers.with_columns(pl.lit(r.rank, dtype=pl.Int64).alias("rank")) for r in ranks if r.layers.height]
+    frames = [r.layers_table().with_columns(pl.lit(r.rank, dtype=pl.Int64).alias("rank")) for r in ranks if r.layers.height]
     if not frames:
         return pl.DataFrame()
     lay = pl.concat(frames, how="diagonal_relaxed").filter(pl.col("expert_kernels") > 0)
@@ -277,7 +277,8 @@ def expert_imbalance(ranks: list[RankSummary], inst: pl.DataFrame) -> pl.DataFra
            .with_columns((pl.col("max_expert_us") / pl.col("mean_expert_us")).alias("max_over_mean")))
     if inst.height:
         comb = (inst.filter((pl.col("category") == "moe.combine") & (pl.col("rank") != pl.col("last_rank")))
-                .group_by("it", "layer", "microbatch").agg(pl.col("wait_us").sum().alias("combine_wait_others_us")))
+                .group_by("it", "layer", "microbatch").agg(pl.col("wait_us").sum().alias("combine_wait_others_us"))
+                .with_columns(pl.col("layer", "microbatch").cast(pl.Utf8)))
         agg = agg.join(comb, on=["it", "layer", "microbatch"], how="left").with_columns(
             pl.col("combine_wait_others_us").fill_null(0.0))
     return agg.sort("it", pl.col("layer").cast(pl.Int64, strict=False), "layer", "microbatch")

@@ -49,7 +49,12 @@ class Matching:
 
 
 def match(ranks: list[RankSummary]) -> Matching:
-    """Match every rank's communication kernels into instances on one clock."""
+    """Match every rank's communication kernels into instances on one clock.
+
+    Memory: the instance table has one row per (instance, rank) - 2.2 million rows for 300
+    ranks of 7,500 collectives - so it is built lean: names stay categoricals, the per-instance
+    figures are window expressions of one lazy query (no joins of the whole table), and the
+    ranks' raw times are dropped once aligned."""
     bases = {r.rank: r.base_time_ns for r in ranks}
     if all(b is not None for b in bases.values()):
         lo = min(bases.values())
@@ -59,7 +64,8 @@ def match(ranks: list[RankSummary]) -> Matching:
     use_iterations = all(r.iterations.height > 0 for r in ranks)
     frames = []
     for r in ranks:
-        c = r.comm.select("idx", "it", "category", "name", "stream", "ts", "end", "dur", "layer", "microbatch", "phase")
+        c = r.comm.select(pl.col("idx", "it", "stream").cast(pl.Int64), "category", "name", "ts", "end", "dur",
+                          "layer", "microbatch", "phase")
         if not use_iterations:
             c = c.with_columns(pl.lit(-1, dtype=pl.Int64).alias("it"))
         c = c.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("it", "category").alias("ordinal"),
@@ -67,7 +73,8 @@ def match(ranks: list[RankSummary]) -> Matching:
                            (pl.col("ts") + base_shift[r.rank]).alias("ts"),
                            (pl.col("end") + base_shift[r.rank]).alias("end"))
         frames.append(c)
-    allc = pl.concat(frames)
+    allc = pl.concat(frames, rechunk=False)  # the ranks' frames as chunks: no second copy
+    del frames
     n = len(ranks)
     counts = allc.group_by("it", "category", "rank").agg(pl.len().alias("k"))
     per_group = counts.group_by("it", "category").agg(pl.col("k").min().alias("kmin"), pl.col("k").max().alias("kmax"),
@@ -80,48 +87,84 @@ def match(ranks: list[RankSummary]) -> Matching:
         unmatched.append(f"{where}{cat}: " + ", ".join(f"rank {rk} {k}" for _, _, rk, k in got.iter_rows())
                          + (f" (on {nr} of {n} ranks)" if nr != n else ""))
     good = per_group.filter((pl.col("kmin") == pl.col("kmax")) & (pl.col("ranks") == n)).select("it", "category")
-    matched = allc.join(good, on=["it", "category"])
     unmatched_kernels = {int(r): int(k) for r, k in
                          allc.join(good, on=["it", "category"], how="anti").group_by("rank").len().iter_rows()}
+    matched = allc.join(good, on=["it", "category"], how="semi") if bad.height else allc
+    del allc
     ref = min(r.rank for r in ranks)
     key = ["it", "category", "ordinal"]
     if matched.height:
         refend = matched.filter(pl.col("rank") == ref).select(*key, pl.col("end").alias("_ref"))
-        offs = matched.join(refend, on=key).group_by("rank").agg((pl.col("end") - pl.col("_ref")).median().alias("off"))
+        offs = (matched.lazy().select(*key, "rank", "end").join(refend.lazy(), on=key).group_by("rank")
+                .agg((pl.col("end") - pl.col("_ref")).median().alias("off")).collect())
         residual = {int(r): float(o) for r, o in offs.iter_rows()}
     else:
         residual = {r.rank: 0.0 for r in ranks}
     offsets = {rk: residual.get(rk, 0.0) for rk in base_shift}
-    matched = matched.with_columns(pl.col("rank").replace_strict(residual, default=0.0).alias("_off")).with_columns(
-        (pl.col("ts") - pl.col("_off")).alias("arrival"), (pl.col("end") - pl.col("_off")).alias("end_aligned")
-    ).drop("_off")
-    inst = matched.select(*key).unique().sort(key).with_row_index("instance").with_columns(
-        pl.col("instance").cast(pl.Int64))
-    matched = matched.join(inst, on=key)
-    matched = matched.with_columns(
-        pl.col("dur").min().over("instance").alias("transfer_us"),
-        pl.col("arrival").max().over("instance").alias("_last_arrival"),
-    ).with_columns(
-        (pl.col("dur") - pl.col("transfer_us")).alias("wait_us"),
-        (pl.col("arrival") == pl.col("_last_arrival")).alias("_is_last"),
-    )
-    # one last rank per instance (ties: the lowest rank), and how late it was against the median arrival
-    last = (matched.filter(pl.col("_is_last")).group_by("instance").agg(pl.col("rank").min().alias("last_rank")))
-    med = matched.group_by("instance").agg(pl.col("arrival").median().alias("_med"),
-                                           (pl.col("end_aligned").max() - pl.col("end_aligned").min()).alias("end_spread_us"),
-                                           (pl.col("arrival").max() - pl.col("arrival").min()).alias("start_spread_us"))
+    # instance = the (it, category, ordinal) key's place in sorted order: every matched group has
+    # the same count k on every rank, so it is the group's first instance + ordinal (no join)
+    groups = (matched.filter(pl.col("rank") == ref).group_by("it", "category").agg(pl.len().alias("k"))
+              .sort("it", "category").with_columns((pl.col("k").cum_sum() - pl.col("k")).alias("first")))
+    code = pl.col("it") * (1 << 32) + pl.col("category").to_physical().cast(pl.Int64)
+    first = dict(zip(groups.select(code.alias("c"))["c"].to_list(), groups["first"].to_list()))
+    instance = matched.select((code.replace_strict(first, return_dtype=pl.Int64) + pl.col("ordinal")))
+    instance = instance.to_series().to_numpy()
+    ranks_in_order = np.sort(np.array([r.rank for r in ranks], dtype=np.int64))
+    # into (instance, rank) order without a sort: row (instance i, j-th rank) goes to i * n + j;
+    # one column at a time, each dropped from the rank-major table once moved (no second table)
+    lane = np.searchsorted(ranks_in_order, matched["rank"].to_numpy())
+    order = np.empty(len(instance), dtype=np.int64)
+    order[instance * n + lane] = np.arange(len(instance))
+    off = np.array([residual.get(int(rk), 0.0) for rk in ranks_in_order])[np.tile(np.arange(n), len(instance) // n)]
+    del lane
+    cols: dict[str, pl.Series] = {}
+    for c in ("idx", "it", "stream", "category", "name", "dur", "layer", "microbatch", "phase", "ordinal", "rank"):
+        cols[c] = matched[c].gather(order)
+        matched = matched.drop(c)
+    cols["instance"] = pl.Series("instance", instance[order])
+    cols["arrival"] = pl.Series("arrival", matched["ts"].to_numpy()[order] - off)
+    cols["end_aligned"] = pl.Series("end_aligned", matched["end"].to_numpy()[order] - off)
+    del matched, order, off, instance
+    matched = pl.DataFrame(cols)
+    del cols
+    # every matched instance has one row per rank, and the table is sorted by (instance, rank):
+    # its per-instance figures are row reductions of (instances x ranks) arrays
+    dur = matched["dur"].to_numpy().reshape(-1, n)
+    arrival = matched["arrival"].to_numpy().reshape(-1, n)
+    end_aligned = matched["end_aligned"].to_numpy().reshape(-1, n)
+    transfer = dur.min(axis=1)
+    start_spread = arrival.max(axis=1) - arrival.min(axis=1)
+    end_spread = end_aligned.max(axis=1) - end_aligned.min(axis=1)
+    ranks_in_order = np.sort(np.array([r.rank for r in ranks], dtype=np.int64))
+    last = ranks_in_order[arrival.argmax(axis=1)] if len(arrival) else np.empty(0, np.int64)  # ties: the lowest rank
     # a rank "arrived last" only when the others really waited: the arrival spread exceeds the
     # clock noise (1 µs plus twice the instance's end-time spread); ties name nobody
-    last = last.join(med, on="instance").with_columns(
-        pl.when(pl.col("start_spread_us") > 1.0 + 2 * pl.col("end_spread_us")).then(pl.col("last_rank"))
-        .otherwise(None).alias("last_rank")).select("instance", "last_rank")
-    matched = (matched.join(last, on="instance").join(med, on="instance")
-               .with_columns((pl.col("rank") == pl.col("last_rank")).fill_null(False).alias("arrived_last"),
-                             (pl.col("arrival") - pl.col("_med")).alias("late_us"))
-               .drop("_last_arrival", "_is_last", "_med").sort("instance", "rank"))
-    spread = med["end_spread_us"].to_numpy() if med.height else np.empty(0)
+    named = start_spread > 1.0 + 2 * end_spread
+    rank = matched["rank"].to_numpy().reshape(-1, n)
+    del dur, end_aligned
+    matched = matched.with_columns(
+        pl.Series("transfer_us", np.repeat(transfer, n)),
+        pl.Series("end_spread_us", np.repeat(end_spread, n)),
+        pl.Series("start_spread_us", np.repeat(start_spread, n)),
+        pl.Series("last_rank", np.repeat(last, n)).set(pl.Series(np.repeat(~named, n)), None),
+        pl.Series("arrived_last", ((rank == last[:, None]) & named[:, None]).ravel()),
+        pl.Series("late_us", (arrival - _median_rows(arrival)[:, None]).ravel()),
+    ).with_columns((pl.col("dur") - pl.col("transfer_us")).alias("wait_us")).rechunk()
+    spread = end_spread
     return Matching(
         instances=matched, offsets_us=offsets, base_shift_us=base_shift,
         end_spread_median_us=float(np.median(spread)) if len(spread) else None,
         end_spread_p95_us=float(np.percentile(spread, 95)) if len(spread) else None,
         unmatched=unmatched, unmatched_kernels=unmatched_kernels)
+
+
+def _median_rows(a: np.ndarray) -> np.ndarray:
+    """Median of each row, as polars computes it (the two middle values' midpoint ``lo + (hi - lo) / 2``)."""
+    if a.shape[0] == 0:
+        return np.empty(0)
+    k = a.shape[1]
+    part = np.sort(a, axis=1)
+    if k % 2:
+        return part[:, k // 2]
+    lo, hi = part[:, k // 2 - 1], part[:, k // 2]
+    return lo + (hi - lo) / 2

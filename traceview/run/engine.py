@@ -37,7 +37,11 @@ RAY_MISSING = 'the ray engine needs Ray, which is not installed: pip install "tr
 
 @dataclass(frozen=True)
 class RankTask:
-    """What every rank task needs besides its path (small and picklable: it travels to workers)."""
+    """What every rank task needs besides its path (small and picklable: it travels to workers).
+
+    ``run(path)`` is the map step (``summarize_file``); a subclass overrides ``work`` to do
+    something else with one rank file on the node that has it (the report's detail pages).
+    """
 
     rules_file: str | None = None
     max_bytes: int | None = None
@@ -46,33 +50,54 @@ class RankTask:
     #: the rules file's text, for nodes that cannot see ``rules_file``
     rules_text: str | None = None
 
-    def run(self, path: Path) -> list[RankSummary] | TraceError | None:
-        from .analysis import summarize_file
-
+    def run(self, path: Path):
         rules = self.rules_file
         if rules is not None and self.rules_text is not None and not os.path.exists(rules):
             with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
                 f.write(self.rules_text)
             rules = f.name
         try:
-            return summarize_file(path, rules, self.max_bytes, self.patterns, self.workers)
+            return self.work(path, rules)
         finally:
             if rules is not self.rules_file:
                 os.unlink(rules)
 
+    def work(self, path: Path, rules_file: str | None) -> list[RankSummary] | TraceError | None:
+        from .analysis import summarize_file
+
+        return summarize_file(path, rules_file, self.max_bytes, self.patterns, self.workers)
+
+
+@dataclass
+class Placement:
+    """One rank file to analyse: where (a node id, or None for anywhere) and its display name."""
+
+    path: str
+    shown: str
+    scanned: bool
+    node: str | None = None
+
 
 class Engine(Protocol):
-    """Maps ``task`` over the rank files, yielding ``(path, result)`` in completion order.
+    """Runs a task on rank files, yielding ``(shown path, result)`` in completion order.
 
-    ``paths`` are what the user gave (files or directories of rank files).  ``progress(path,
-    1, 1)`` is called as each file is done; if it has an ``expect(n)`` method, that is called
-    once the number of files is known.  Interrupting the iteration cancels what is left.
+    ``locate(paths)`` finds the rank files of what the user gave (files or directories) and
+    where each can be read; ``run(placements, task)`` runs ``task.run`` on each, where its file
+    is; ``map(paths, task)`` is both.  A second ``run`` on some of the same placements reads
+    those files again on the same nodes (the report's detail round).  ``progress(path, 1, 1)``
+    is called as each file is done; if it has an ``expect(n)`` method, that is called once the
+    number of files is known.  Interrupting the iteration cancels what is left.
     """
 
     name: str
 
+    def locate(self, paths: list[Path], skipped: list | None = None) -> list[Placement]: ...
+
+    def run(self, placements: list[Placement], task: RankTask,
+            progress: Progress | None = None) -> Iterator[tuple[Path, object]]: ...
+
     def map(self, paths: list[Path], task: RankTask,
-            progress: Progress | None = None) -> Iterator[tuple[Path, list[RankSummary] | TraceError | None]]: ...
+            progress: Progress | None = None) -> Iterator[tuple[Path, object]]: ...
 
 
 def _expect(progress, n: int) -> None:
@@ -88,29 +113,37 @@ class LocalEngine:
     def __init__(self, jobs: int = 1) -> None:
         self.jobs = jobs
 
-    def map(self, paths, task, progress=None):
-        from ..analysis import expand_paths
+    def locate(self, paths, skipped=None):
+        from ..analysis import ScannedPath, expand_paths
 
-        files = expand_paths(paths)
+        return [Placement(str(f), str(f), isinstance(f, ScannedPath)) for f in expand_paths(paths, skipped)]
+
+    def map(self, paths, task, progress=None):
+        return self.run(self.locate(paths), task, progress)
+
+    def run(self, placements, task, progress=None):
+        from ..analysis import ScannedPath
+
+        files = [(pl.shown, ScannedPath(pl.path) if pl.scanned else Path(pl.path)) for pl in placements]
         _expect(progress, len(files))
         if self.jobs <= 1 or len(files) <= 1:
-            for f in files:
+            for shown, f in files:
                 r = task.run(f)
                 if progress is not None:
-                    progress(f, 1, 1)
-                yield f, r
+                    progress(Path(shown), 1, 1)
+                yield Path(shown), r
             return
         jobs = min(self.jobs, len(files))
         # each file's decoder gets a share of the cores, not all of them (as analyze_many)
         task = replace(task, workers=task.workers or max(1, (os.cpu_count() or 1) // jobs))
         # spawn, not fork: forking a process that runs polars thread pools can deadlock
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(task.run, f): f for f in files}
+            futures = {pool.submit(task.run, f): shown for shown, f in files}
             try:
                 for fut in as_completed(futures):
                     if progress is not None:
-                        progress(futures[fut], 1, 1)
-                    yield futures[fut], fut.result()
+                        progress(Path(futures[fut]), 1, 1)
+                    yield Path(futures[fut]), fut.result()
             except BaseException:
                 for fut in futures:
                     fut.cancel()
@@ -165,16 +198,6 @@ def discover(paths: list[str]) -> tuple[list[Found], dict[str, str]]:
     return found, missing
 
 
-@dataclass
-class Placement:
-    """One rank file to analyse: where (a node id, or None for anywhere) and its display name."""
-
-    path: str
-    shown: str
-    scanned: bool
-    node: str | None
-
-
 def place(user_paths: list[str], seen: dict[str, tuple[str, list[Found], dict[str, str]]]) -> list[Placement]:
     """Decide, from every node's discovery, which files there are and where each runs.
 
@@ -204,8 +227,10 @@ def place(user_paths: list[str], seen: dict[str, tuple[str, list[Found], dict[st
                 out.append(Placement(p, shown, copies[0][2].scanned, None))
             elif len(copies) == 1:
                 out.append(Placement(p, shown, copies[0][2].scanned, copies[0][0]))
-            else:  # the same name on several nodes, different files: one rank each
-                out.extend(Placement(p, f"{ip}:{shown}", f.scanned, n) for n, ip, f in sorted(copies, key=lambda c: c[1]))
+            else:  # the same name on several nodes, different files: one rank each, named by node
+                ips = [ip for _n, ip, _f in copies]
+                out.extend(Placement(p, f"{ip if ips.count(ip) == 1 else f'{ip}#{n[:8]}'}:{shown}", f.scanned, n)
+                           for n, ip, f in sorted(copies, key=lambda c: (c[1], c[0])))
     return out
 
 
@@ -240,12 +265,19 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, address: str | None = "auto", cpus_per_task: int = 1, init_kwargs: dict | None = None) -> None:
+    def __init__(self, address: str | None = "auto", cpus_per_task: int = 1, init_kwargs: dict | None = None,
+                 discover_fn: Callable = discover) -> None:
         self.address = address
         self.cpus_per_task = cpus_per_task
         self.init_kwargs = dict(init_kwargs or {})
+        #: what one discovery task runs on its node (tests give each node of a one-machine cluster its own "disk")
+        self.discover_fn = discover_fn
         #: refs of the rank tasks cancelled by the last interrupted map (for tests and logs)
         self.cancelled: list = []
+        #: the last run: shown path -> the node id its task ran on; the last locate: node id ->
+        #: rank files its discovery found (for tests and logs)
+        self.ran_on: dict[str, str] = {}
+        self.discovered: dict[str, int] = {}
 
     def _connect(self):
         ray = import_ray()
@@ -263,14 +295,15 @@ class RayEngine:
                              "with `ray start --head`, or give --address") from None
         return ray
 
-    def map(self, paths, task, progress=None):
+    def locate(self, paths, skipped=None):
+        """One discovery task per alive node, then ``place``: where each rank file is read."""
         ray = self._connect()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         user = [str(p) for p in paths]
         absolute = sorted({os.path.abspath(p) for p in user})
         nodes = [(n["NodeID"], n.get("NodeManagerAddress", "?")) for n in ray.nodes() if n.get("Alive")]
-        find = ray.remote(num_cpus=0)(discover)
+        find = ray.remote(num_cpus=0)(self.discover_fn)
         refs = {find.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(absolute): (n, ip)
                 for n, ip in nodes}
         seen = {}
@@ -280,23 +313,35 @@ class RayEngine:
             except ray.exceptions.RayError:  # a node that died since: its files are reported missing below
                 continue
             seen[n] = (ip, found, missing)
-        placements = place(user, seen)
+        self.discovered = {n: len(found) for n, (_ip, found, _m) in seen.items()}
+        return place(user, seen)
+
+    def map(self, paths, task, progress=None):
+        return self.run(self.locate(paths), task, progress)
+
+    def run(self, placements, task, progress=None):
+        ray = self._connect()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         _expect(progress, len(placements))
-        run = ray.remote(_run_rank)
+        remote = ray.remote(_run_rank)
         pending = {}
         for pl in placements:
             opts = {"num_cpus": self.cpus_per_task, "max_retries": 1 if pl.node is None else 0}
             if pl.node is not None:
                 opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(pl.node, soft=False)
-            pending[run.options(**opts).remote(task, pl.path, pl.scanned, self.cpus_per_task)] = pl
+            pending[remote.options(**opts).remote(task, pl.path, pl.scanned, self.cpus_per_task)] = pl
         self.cancelled = []
+        self.ran_on = {}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     pl = pending.pop(ref)
                     try:
-                        result = _shown(pickle.loads(zlib.decompress(ray.get(ref))), pl)
+                        node, payload = ray.get(ref)
+                        self.ran_on[pl.shown] = node
+                        result = _shown(pickle.loads(zlib.decompress(payload)), pl)
                     except ray.exceptions.RayError as e:
                         result = TraceError(pl.shown, _task_failure(e))
                     if progress is not None:
@@ -309,20 +354,23 @@ class RayEngine:
             raise
 
 
-def _run_rank(task: RankTask, path: str, scanned: bool, cpus: int) -> bytes:
-    """A rank task: the result pickled and compressed (summaries shrink about 4x: repeated
-    kernel and category names), so the object store and the network carry a quarter."""
+def _run_rank(task: RankTask, path: str, scanned: bool, cpus: int) -> tuple[str, bytes]:
+    """A rank task: the node it ran on, and its result pickled and compressed (a summary
+    shrinks about 5x, an HTML fragment more), so the object store and the network carry less."""
+    import ray
+
     from ..analysis import ScannedPath
 
     result = replace(task, workers=task.workers or cpus).run(ScannedPath(path) if scanned else Path(path))
-    return zlib.compress(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL), 1)
+    return (ray.get_runtime_context().get_node_id(),
+            zlib.compress(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL), 1))
 
 
 def _shown(result, pl: Placement):
     """The result named as the user named the file (not by its absolute path on the node)."""
     if isinstance(result, TraceError):
         return type(result)(pl.shown, result.reason)
-    if result:
+    if isinstance(result, list):
         for s in result:
             s.file = pl.shown
     return result
@@ -342,14 +390,23 @@ def make_engine(engine: "str | Engine", jobs: int = 1, address: str | None = Non
     raise UsageError(f"unknown engine {engine!r} (local, ray)")
 
 
-def map_run(engine: "Engine", paths: Iterable, task: RankTask, progress: Progress | None = None):
-    """Run the map, then return (summaries, errors) in a stable order (not completion order)."""
+def map_run(engine: "Engine", paths: Iterable, task: RankTask, progress: Progress | None = None,
+            placements: list[Placement] | None = None, skipped: list | None = None):
+    """Run the map (on ``placements`` when already located), then return (summaries, errors)
+    in a stable order (not completion order).  Scanned files that hold no trace go to
+    ``skipped`` (when given), not to the errors."""
+    from ..analysis import SkippedInput
+
     paths = list(paths)
     summaries: list[RankSummary] = []
     errors: list[TraceError] = []
     any_result = False
-    for _path, r in engine.map(paths, task, progress):
+    results = engine.run(placements, task, progress) if placements is not None else engine.map(paths, task, progress)
+    for _path, r in results:
         if r is None:
+            continue
+        if isinstance(r, SkippedInput) and skipped is not None:
+            skipped.append(r)
             continue
         any_result = True
         if isinstance(r, TraceError):

@@ -3,8 +3,11 @@
 A ``RankSummary`` holds no event table: the GPU metrics, the iteration boundaries, one row
 per communication kernel (with what the rank did in the window before it), the exposed
 communication pieces, and the per-(iteration, layer, micro-batch) expert-GEMM time.  It is
-small (kilobytes per thousand collectives), so hundreds of ranks fit in the driver, and it
-pickles, so it can come back from a worker process or a cluster task.
+small, so hundreds of ranks fit in the driver, and it pickles, so it can come back from a
+worker process or a cluster task: names are categoricals, indices int32 (``*_table()`` widens
+them for the reduce), and the per-kernel tables stay zlib-compressed from the worker to the
+driver until read (a 1 GB rank trace of 7,500 collectives: 0.42 MB held, 1.96 MB unpacked;
+docs/performance.md).
 
 Windows: the *window* of a communication kernel is the time on its rank's GPU from the start
 of the rank's previous communication kernel to this one's start.  What happened there -
@@ -15,6 +18,7 @@ what made this rank early or late at this collective.
 from __future__ import annotations
 
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +28,14 @@ import polars as pl
 from ..metrics.gpu import GpuMetrics
 from ..segment import NONE
 from ..timeline import intervals as iv
+from ..timeline.idle import idle_sets
 
 #: the compute category whose excess on a late rank means expert load imbalance
 EXPERT_CATEGORY = "gemm.grouped"
+#: compute busy pieces kept per rank for the run timeline (and drawn per lane)
+TIMELINE_PIECES = 4000
+#: the per-kernel tables a summary keeps compressed until read
+PACKED = ("comm", "window_compute", "layers", "exposed_start", "exposed_end", "compute_start", "compute_end")
 
 
 @dataclass
@@ -53,7 +62,8 @@ class RankSummary:
     exposed_end: np.ndarray
     #: per (iteration, layer, microbatch): expert (grouped GEMM) time, compute, exposed comm
     layers: pl.DataFrame
-    #: compute busy pieces (union of compute kernels), disjoint, sorted: the run timeline draws them
+    #: compute busy pieces (union of compute kernels), disjoint, sorted, as the run timeline draws
+    #: them (at most TIMELINE_PIECES: neighbours closer than a gap merged, ``intervals.coarsen``)
     compute_start: np.ndarray = field(default_factory=lambda: np.empty(0))
     compute_end: np.ndarray = field(default_factory=lambda: np.empty(0))
     sources: dict[str, str] = field(default_factory=dict)
@@ -62,20 +72,66 @@ class RankSummary:
     gpus_in_file: int = 1
     #: the name the trace gave the GPU as a string ``pid`` ("GPU 0"), shown instead of its internal id
     device_name: str | None = None
+    #: the trace health messages (load/health.py) of the file, for the run page's warnings
+    health: list[str] = field(default_factory=list)
+    #: what ``--strict`` fails on for the file: loader warnings and trace health problems
+    strict_problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # the per-kernel tables are kept compressed (zlib) from here on: in the worker, on the
+        # way back, and in the driver, which holds hundreds of summaries but reads each table
+        # only a few times (``__getattr__`` unpacks it on each read, the summary stays small)
+        packed = {}
+        for name in PACKED:
+            if name in self.__dict__:
+                packed[name] = zlib.compress(pickle.dumps(self.__dict__.pop(name), protocol=pickle.HIGHEST_PROTOCOL), 1)
+        self.__dict__.setdefault("_packed", {}).update(packed)
+
+    def __getattr__(self, name: str):
+        if name in PACKED:  # only reached for a packed table (not in __dict__)
+            try:
+                blob = self.__dict__["_packed"][name]
+            except KeyError:
+                raise AttributeError(name) from None
+            return pickle.loads(zlib.decompress(blob))
+        raise AttributeError(name)
+
+    def comm_table(self) -> pl.DataFrame:
+        """``comm`` with the reduce's column types: it travels compact (names as categoricals,
+        indices as int32), the reduce joins and sorts on plain strings and int64 as before."""
+        return _widen(self.comm)
+
+    def layers_table(self) -> pl.DataFrame:
+        """``layers`` with the reduce's column types (see ``comm_table``)."""
+        return _widen(self.layers)
+
+    def window_compute_table(self) -> pl.DataFrame:
+        """``window_compute`` with the reduce's column types (see ``comm_table``)."""
+        return _widen(self.window_compute)
 
     @property
     def iteration_count(self) -> int:
         return max(1, self.iterations.height)
 
     def nbytes(self) -> int:
-        """Size of the summary as it travels between processes (pickled)."""
+        """Size of the summary as it travels between processes (pickled) and as the driver holds
+        it (its per-kernel tables compressed)."""
         return len(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def unpacked_nbytes(self) -> int:
+        """Size pickled with its tables uncompressed (what a reduce step holds while reading them all)."""
+        return len(pickle.dumps({**{k: v for k, v in self.__dict__.items() if k != "_packed"},
+                                 **{n: getattr(self, n) for n in PACKED}}, protocol=pickle.HIGHEST_PROTOCOL))
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "rank": self.rank, "world_size": self.world_size,
                 "rank_source": self.rank_source, "device": self.device, "device_name": self.device_name,
                 "base_time_ns": self.base_time_ns, "collectives": self.comm.height,
                 "iterations": self.iterations.height}
+
+
+def _widen(t: pl.DataFrame) -> pl.DataFrame:
+    return t.with_columns(pl.col(pl.Categorical).cast(pl.Utf8), pl.col(pl.Int32).cast(pl.Int64))
 
 
 def summarize(analysis) -> list[RankSummary]:
@@ -98,7 +154,9 @@ def summarize(analysis) -> list[RankSummary]:
     for g in analysis.gpus:
         d = k.filter(pl.col("device") == g.device).sort("ts")
         out.append(_summarize_device(trace, g, d, base, source, seg, len(analysis.gpus),
-                                     by_layer.filter(pl.col("device") == g.device)))
+                                     by_layer.filter(pl.col("device") == g.device),
+                                     [h.message for h in analysis.health]))
+        out[-1].strict_problems = analysis.strict_problems()
     return out
 
 
@@ -110,67 +168,46 @@ def _iteration_ordinals(d: pl.DataFrame) -> pl.DataFrame:
 
 
 def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, n_gpus,
-                      by_layer: pl.DataFrame) -> RankSummary:
+                      by_layer: pl.DataFrame, health: list[str]) -> RankSummary:
     its = _iteration_ordinals(d)
     d = d.join(its.select("iteration", "it"), on="iteration", how="left").with_columns(pl.col("it").fill_null(-1))
     ts, end = d["ts"].to_numpy(), d["end"].to_numpy()
     role = d["role"].cast(pl.Utf8).to_numpy()
     compute = iv.union(ts[role == "compute"], end[role == "compute"])
     comm_set = iv.union(ts[role == "comm"], end[role == "comm"])
-    busy = iv.union(ts, end)
     exposed = iv.subtract(comm_set, compute)
-    # a kernel is queued from its launch (CPU) to its start (GPU); both clocks are the host's
-    launch = d["launch_ts"].to_numpy() if "launch_ts" in d.columns else np.full(d.height, np.nan)
-    has_launch = np.isfinite(launch) & (launch < ts)
-    queued = iv.union(launch[has_launch], ts[has_launch])
-    idle = iv.subtract((np.array([ts.min()]), np.array([end.max()])), busy) if d.height else busy
-    idle_no_queue = iv.subtract(idle, queued)
+    launch = d["launch_ts"].to_numpy().astype(float) if "launch_ts" in d.columns else None
+    gaps = idle_sets(ts, end, launch)  # the per-iteration table's definition (timeline/idle.py)
+    idle, idle_no_queue = gaps.idle, gaps.no_queue
 
     iterations = _iteration_table(its, compute, exposed, idle, idle_no_queue)
     comm = d.filter(pl.col("role") == "comm")
     cts, cend = comm["ts"].to_numpy(), comm["end"].to_numpy()
     win_lo = np.concatenate([[ts.min() if d.height else 0.0], cts[:-1]]) if comm.height else np.empty(0)
     comm_table = pl.DataFrame({
-        "idx": np.arange(comm.height, dtype=np.int64),
-        "it": comm["it"].to_numpy(),
-        "category": comm["category"].cast(pl.Utf8),
-        "name": comm["name"].cast(pl.Utf8),
-        "stream": comm["stream"].cast(pl.Int64),
+        "idx": np.arange(comm.height, dtype=np.int32),
+        "it": comm["it"].cast(pl.Int32),
+        "category": comm["category"].cast(pl.Utf8).cast(pl.Categorical),
+        "name": comm["name"].cast(pl.Utf8).cast(pl.Categorical),
+        "stream": comm["stream"].cast(pl.Int32),
         "ts": cts, "end": cend, "dur": comm["dur"].to_numpy(),
-        "layer": comm["layer"], "microbatch": comm["microbatch"], "phase": comm["phase"],
-        "win_start": win_lo,
-        "win_idle_no_queue_us": _measure_in_windows(idle_no_queue, win_lo, cts),
-        "win_idle_us": _measure_in_windows(idle, win_lo, cts),
-        "win_exposed_comm_us": _measure_in_windows(exposed, win_lo, cts),
+        **{c: comm[c].cast(pl.Utf8).cast(pl.Categorical) for c in ("layer", "microbatch", "phase")},
+        "win_idle_no_queue_us": iv.measure_in_windows(idle_no_queue, win_lo, cts),
+        "win_idle_us": iv.measure_in_windows(idle, win_lo, cts),
+        "win_exposed_comm_us": iv.measure_in_windows(exposed, win_lo, cts),
     })
     gap_us, gap_layer = _launch_gaps(d, win_lo, cts)
     comm_table = comm_table.with_columns(pl.Series("win_launch_gap_us", gap_us),
-                                         pl.Series("win_launch_gap_layer", gap_layer, dtype=pl.Utf8))
+                                         pl.Series("win_launch_gap_layer", gap_layer, dtype=pl.Utf8).cast(pl.Categorical))
     window_compute = _window_compute(d, win_lo, cts)
     layers = _layer_table(d, by_layer, its)
     return RankSummary(
         file=str(trace.path), name=trace.name, rank=trace.rank, world_size=trace.world_size, rank_source=source,
         device=g.device, gpu=g, base_time_ns=base, warnings=list(trace.warnings), iterations=iterations,
         comm=comm_table, window_compute=window_compute, exposed_start=exposed[0], exposed_end=exposed[1],
-        layers=layers, compute_start=compute[0], compute_end=compute[1], sources=dict(seg.sources),
-        num_microbatches=seg.num_microbatches, gpus_in_file=n_gpus, device_name=trace.given_name(g.device))
-
-
-def _measure_in_windows(sets: iv.Intervals, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """|S ∩ [lo_i, hi_i)| for each window, S disjoint and sorted (prefix sums: O((n + m) log n))."""
-    s, e = sets
-    if len(s) == 0 or len(lo) == 0:
-        return np.zeros(len(lo))
-    cum = np.concatenate([[0.0], np.cumsum(e - s)])
-
-    def covered_before(t: np.ndarray) -> np.ndarray:
-        i = np.searchsorted(s, t, side="right")  # pieces starting at or before t
-        full = cum[np.maximum(i - 1, 0)]
-        part = np.where(i > 0, np.clip(t - s[np.maximum(i - 1, 0)], 0, None), 0.0)
-        part = np.minimum(part, np.where(i > 0, e[np.maximum(i - 1, 0)] - s[np.maximum(i - 1, 0)], 0.0))
-        return np.where(i > 0, full + part, 0.0)
-
-    return np.maximum(covered_before(hi) - covered_before(lo), 0.0)
+        layers=layers, sources=dict(seg.sources), num_microbatches=seg.num_microbatches, gpus_in_file=n_gpus,
+        device_name=trace.given_name(g.device), health=list(health),
+        **dict(zip(("compute_start", "compute_end"), iv.coarsen(*compute, TIMELINE_PIECES))))
 
 
 def _launch_gaps(d: pl.DataFrame, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, list]:
@@ -208,26 +245,26 @@ def _window_compute(d: pl.DataFrame, lo: np.ndarray, hi: np.ndarray) -> pl.DataF
     """Compute time per category inside each comm kernel's window (kernels clipped to it)."""
     comp = d.filter(pl.col("role") == "compute")
     if comp.height == 0 or len(lo) == 0:
-        return pl.DataFrame(schema={"idx": pl.Int64, "category": pl.Utf8, "time_us": pl.Float64})
+        return pl.DataFrame(schema={"idx": pl.Int32, "category": pl.Categorical, "time_us": pl.Float64})
     frames = []
     cats = comp["category"].cast(pl.Utf8).to_numpy()
     cts, cend = comp["ts"].to_numpy(), comp["end"].to_numpy()
     for cat in np.unique(cats):
         sel = cats == cat
-        t = _measure_in_windows(iv.union(cts[sel], cend[sel]), lo, hi)
+        t = iv.measure_in_windows(iv.union(cts[sel], cend[sel]), lo, hi)
         keep = t > 0
-        frames.append(pl.DataFrame({"idx": np.nonzero(keep)[0].astype(np.int64), "category": cat, "time_us": t[keep]}))
-    return pl.concat(frames) if frames else pl.DataFrame()
+        frames.append(pl.DataFrame({"idx": np.nonzero(keep)[0].astype(np.int32), "category": cat, "time_us": t[keep]}))
+    return pl.concat(frames).with_columns(pl.col("category").cast(pl.Categorical)) if frames else pl.DataFrame()
 
 
 def _iteration_table(its: pl.DataFrame, compute, exposed, idle, idle_no_queue) -> pl.DataFrame:
     lo, hi = its["start"].to_numpy(), its["end"].to_numpy()
     return pl.DataFrame({
         "it": its["it"], "label": its["iteration"], "start": lo, "end": hi,
-        "compute_us": _measure_in_windows(compute, lo, hi),
-        "exposed_comm_us": _measure_in_windows(exposed, lo, hi),
-        "idle_us": _measure_in_windows(idle, lo, hi),
-        "idle_no_queue_us": _measure_in_windows(idle_no_queue, lo, hi),
+        "compute_us": iv.measure_in_windows(compute, lo, hi),
+        "exposed_comm_us": iv.measure_in_windows(exposed, lo, hi),
+        "idle_us": iv.measure_in_windows(idle, lo, hi),
+        "idle_no_queue_us": iv.measure_in_windows(idle_no_queue, lo, hi),
     })
 
 
@@ -247,4 +284,9 @@ def _layer_table(d: pl.DataFrame, by_layer: pl.DataFrame, its: pl.DataFrame) -> 
         t = t.join(ex, on=["it", "layer", "microbatch"], how="left")
     else:
         t = t.with_columns(pl.lit(0.0).alias("exposed_comm_us"))
-    return t.with_columns(pl.col("exposed_comm_us").fill_null(0.0)).sort("it", "layer", "microbatch")
+    return _compact(t.with_columns(pl.col("exposed_comm_us").fill_null(0.0)).sort("it", "layer", "microbatch"))
+
+
+def _compact(t: pl.DataFrame) -> pl.DataFrame:
+    """Strings as categoricals, int64 as int32: how the tables travel and stay in the driver."""
+    return t.with_columns(pl.col(pl.Utf8).cast(pl.Categorical), pl.col(pl.Int64).cast(pl.Int32))

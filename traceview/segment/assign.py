@@ -28,7 +28,7 @@ import polars as pl
 
 from ..classify.launch import enclosing_ranges
 from ..load.trace import Trace
-from .levels import LEVELS, LevelPatterns, level_of
+from .levels import LEVELS, LevelPatterns, level_of, level_of_arg
 
 NONE = "(none)"
 
@@ -63,7 +63,7 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
             infer: bool = True) -> Segmentation:
     """Segment the classified GPU events ``kernels`` of ``trace``."""
     pats = (patterns or LevelPatterns()).compiled()
-    labels = _from_annotations(trace, kernels, pats)
+    labels = _with_graph_annotations(_from_annotations(trace, kernels, pats), kernels, pats)
     sources = {lvl: ("annotations" if labels[lvl].drop_nulls().len() else "none") for lvl in LEVELS}
     if sources["iteration"] == "annotations":
         labels = _iterations_by_time(trace, kernels, labels, pats)
@@ -73,20 +73,40 @@ def segment(trace: Trace, kernels: pl.DataFrame, patterns: LevelPatterns | None 
             labels = labels.drop("microbatch").join(by_thread, on="row", how="left")
             sources["microbatch"] = "threads"
     annotated = any(sources[lvl] == "annotations" for lvl in ("microbatch", "layer", "phase"))
+    if annotated and sources["iteration"] == "none":  # annotated graph replays: one iteration per launch
+        iteration = _graph_iterations(trace, kernels)
+        if iteration is not None:
+            labels = labels.drop("iteration").join(iteration, on="row", how="left").select("row", *LEVELS)
+            sources["iteration"] = "inferred"
     approximate: list[str] = []
     if infer and not annotated and (sources["microbatch"] == "none" or sources["layer"] == "none"):
-        labels, inferred = _infer(trace, kernels, labels, sources)
+        labels, inferred, replay_share = _infer(trace, kernels, labels, sources)
         sources.update(inferred)
         if inferred.get("microbatch") == "inferred" and labels["microbatch"].drop_nulls().n_unique() > 1:
+            replays = _replay_note(replay_share)
             approximate.append("micro-batches inferred from the launch order (no annotation, no micro-batch "
                                "threads): communication (or, without it, each expert block) is attributed by "
-                               "its position, the other kernels by the same alternation; per-micro-batch "
-                               "compute and cover figures are approximate")
+                               "its position, the other kernels by the same alternation" + replays
+                               + "; per-micro-batch compute and cover figures are approximate")
     if sources["microbatch"] == "none":
         labels = labels.with_columns(pl.lit("mb0").alias("microbatch"))
         sources["microbatch"] = "single"
     n_mb = max(1, labels["microbatch"].drop_nulls().n_unique())
     return Segmentation(labels=labels, sources=sources, num_microbatches=n_mb, approximate=approximate)
+
+
+def _replay_note(counts: dict | None) -> str:
+    """The approximate note's words on CUDA-graph replays (see ``_replay_microbatches``)."""
+    if not counts or not counts["kernels"]:
+        return ""
+    parts = []
+    if counts["branches"]:
+        parts.append(f"by the replay streams running the same kernels side by side "
+                     f"({counts['branches'] / counts['kernels']:.0%} of the replayed kernels)")
+    if counts["blocks"] or not parts:
+        parts.append(f"by the repetition of each micro-batch's kernels "
+                     f"({counts['blocks'] / counts['kernels']:.0%} of the replayed kernels in repeated blocks)")
+    return "; in CUDA-graph replays " + " and ".join(parts)
 
 
 # --- 1. annotations ---------------------------------------------------------------------
@@ -130,6 +150,87 @@ def _from_annotations(trace: Trace, kernels: pl.DataFrame, pats) -> pl.DataFrame
                           pl.col("range").replace_strict(number, return_dtype=pl.Utf8).alias("_stage_it"))
         out = out.join(it, on="row", how="left").with_columns(pl.col("_stage_it").alias("iteration")).drop("_stage_it")
     return out
+
+
+def _with_graph_annotations(labels: pl.DataFrame, kernels: pl.DataFrame, pats) -> pl.DataFrame:
+    """CUDA-graph kernels' own annotations (PyTorch 2.12+ ``mark_kernels`` scopes, merged into their
+    args by ``torch.cuda._annotate_cuda_graph_trace``; the loader keeps them as ``annotation``)
+    label those kernels as record_function ranges label eager ones: the same patterns, and for
+    each level the first arg that gives it (the innermost scope's keys come first).  A level the
+    annotation does not give keeps the label of the ranges around the graph launch."""
+    if "annotation" not in kernels.columns:
+        return labels
+    ann = kernels.select("row", "annotation").filter(pl.col("annotation").is_not_null())
+    if ann.height == 0:
+        return labels
+    import orjson
+
+    texts = ann["annotation"].unique().to_list()
+    rows = []
+    for text in texts:
+        try:
+            args = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            args = {"annotation": text}
+        got: dict[str, str] = {}
+        for key, value in (args.items() if isinstance(args, dict) else [("annotation", args)]):
+            for v in _scope_values(value):
+                lv = level_of_arg(str(key), v, pats)
+                if lv is not None:
+                    got.setdefault(lv[0], lv[1])
+        rows.append((text, *(got.get(lvl) for lvl in LEVELS)))
+    table = pl.DataFrame(rows, schema={"annotation": pl.Utf8, **{f"_g_{lvl}": pl.Utf8 for lvl in LEVELS}}, orient="row")
+    graph = ann.join(table, on="annotation", how="left").drop("annotation")
+    return (labels.join(graph, on="row", how="left")
+            .with_columns([pl.coalesce(f"_g_{lvl}", lvl).alias(lvl) for lvl in LEVELS])
+            .select("row", *LEVELS))
+
+
+def _scope_values(value: object) -> list:
+    """The scopes an annotation arg holds: one, or each of a list (torch's CUPTI-monitor writer puts a
+    list of scopes into ``annotation`` as JSON text)."""
+    if isinstance(value, str) and value.startswith("["):
+        import orjson
+
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, (str, int, float))]
+    return [value]
+
+
+def _graph_iterations(trace: Trace, kernels: pl.DataFrame) -> pl.DataFrame | None:
+    """One iteration per CUDA-graph launch, when most kernels are graph replays (else None)."""
+    k = kernels.filter(pl.col("launch_ts").is_not_null()).select("row", "correlation", "launch_ts")
+    if k.height == 0 or _graph_launches(trace, k) is None:
+        return None
+    return _launch_iterations(trace, k)[0]
+
+
+def _launch_iterations(trace: Trace, k: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Iterations of the kernels ``k`` (row, correlation, launch_ts) from the launching side, and
+    how many: one per CUDA-graph launch when most kernels are graph replays (the launch and the
+    eager work after it until the next; eager work before the first replay - warm-up, input
+    copies - belongs to none), else separated by device synchronizations."""
+    bounds = _graph_launches(trace, k)
+    launch_ts = k["launch_ts"].to_numpy()
+    if bounds is None:
+        bounds = np.sort(trace.events.filter(
+            pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
+            & pl.col("name").cast(pl.Utf8).str.contains("DeviceSynchronize|cuCtxSynchronize"))["ts"].to_numpy())
+        it = np.searchsorted(bounds, launch_ts)
+        outside = np.zeros(len(it), dtype=bool)
+    else:
+        it = np.searchsorted(bounds, launch_ts, side="right")
+        outside = it == 0
+    # renumber so that the first iteration holding kernels is 1
+    _, it = np.unique(np.where(outside, -1, it), return_inverse=True)
+    it = it - (1 if outside.any() else 0)
+    frame = pl.DataFrame({"row": k["row"].to_numpy(), "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
+                         schema={"row": pl.Int64, "iteration": pl.Utf8})
+    return frame, len(np.unique(it[~outside]))
 
 
 def _iterations_by_time(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, pats) -> pl.DataFrame:
@@ -202,11 +303,12 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
     """Micro-batches from stage alternation, layers from attention kernels, iterations from syncs."""
     # launch order; the kernels of one graph replay share their launch, so GPU order within it
     k = (kernels.filter(pl.col("launch_ts").is_not_null())
-         .select("row", "launch_ts", "ts", "correlation", "launch_tid", "launch_pid", pl.col("category").cast(pl.Utf8),
-                 pl.col("role").cast(pl.Utf8), pl.col("name").cast(pl.Utf8))
+         .select("row", "launch_ts", "ts", "end", "stream", "correlation", "launch_tid", "launch_pid",
+                 pl.col("category").cast(pl.Utf8), pl.col("role").cast(pl.Utf8), pl.col("name").cast(pl.Utf8),
+                 pl.col("kind").cast(pl.Utf8))
          .sort("launch_ts", "ts", "row"))
     if k.height == 0:
-        return labels, {}
+        return labels, {}, None
     out: dict[str, str] = {}
     cats = k["category"].to_numpy()
     is_comm = k["role"].to_numpy() == "comm"
@@ -216,24 +318,8 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
     # kernels are graph replays, else device synchronizations on the launching thread
     iteration = labels.select("row", "iteration")
     if sources["iteration"] == "none":
-        bounds = _graph_launches(trace, k)
-        if bounds is None:
-            bounds = np.sort(trace.events.filter(
-                pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
-                & pl.col("name").cast(pl.Utf8).str.contains("DeviceSynchronize|cuCtxSynchronize"))["ts"].to_numpy())
-            it = np.searchsorted(bounds, k["launch_ts"].to_numpy())
-            outside = np.zeros(len(it), dtype=bool)
-        else:
-            # graph launch i and the eager work after it until launch i + 1; eager work before
-            # the first replay (warm-up, input copies) belongs to no replay
-            it = np.searchsorted(bounds, k["launch_ts"].to_numpy(), side="right")
-            outside = it == 0
-        # renumber so that the first iteration holding kernels is 1
-        uniq, it = np.unique(np.where(outside, -1, it), return_inverse=True)
-        it = it - (1 if outside.any() else 0)
-        iteration = pl.DataFrame({"row": rows, "iteration": [None if o else str(i + 1) for o, i in zip(outside, it)]},
-                                 schema={"row": pl.Int64, "iteration": pl.Utf8})
-        if len(np.unique(it[~outside])) > 1:
+        iteration, n_iters = _launch_iterations(trace, k)
+        if n_iters > 1:
             out["iteration"] = "inferred"
     it_of_row = dict(zip(iteration["row"].to_list(), iteration["iteration"].to_list()))
     iters = np.array([it_of_row.get(r) or "" for r in rows])
@@ -254,6 +340,11 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
     else:
         mb_of_row = dict(zip(labels["row"].to_list(), labels["microbatch"].to_list()))
         mb_arr = np.array([mb_of_row.get(r) or "mb0" for r in rows])
+    replay_share = None
+    if mb is None:
+        mb_arr, replay_share = _replay_microbatches(trace, k, mb_arr)
+        if len(set(mb_arr.tolist())) > 1:
+            out["microbatch"] = "inferred"
     layer = None
     if sources["layer"] == "none":
         layer = _infer_layers(cats, k["name"].to_numpy(), is_comm, iters, mb_arr)
@@ -269,7 +360,7 @@ def _infer(trace: Trace, kernels: pl.DataFrame, labels: pl.DataFrame, sources: d
         labels = labels.with_columns(pl.col("layer_i").alias("layer"))
     if "iteration" in out:
         labels = labels.drop("iteration").join(iteration, on="row", how="left")
-    return labels.drop("microbatch_i", "layer_i").select("row", *LEVELS), out
+    return labels.drop("microbatch_i", "layer_i").select("row", *LEVELS), out, replay_share
 
 
 def _is_major(cats: np.ndarray) -> np.ndarray:
@@ -354,9 +445,10 @@ def _layer_anchors(cats: np.ndarray, names: np.ndarray, is_comm: np.ndarray, ite
     kernel, split-KV combine/reduce, ROCm's ll4mi QKV + reduce) follow each other with no
     GEMM or communication between, so only the first of a run counts; preparation kernels
     (``ATTENTION_AUX``) never count.  Without attention kernels (attention as bmm + softmax,
-    a stripped trace): one layer per MoE dispatch group, else per repeating GEMM (the GEMM
-    name launched the modal number of times per iteration: L per pass of an L-layer model),
-    else per communication group."""
+    a stripped trace): one layer per repeating GEMM (the GEMM name launched the modal number of
+    times per iteration: L per pass of an L-layer model, dense and MoE layers alike), else per
+    MoE dispatch group, else per communication group.  Each start then moves back to the
+    layer's input norm (``_back_to_the_norm``)."""
     n = len(cats)
     attn = np.array([c.startswith("attention") for c in cats])
     aux = np.array([bool(ATTENTION_AUX.search(x)) for x in names]) if attn.any() else np.zeros(n, dtype=bool)
@@ -373,14 +465,47 @@ def _layer_anchors(cats: np.ndarray, names: np.ndarray, is_comm: np.ndarray, ite
                 last[key] = "attn"
             elif gemm[i] or is_comm[i]:
                 last[key] = "other"
-    elif (cats == "moe.dispatch").any():
-        disp = cats == "moe.dispatch"
-        anchor = _run_starts(disp, is_comm | gemm, iters, mb)
-    elif gemm.any():
-        anchor = _repeating(names, gemm, iters)
-    elif is_comm.any():
-        anchor = is_comm & ~np.concatenate([[False], is_comm[:-1]])
-    return anchor if anchor.any() else None
+    else:
+        if gemm.any():
+            anchor = _repeating(names, gemm, iters)
+        if not anchor.any() and (cats == "moe.dispatch").any():
+            anchor = _run_starts(cats == "moe.dispatch", is_comm | gemm, iters, mb)
+        if not anchor.any() and is_comm.any():
+            anchor = is_comm & ~np.concatenate([[False], is_comm[:-1]])
+    if not anchor.any():
+        return None
+    return _back_to_the_norm(anchor, cats, iters, mb)
+
+
+#: kernels that may run between a layer's input norm and its attention (or first GEMM): the
+#: projections, their split-K reductions, rope, casts and quantization, KV-cache writes, copies
+BEFORE_ATTENTION = ("norm", "gemm.dense", "reduce", "rope", "elementwise", "kv_cache", "quant", "memory")
+
+
+def _back_to_the_norm(anchor: np.ndarray, cats: np.ndarray, iters: np.ndarray, mb: np.ndarray) -> np.ndarray:
+    """A layer starts at its input norm, not at its attention (or first repeated GEMM): each start
+    moves back, over the kernels of its own (iteration, micro-batch) that may precede attention
+    (``BEFORE_ATTENTION``), to the earliest norm among them; it stays where it is when no norm
+    is there, and never passes another start, a grouped GEMM, communication or attention."""
+    out = anchor.copy()
+    allowed = np.array([c == "norm" or c.startswith(BEFORE_ATTENTION) for c in cats], dtype=bool)
+    norm = np.array([c == "norm" for c in cats], dtype=bool)
+    by_key: dict[tuple, list[int]] = {}
+    for i in range(len(cats)):
+        by_key.setdefault((iters[i], mb[i]), []).append(i)
+    for seq in by_key.values():
+        for pos, i in enumerate(seq):
+            if not anchor[i]:
+                continue
+            earliest = None
+            for j in reversed(seq[:pos]):
+                if anchor[j] or out[j] or not allowed[j]:
+                    break
+                if norm[j]:
+                    earliest = j
+            if earliest is not None:
+                out[i], out[earliest] = False, True
+    return out
 
 
 def _microbatches_from_rounds(anchor: np.ndarray, grouped: np.ndarray, iters: np.ndarray) -> np.ndarray | None:
@@ -460,6 +585,164 @@ def _repeating(names: np.ndarray, gemm: np.ndarray, iters: np.ndarray) -> np.nda
         first_seen.setdefault(names[i], i)
     anchor_name = min((nm for nm, c in steady.items() if c == mode), key=lambda nm: first_seen[nm])
     return names == anchor_name
+
+
+def _replay_microbatches(trace: Trace, k: pl.DataFrame, mb: np.ndarray) -> tuple[np.ndarray, dict | None]:
+    """Micro-batches of CUDA-graph replays (kernels sharing a ``cudaGraphLaunch`` correlation).
+
+    Two patterns, per replay (a replay is its kernels in GPU order):
+
+    - *branches*: when each micro-batch was captured on its own stream, the graph holds one
+      branch per micro-batch and CUPTI replays each on a stream of its own, side by side
+      (field notes 3.5): n >= 2 replay streams that run the same kernel sequence, overlapping in
+      time and holding at least half of the replay, are n micro-batches, numbered by their first
+      kernel's start; copies and memsets on those streams follow them.
+    - *blocks*: when the micro-batches take turns on shared streams (SGLang-style two-batch
+      overlap: the streams are the graph's fork/join branches, each running both micro-batches'
+      kernels), the replay is blocks repeated once per micro-batch (mb0's attention..dispatch,
+      mb1's; mb0's experts, mb1's; ...), found by ``_tandem_blocks`` for the number of
+      micro-batches the launch-order inference found; the j-th copy of a block is mb j.
+
+    Kernels in neither keep ``mb``; other copies and memsets take the micro-batch of the kernel
+    before them in GPU order.  Also returns how many replayed kernels each pattern labelled
+    (None: no graph replays)."""
+    launches = trace.events.filter(pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
+                                   & pl.col("name").cast(pl.Utf8).str.contains("(?i)GraphLaunch"))["correlation"]
+    replayed = k["correlation"].is_in(launches.drop_nulls().implode()).to_numpy()
+    if not replayed.any():
+        return mb, None
+    n_mb = len({m for m in mb.tolist() if m})
+    out = mb.copy()
+    counts = {"branches": 0, "blocks": 0, "kernels": 0}
+    corr, kinds, names = k["correlation"].to_numpy(), k["kind"].to_numpy(), k["name"].to_numpy()
+    streams, starts, ends = k["stream"].to_numpy(), k["ts"].to_numpy(), k["end"].to_numpy()
+    major = _is_major(k["category"].to_numpy())
+    code_of: dict[str, int] = {}
+    cache: dict[bytes, tuple[np.ndarray, dict[int, int], str]] = {}
+    order = np.flatnonzero(replayed)
+    for c in np.unique(corr[order]):
+        idx = order[corr[order] == c]          # one replay, GPU order (k is sorted by launch, then start)
+        is_kernel = kinds[idx] == "kernel"
+        kern = idx[is_kernel]
+        codes = np.array([code_of.setdefault(x, len(code_of)) for x in names[kern]], dtype=np.int64)
+        key = codes.tobytes() + streams[kern].astype(np.int64).tobytes()
+        if key not in cache:
+            by_stream = _side_by_side(codes, streams[kern], starts[kern], ends[kern])
+            if by_stream is not None:
+                copy_of = np.array([by_stream.get(int(st), -1) for st in streams[kern]], dtype=np.int64)
+                cache[key] = (copy_of, by_stream, "branches")
+            elif n_mb >= 2:
+                cache[key] = (_tandem_blocks(codes, n_mb, major[kern]), {}, "blocks")
+            else:
+                cache[key] = (np.full(len(kern), -1, dtype=np.int64), {}, "blocks")
+        copy_of, by_stream, how = cache[key]
+        counts[how] += int((copy_of >= 0).sum())
+        counts["kernels"] += len(copy_of)
+        last = None
+        j = 0
+        for pos, i in enumerate(idx):
+            if is_kernel[pos]:
+                if copy_of[j] >= 0:
+                    out[i] = f"mb{copy_of[j]}"
+                last = out[i]
+                j += 1
+            elif int(streams[i]) in by_stream:
+                out[i] = f"mb{by_stream[int(streams[i])]}"
+            elif last is not None:
+                out[i] = last
+    return out, counts
+
+
+def _side_by_side(codes: np.ndarray, streams: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> dict[int, int] | None:
+    """{replay stream: micro-batch} when n >= 2 streams run the same kernel sequence side by side
+    (their spans overlap by at least half of the shorter) and hold at least half of the replay's
+    kernels; None otherwise."""
+    by_stream: dict[int, np.ndarray] = {}
+    for st in np.unique(streams):
+        by_stream[int(st)] = np.flatnonzero(streams == st)
+    same: dict[bytes, list[int]] = {}
+    for st, idx in by_stream.items():
+        if len(idx) >= 2:
+            same.setdefault(codes[idx].tobytes(), []).append(st)
+    if not same:
+        return None
+    group = max(same.values(), key=lambda g: len(g) * len(by_stream[g[0]]))
+    if len(group) < 2 or len(group) * len(by_stream[group[0]]) < 0.5 * len(codes):
+        return None
+    spans = [(starts[by_stream[st]].min(), ends[by_stream[st]].max()) for st in group]
+    for a in range(len(spans)):
+        for b in range(a + 1, len(spans)):
+            (a0, a1), (b0, b1) = spans[a], spans[b]
+            if min(a1, b1) - max(a0, b0) < 0.5 * min(a1 - a0, b1 - b0):
+                return None  # one after the other: not side by side
+    first = sorted(group, key=lambda st: starts[by_stream[st][0]])
+    return {st: m for m, st in enumerate(first)}
+
+
+#: a block shorter than this must hold a GEMM or attention kernel (two equal elementwise kernels
+#: in a row are no micro-batches)
+MIN_PLAIN_BLOCK = 3
+
+
+def _tandem_blocks(codes: np.ndarray, n: int, major: np.ndarray | None = None) -> np.ndarray:
+    """Cover a kernel sequence with *blocks*: n equal consecutive copies of a run of kernels.
+
+    Dynamic programming over positions: the most kernels covered, then the most blocks (so four
+    identical layers give four blocks of one layer, not two of two).  Equal runs are found with a
+    polynomial prefix hash (uint64, vectorized per start) and confirmed element by element.
+    Returns the copy index (0..n-1) of each kernel, -1 outside every block."""
+    L = len(codes)
+    out = np.full(L, -1, dtype=np.int64)
+    if L < 2 * n:
+        return out
+    base = np.uint64(1_000_003)
+    h = np.zeros(L + 1, dtype=np.uint64)
+    pw = np.ones(L + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for t in range(L):
+            h[t + 1] = h[t] * base + np.uint64(codes[t] + 1)
+            pw[t + 1] = pw[t] * base
+
+    def sub(a: np.ndarray, p: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return h[a + p] - h[a] * pw[p]
+
+    n_major = np.concatenate([[0], np.cumsum(major if major is not None else np.zeros(L, dtype=bool))])
+    positions: dict[int, np.ndarray] = {}
+    for c in np.unique(codes):
+        positions[int(c)] = np.flatnonzero(codes == c)
+    cov = np.zeros(L + 1, dtype=np.int64)
+    blocks = np.zeros(L + 1, dtype=np.int64)
+    choice = np.zeros(L + 1, dtype=np.int64)  # block length chosen at i (0: kernel i stays outside)
+    for i in range(L - 1, -1, -1):
+        cov[i], blocks[i], choice[i] = cov[i + 1], blocks[i + 1], 0
+        same = positions[int(codes[i])]
+        p = same[same > i] - i
+        p = p[i + n * p <= L]
+        p = p[(p >= MIN_PLAIN_BLOCK) | (n_major[i + p] > n_major[i])]
+        if p.size == 0:
+            continue
+        first = sub(np.full(p.size, i), p)
+        ok = np.ones(p.size, dtype=bool)
+        for m in range(1, n):
+            ok &= sub(i + m * p, p) == first
+        for q in p[ok]:
+            q = int(q)
+            if not all(np.array_equal(codes[i:i + q], codes[i + m * q:i + (m + 1) * q]) for m in range(1, n)):
+                continue  # a hash collision
+            c, b = cov[i + n * q] + n * q, blocks[i + n * q] + 1
+            if (c, b) > (cov[i], blocks[i]):
+                cov[i], blocks[i], choice[i] = c, b, q
+    i = 0
+    while i < L:
+        q = int(choice[i])
+        if q == 0:
+            i += 1
+            continue
+        for m in range(n):
+            out[i + m * q:i + (m + 1) * q] = m
+        i += n * q
+    return out
 
 
 def _graph_launches(trace: Trace, k: pl.DataFrame) -> np.ndarray | None:

@@ -27,8 +27,9 @@ class LevelPatterns:
         r"(?i)^forward_(extend|decode)$",
         # SGLang scheduler: step[EXTEND bs=15 toks=15360], step[DECODE bs=32]
         r"^step\[(EXTEND|DECODE|MIXED|IDLE)\b",
-        # vLLM model runner: execute_<tokens>_context_<n>(...)_generation_<m>(...)
-        r"^execute_\d+_(?:(context)_[1-9]\d*|context_0)\(.*\)_(?:(generation)_[1-9]\d*|generation_0)\(",
+        # vLLM model runner: execute_<tokens>_context_<n>(...)_generation_<m>(...), newer releases
+        # without the token count: execute_context_1(888_788544)_generation_0(0)
+        r"^execute_(?:\d+_)?(?:(context)_[1-9]\d*|context_0)\(.*\)_(?:(generation)_[1-9]\d*|generation_0)\(",
     ])
     microbatch: list[str] = field(default_factory=lambda: [
         r"(?i)^(?:mb|micro_?batch|ubatch|ub|tbo|dbo)[._#-]?(\d+)$",
@@ -74,6 +75,36 @@ class LevelPatterns:
 STAGE_WORDS = {"context": "prefill", "generation": "decode", "extend": "prefill"}
 #: SGLang's two-batch-overlap stage prefixes: a = first micro-batch, b = second
 MICROBATCH_LETTERS = {"a": "mb0", "b": "mb1"}
+
+
+#: keys of a CUDA-graph kernel annotation (``mark_kernels({"layer": 3, "microbatch": 0})``, merged into
+#: the kernel's args by ``torch.cuda._annotate_cuda_graph_trace``) that name a level
+ARG_LEVELS = {"iteration": "iteration", "iter": "iteration", "step": "iteration", "stage": "stage",
+              "microbatch": "microbatch", "micro_batch": "microbatch", "mb": "microbatch", "ubatch": "microbatch",
+              "layer": "layer", "phase": "phase"}
+#: keys whose value is a scope name, read as a record_function range name is (a string scope
+#: becomes {"str": name} in mark_kernels; the post-processor writes other objects as "annotation")
+TEXT_KEYS = ("str", "annotation", "name")
+
+
+def level_of_arg(key: str, value: object, pats: dict[str, list[re.Pattern]]) -> tuple[str, str] | None:
+    """(level, label) for one annotation arg of a CUDA-graph kernel, by the same patterns as
+    ``level_of``: a scope name as a range name; ``{"layer": 3}`` as ``layer.3``, ``{"stage":
+    "decode"}`` as ``decode``; a key that names no level gives its value as a phase (as any user
+    range), or nothing for library names."""
+    text = str(value)
+    if key in TEXT_KEYS:
+        return level_of(text, pats)
+    want = ARG_LEVELS.get(key.lower())
+    for name in (text, f"{key}.{text}"):
+        got = level_of(name, pats)
+        if got is not None and got[0] != "phase" and want in (None, got[0]):
+            return got
+    if want == "microbatch":
+        return want, f"mb{int(text)}" if text.isdigit() else text
+    if want is not None:
+        return want, text
+    return level_of(text, pats)
 
 
 def level_of(name: str, pats: dict[str, list[re.Pattern]]) -> tuple[str, str] | None:

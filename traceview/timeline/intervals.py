@@ -219,3 +219,46 @@ def intersection_with_sorted(a: Intervals, sorted_union: Intervals) -> float:
     lo = np.searchsorted(ue, sa[0], side="right")
     hi = np.searchsorted(us, ea[-1], side="left")
     return intersection_measure((sa, ea), (us[lo:hi], ue[lo:hi]))
+
+
+def measure_in_windows(sets: Intervals, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """|S ∩ [lo_i, hi_i)| for each window i, S disjoint and sorted (prefix sums over S:
+    O((n + m) log n) for m windows, whatever they overlap)."""
+    s, e = sets
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    if len(s) == 0 or len(lo) == 0:
+        return np.zeros(len(lo))
+    cum = np.concatenate([[0.0], np.cumsum(e - s)])
+
+    def covered_before(t: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(s, t, side="right")  # pieces starting at or before t
+        j = np.maximum(i - 1, 0)
+        part = np.where(i > 0, np.minimum(np.clip(t - s[j], 0, None), e[j] - s[j]), 0.0)
+        return np.where(i > 0, cum[j] + part, 0.0)
+
+    return np.maximum(covered_before(hi) - covered_before(lo), 0.0)
+
+
+def join_close(s: np.ndarray, e: np.ndarray, gap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Join the neighbours of a disjoint sorted set that are closer than ``gap``, for drawing:
+    (start, end, pieces joined into each, covered length of each)."""
+    if s.size == 0:
+        return s, e, np.zeros(0, int), np.zeros(0)
+    new = np.ones(s.size, dtype=bool)
+    new[1:] = (s[1:] - e[:-1]) >= gap
+    idx = np.flatnonzero(new)
+    return s[idx], np.maximum.reduceat(e, idx), np.diff(np.append(idx, s.size)), np.add.reduceat(e - s, idx)
+
+
+def coarsen(s: np.ndarray, e: np.ndarray, limit: int) -> Intervals:
+    """At most ``limit`` pieces of a disjoint sorted set, for drawing: neighbours closer than a
+    gap (doubling from span / limit until they fit) are joined.  Idempotent: a set already at
+    most ``limit`` pieces long comes back unchanged."""
+    if len(s) <= limit:
+        return s, e
+    gap = (e[-1] - s[0]) / limit
+    while True:
+        ns, ne, _, _ = join_close(s, e, gap)
+        if len(ns) <= limit:
+            return ns, ne
+        gap *= 2

@@ -389,7 +389,8 @@ def _regression(check: str, g: GpuSummary, new_pi: float, base_pi: float, t: Thr
     detail = ""
     if status == PASS and new_pi - base_pi > base_pi * t.max_regression_pct / 100.0 + 1e-9:
         detail = f"+{_ms(new_pi - base_pi)} ms is within the {_ms(t.min_regression_us)} ms noise floor"
-    return CheckResult(check, status, new_pi, t.max_regression_pct, "%", **_at(g), segment=segment, category=category, baseline=base_pi, baseline_where=where_base, detail=detail)
+    return CheckResult(check, status, new_pi, t.max_regression_pct, "%", **_at(g), segment=segment, category=category,
+                       baseline=base_pi, baseline_where=where_base, detail=detail)
 
 
 def _regression_checks(g: GpuSummary, b: GpuSummary | None, how: str, t: Thresholds) -> list[CheckResult]:
@@ -449,8 +450,7 @@ def _health_checks(gpus: list[GpuSummary], t: Thresholds) -> list[CheckResult]:
         seen.add(g.file)
         for h in g.health:
             out.append(CheckResult("trace_health", FAIL if t.strict else WARN, float(h.get("count") or 0), 0.0, "",
-                                   file=g.file, rank=g.rank, device=g.device, category=str(h["key"]),
-                                   detail=str(h["message"])))
+                                   **_at(g), category=str(h["key"]), detail=str(h["message"])))
     return out
 
 

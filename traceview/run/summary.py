@@ -189,7 +189,7 @@ def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, 
         "it": comm["it"].cast(pl.Int32),
         "category": comm["category"].cast(pl.Utf8).cast(pl.Categorical),
         "name": comm["name"].cast(pl.Utf8).cast(pl.Categorical),
-        "stream": comm["stream"].cast(pl.Int32),
+        "stream": comm["stream"],  # (Int64: a tid given as a string has a 63-bit id, load/decode.py named_id)
         "ts": cts, "end": cend, "dur": comm["dur"].to_numpy(),
         **{c: comm[c].cast(pl.Utf8).cast(pl.Categorical) for c in ("layer", "microbatch", "phase")},
         "win_idle_no_queue_us": iv.measure_in_windows(idle_no_queue, win_lo, cts),

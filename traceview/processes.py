@@ -48,15 +48,19 @@ def map_files(fn: Callable[[Any], Any], args: Sequence[Any], paths: Sequence[Pat
                 continue
             if done is not None:
                 done(i)
-    for i, r in _each_alone(fn, args, paths, sorted(left), jobs, doing):
+    for i, r in each_alone(fn, args, paths, jobs, doing, sorted(left)):
         results[i] = r
         if done is not None:
             done(i)
     return [results[i] for i in range(len(args))]
 
 
-def _each_alone(fn, args, paths, todo: list[int], jobs: int, doing: str):
-    """``(i, fn(args[i]))`` for each ``i`` in ``todo``, each in a process of its own."""
+def each_alone(fn: Callable[[Any], Any], args: Sequence[Any], paths: Sequence[Path], jobs: int,
+               doing: str = "analyzing it", todo: list[int] | None = None):
+    """``(i, fn(args[i]))`` for each ``i`` in ``todo`` (default: all), each in a process of its
+    own, ``jobs`` at a time, as they finish: a process that dies gives ``(i, TraceError)``
+    naming ``paths[i]`` and how it died (what a broken pool's caller runs again)."""
+    todo = list(range(len(args))) if todo is None else list(todo)
     running: dict[int, tuple[Any, Any]] = {}
     try:
         while todo or running:

@@ -679,7 +679,8 @@ def _holders(path: Path) -> list[int]:
     return pids
 
 
-def test_a_worker_killed_mid_file_is_one_line_naming_it_and_the_others_are_analyzed(tmp_path):
+@pytest.mark.parametrize("command", ["analyze", "report"])  # (analyze_many; report: the run engine's pool)
+def test_a_worker_killed_mid_file_is_one_line_naming_it_and_the_others_are_analyzed(tmp_path, command):
     """``--jobs 2`` over a real rank and a FIFO: each worker that opens the FIFO is killed with
     SIGKILL (what the OOM killer sends) while it reads.  The FIFO's line names it and the signal,
     exit 2, no traceback, no internal error; the real rank is still analyzed."""
@@ -713,7 +714,8 @@ def test_a_worker_killed_mid_file_is_one_line_naming_it_and_the_others_are_analy
     t.start()
     try:
         with watchdog(120):
-            code, out, err = run_cli("analyze", "--jobs", "2", str(good), str(fifo))
+            extra = ["-o", str(tmp_path / "r.html")] if command == "report" else []
+            code, out, err = run_cli(command, "--jobs", "2", *extra, str(good), str(fifo))
     finally:
         stop.set()
         with contextlib.suppress(OSError):  # unblock the killer's open
@@ -721,9 +723,14 @@ def test_a_worker_killed_mid_file_is_one_line_naming_it_and_the_others_are_analy
         t.join(10)
     assert len(killed) == 2  # the pool's worker, then the file's own process
     assert code == 2 and "Traceback" not in out + err and "internal error" not in err
-    assert err == (f"traceview: error: {fifo}: the worker process analyzing it was killed (signal 9, SIGKILL: out "
-                   "of memory? the kernel's OOM killer sends SIGKILL; try fewer --jobs or more memory)\n")
-    assert "rank0" in out and "GPU time" in out  # the other file, analyzed
+    line = (f"traceview: error: {fifo}: the worker process analyzing it was killed (signal 9, SIGKILL: out "
+            "of memory? the kernel's OOM killer sends SIGKILL; try fewer --jobs or more memory)")
+    if command == "analyze":
+        assert err == line + "\n"
+        assert "rank0" in out and "GPU time" in out  # the other file, analyzed
+    else:
+        assert err.splitlines()[0] == line and err.splitlines()[1].startswith(f"wrote {tmp_path / 'r.html'}")
+        assert "rank0" in (tmp_path / "r.html").read_text(encoding="utf-8")
 
 
 def test_died_reason_names_the_signal_or_the_status():

@@ -26,6 +26,7 @@ def test_union_matches_reference(xs):
     assert [[a, b] for a, b in zip(s.tolist(), e.tolist())] == ref.merge(xs)
 
 
+@settings(deadline=None)  # (polars starts its thread pool on the first call: no timing limit here)
 @given(st.lists(st.tuples(st.integers(min_value=0, max_value=4), interval), max_size=60))
 def test_measure_by_group_matches_the_reference_group_by_group(items):
     """The grouped union (one sort, a running maximum that restarts per group) equals the

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import TraceError
+from .load.reader import _bare_main  # (a spawned worker does not re-run the main script)
 
 #: spawn, not fork: forking a process that runs polars thread pools can deadlock
 _SPAWN = multiprocessing.get_context("spawn")
@@ -36,7 +37,8 @@ def map_files(fn: Callable[[Any], Any], args: Sequence[Any], paths: Sequence[Pat
     results: dict[int, Any] = {}
     left: list[int] = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=_SPAWN) as pool:
-        futures = {pool.submit(_pickled, fn, a): i for i, a in enumerate(args)}
+        with _bare_main():  # (workers start on submit)
+            futures = {pool.submit(_pickled, fn, a): i for i, a in enumerate(args)}
         for fut in as_completed(futures):
             i = futures[fut]
             try:
@@ -46,15 +48,19 @@ def map_files(fn: Callable[[Any], Any], args: Sequence[Any], paths: Sequence[Pat
                 continue
             if done is not None:
                 done(i)
-    for i, r in _each_alone(fn, args, paths, sorted(left), jobs, doing):
+    for i, r in each_alone(fn, args, paths, jobs, doing, sorted(left)):
         results[i] = r
         if done is not None:
             done(i)
     return [results[i] for i in range(len(args))]
 
 
-def _each_alone(fn, args, paths, todo: list[int], jobs: int, doing: str):
-    """``(i, fn(args[i]))`` for each ``i`` in ``todo``, each in a process of its own."""
+def each_alone(fn: Callable[[Any], Any], args: Sequence[Any], paths: Sequence[Path], jobs: int,
+               doing: str = "analyzing it", todo: list[int] | None = None):
+    """``(i, fn(args[i]))`` for each ``i`` in ``todo`` (default: all), each in a process of its
+    own, ``jobs`` at a time, as they finish: a process that dies gives ``(i, TraceError)``
+    naming ``paths[i]`` and how it died (what a broken pool's caller runs again)."""
+    todo = list(range(len(args))) if todo is None else list(todo)
     running: dict[int, tuple[Any, Any]] = {}
     try:
         while todo or running:
@@ -62,7 +68,8 @@ def _each_alone(fn, args, paths, todo: list[int], jobs: int, doing: str):
                 i = todo.pop(0)
                 recv, send = _SPAWN.Pipe(duplex=False)
                 proc = _SPAWN.Process(target=_child, args=(send, fn, args[i]), daemon=True)
-                proc.start()
+                with _bare_main():
+                    proc.start()
                 send.close()  # (the child holds the only writer: its death is EOF here)
                 running[i] = (proc, recv)
             ready = set(wait([c for _p, c in running.values()] + [p.sentinel for p, _c in running.values()]))

@@ -389,7 +389,8 @@ def _regression(check: str, g: GpuSummary, new_pi: float, base_pi: float, t: Thr
     detail = ""
     if status == PASS and new_pi - base_pi > base_pi * t.max_regression_pct / 100.0 + 1e-9:
         detail = f"+{_ms(new_pi - base_pi)} ms is within the {_ms(t.min_regression_us)} ms noise floor"
-    return CheckResult(check, status, new_pi, t.max_regression_pct, "%", **_at(g), segment=segment, category=category, baseline=base_pi, baseline_where=where_base, detail=detail)
+    return CheckResult(check, status, new_pi, t.max_regression_pct, "%", **_at(g), segment=segment, category=category,
+                       baseline=base_pi, baseline_where=where_base, detail=detail)
 
 
 def _regression_checks(g: GpuSummary, b: GpuSummary | None, how: str, t: Thresholds) -> list[CheckResult]:

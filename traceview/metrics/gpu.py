@@ -80,17 +80,15 @@ def covered(df: pl.DataFrame, keys: list[str]) -> dict[tuple, float]:
     of devices or streams; the same union as ``intervals.measure``, group by group)."""
     if df.height == 0:
         return {}
-    d = (df.lazy().filter(pl.col("end") > pl.col("ts")).select(*keys, "ts", "end").sort(*keys, "ts")
-         .with_columns(first=pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys])
-                       .fill_null(True))
-         .collect())
+    # (eager: the same plan run lazily is ~8x slower at 2 million rows, polars 1.x)
+    d = df.filter(pl.col("end") > pl.col("ts")).select(*keys, "ts", "end").sort(*keys, "ts")
+    d = d.with_columns(first=pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys]))
     if d.height == 0:
         return {}
     first = d["first"].to_numpy().copy()
     first[0] = True  # (a null key on the first row: ne_missing(null, null) is False)
     lengths, rows = iv.sorted_group_runs(d["ts"].to_numpy(), d["end"].to_numpy(), first)
-    per_group = np.zeros(int(first.sum()))
-    np.add.at(per_group, (np.cumsum(first) - 1)[rows], lengths)
+    per_group = np.bincount((np.cumsum(first) - 1)[rows], weights=lengths, minlength=int(first.sum()))
     return {tuple(k): float(us) for k, us in zip(d.filter(pl.Series(first)).select(keys).iter_rows(), per_group)}
 
 
@@ -100,8 +98,7 @@ def all_devices(gpu: pl.DataFrame) -> list[GpuMetrics]:
     gpu = gpu.filter(pl.col("device").is_not_null())
     if gpu.height == 0:
         return []
-    d = gpu.select("device", "stream", pl.col("role").cast(pl.Utf8), pl.col("category").cast(pl.Utf8),
-                   "ts", "end", "dur")
+    d = gpu.select("device", "stream", "role", "category", "ts", "end", "dur")  # (texts only per group, below)
     by_role = covered(d.filter(pl.col("role").is_in(["compute", "comm", "memory"])), ["device", "role"])
     compute_or_comm = covered(d.filter(pl.col("role").is_in(["compute", "comm"])), ["device"])
     busy = covered(d.filter(pl.col("role").is_in(["compute", "comm", "memory"])), ["device"])
@@ -114,6 +111,7 @@ def all_devices(gpu: pl.DataFrame) -> list[GpuMetrics]:
         pl.col("ts").min(), pl.col("end").max(), pl.len(), pl.col("dur").sum()).iter_rows()}
     cats: dict[int, list[tuple[str, float, int]]] = {}
     for dev, c, t, n in (d.group_by("device", "category").agg(pl.col("dur").sum().alias("t"), pl.len().alias("n"))
+                         .with_columns(pl.col("category").cast(pl.Utf8))
                          .sort("device", "t", "category", descending=[False, True, False]).iter_rows()):
         cats.setdefault(dev, []).append((c, t, n))
     out = []

@@ -58,7 +58,7 @@ def _device_groups(d: pl.DataFrame, device: int, keys: list[str]) -> pl.DataFram
     n = groups.height
     gid = d["gid"].to_numpy().astype(np.int64)
     ts, end = d["ts"].to_numpy(), d["end"].to_numpy()
-    role = d["role"].cast(pl.Utf8)  # (masks from polars: not an array of 2 million Python strings)
+    role = d["role"]  # (masks from polars: not an array of 2 million Python strings)
     compute_mask, comm_mask = (role == "compute").to_numpy(), (role == "comm").to_numpy()
     k_union = iv.union(ts[compute_mask], end[compute_mask])
     covered, uncovered = iv.split_by_owner(ts[comm_mask], end[comm_mask], gid[comm_mask], n, k_union)

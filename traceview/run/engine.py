@@ -21,6 +21,7 @@ import pickle
 import tempfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
@@ -137,17 +138,29 @@ class LocalEngine:
         # each file's decoder gets a share of the cores, not all of them (as analyze_many)
         task = replace(task, workers=task.workers or max(1, (os.cpu_count() or 1) // jobs))
         # spawn, not fork: forking a process that runs polars thread pools can deadlock
+        left = []  # files a dead worker left unfinished: named below (processes.py)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(task.run, f): shown for shown, f in files}
+            futures = {pool.submit(task.run, f): (shown, f) for shown, f in files}
             try:
                 for fut in as_completed(futures):
+                    try:
+                        r = fut.result()
+                    except BrokenProcessPool:
+                        left.append(futures[fut])
+                        continue
                     if progress is not None:
-                        progress(Path(futures[fut]), 1, 1)
-                    yield Path(futures[fut]), fut.result()
+                        progress(Path(futures[fut][0]), 1, 1)
+                    yield Path(futures[fut][0]), r
             except BaseException:
                 for fut in futures:
                     fut.cancel()
                 raise
+        from ..processes import each_alone
+
+        for i, r in each_alone(task.run, [f for _s, f in left], [Path(s) for s, _f in left], jobs):
+            if progress is not None:
+                progress(Path(left[i][0]), 1, 1)
+            yield Path(left[i][0]), r
 
 
 # ---------------------------------------------------------------------------------------- Ray

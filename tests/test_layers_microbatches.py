@@ -18,6 +18,7 @@ from traceview.segment import LevelPatterns
 from traceview.segment.levels import level_of
 
 EXTRA = PROJECT_FIXTURES / "gpu-extra"
+CAPTURES = PROJECT_FIXTURES / "captures"
 TRACELENS = "peers/tracelens/"
 
 
@@ -217,13 +218,13 @@ def test_inferred_microbatches_say_they_are_approximate(rank):
     assert analysis_of(str(PROJECT_FIXTURES / f"prefill_tbo_rank{rank}.json.gz")).segmentation.approximate == []
 
 
-# --- the single-GPU captures for this issue (fixtures/gpu-extra, MANIFEST entries) ----------
+# --- the single-GPU captures for this issue (fixtures/captures, MANIFEST entries) ----------
 
 @pytest.mark.parametrize("name", ["attn_splitkv_decode_nolabels", "inductor_dense_decode"])
 def test_captured_decoders_give_steps_times_layers(name):
     """FA2 split-KV decode without labels (two attention kernels per layer) and a
     torch.compile'd decoder (Inductor kernels, matmul attention): S x L = 6 x 4 layer passes."""
-    path = EXTRA / f"{name}.json.gz"
+    path = CAPTURES / f"{name}.json.gz"
     m = _manifest(path)
     a = analysis_of(str(path))
     s = a.segmentation.summary()
@@ -236,7 +237,7 @@ def test_captured_decoders_give_steps_times_layers(name):
 def test_ddp_forward_backward_threads_are_not_microbatches():
     """A real DDP step: forward + optimizer from the main thread, backward from the autograd
     thread (MANIFEST threads): one micro-batch."""
-    path = EXTRA / "ddp_two_thread_train.json.gz"
+    path = CAPTURES / "ddp_two_thread_train.json.gz"
     threads = _manifest(path)["threads"]
     a = analysis_of(str(path))
     launch_tids = set(a.kernels["launch_tid"].drop_nulls().unique().to_list())
@@ -255,7 +256,7 @@ def test_graph_tbo_decode_microbatches_and_layers_from_kernel_order():
     layers.  Checked kernel by kernel against the eager run's labels (MANIFEST replay_mapping):
     every kernel's micro-batch (the launch-order inference alone: 84%) and layer; still said to be
     approximate (inferred, not read)."""
-    path = EXTRA / "decode_tbo_cudagraph.json.gz"
+    path = CAPTURES / "decode_tbo_cudagraph.json.gz"
     rm = _manifest(path)["replay_mapping"]
     eager, index = rm["eager_step"], rm["replay_kernel_to_eager_index"]
     a = analysis_of(str(path))
@@ -307,7 +308,7 @@ def test_tandem_blocks_pick_micro_batches_not_layer_pairs():
 
     from traceview.segment.assign import _tandem_blocks
 
-    k = analysis_of(str(EXTRA / "decode_tbo_cudagraph.json.gz")).kernels
+    k = analysis_of(str(CAPTURES / "decode_tbo_cudagraph.json.gz")).kernels
     names = k.filter((pl.col("kind") == "kernel") & (pl.col("correlation") == k["correlation"].min())).sort("ts")["name"]
     codes = names.cast(pl.Utf8).rank("dense").cast(pl.Int64).to_numpy()
     body = codes[:40]

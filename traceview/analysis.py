@@ -61,7 +61,7 @@ class TraceAnalysis:
         """Per-segment compute / overlapped / exposed communication (see metrics/segments.py);
         by iteration also the iteration's duration, idle and what-if (metrics/iterations.py)."""
         if by not in self._segment_cache:
-            df = segment_table(self.kernels, self.segmentation, by, self._labelled)
+            df = segment_table(self.kernels, self.segmentation, by, self._labelled, self._device_events)
             if by == "iteration" and df.height:
                 it = self.iterations.select("device", "iteration", *ITERATION_EXTRA)
                 df = df.join(it, on=["device", "iteration"], how="left", maintain_order="left")
@@ -70,6 +70,11 @@ class TraceAnalysis:
 
     @functools.cached_property
     def _segment_cache(self) -> dict[str, pl.DataFrame]:
+        return {}
+
+    @functools.cached_property
+    def _device_events(self) -> dict:
+        """Per device: event times, role masks and compute busy set, shared by every view."""
         return {}
 
     @functools.cached_property
@@ -214,6 +219,7 @@ def _analyze_one(args, progress: Callable[[Path, int, int], None] | None = None,
         a.verdict_inputs()  # what the verdict reads, measured while the events are here
         a.trace.events = None  # type: ignore[assignment]  # (anything that still reads it fails loudly)
         a.__dict__.pop("_labelled", None)  # (a copy of the events' rows: not kept per rank)
+        a.__dict__.pop("_device_events", None)  # (per-event arrays, likewise)
     return a
 
 

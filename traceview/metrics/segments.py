@@ -38,29 +38,43 @@ def labelled(kernels: pl.DataFrame, seg: Segmentation) -> pl.DataFrame:
         [pl.col(c).fill_null(NONE) for c in lab.columns if c != "row"])
 
 
+class DeviceEvents:
+    """One device's event times and role masks, and its compute busy set: the same for every
+    view, so a caller computing several views (the diff: three) builds them once."""
+
+    def __init__(self, d: pl.DataFrame):
+        self.ts, self.end = d["ts"].to_numpy(), d["end"].to_numpy()
+        role = d["role"]  # (masks from polars: not an array of 2 million Python strings)
+        self.compute, self.comm = (role == "compute").to_numpy(), (role == "comm").to_numpy()
+        self.compute_union = iv.union(self.ts[self.compute], self.end[self.compute])
+
+
 def segment_table(kernels: pl.DataFrame, seg: Segmentation, by: str,
-                  labelled_kernels: pl.DataFrame | None = None) -> pl.DataFrame:
+                  labelled_kernels: pl.DataFrame | None = None,
+                  device_events: dict[int, DeviceEvents] | None = None) -> pl.DataFrame:
     """One row per (device, group) with the metrics above, in a stable order
-    (``labelled_kernels``: ``labelled(kernels, seg)`` when the caller already has it)."""
+    (``labelled_kernels``: ``labelled(kernels, seg)`` when the caller already has it;
+    ``device_events``: a dict the caller keeps across views, filled here on first use)."""
     keys = BY_KEYS[by]
     df = labelled(kernels, seg) if labelled_kernels is None else labelled_kernels
+    cache = {} if device_events is None else device_events
     frames = []
     for (device,), d in df.partition_by("device", as_dict=True, maintain_order=True).items():
-        frames.append(_device_groups(d, int(device), keys))
+        ev = cache.get(int(device))
+        if ev is None or ev.ts.size != d.height:
+            ev = cache[int(device)] = DeviceEvents(d)
+        frames.append(_device_groups(d, int(device), keys, ev))
     out = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     out = out.with_columns(pl.col(category_columns(out)).fill_null(0.0)) if frames else out
     return _sort(out, keys)
 
 
-def _device_groups(d: pl.DataFrame, device: int, keys: list[str]) -> pl.DataFrame:
+def _device_groups(d: pl.DataFrame, device: int, keys: list[str], ev: DeviceEvents) -> pl.DataFrame:
     groups = d.select(keys).unique(maintain_order=True).with_row_index("gid")
-    d = d.join(groups, on=keys, how="left")
+    d = d.join(groups, on=keys, how="left", maintain_order="left")
     n = groups.height
     gid = d["gid"].to_numpy().astype(np.int64)
-    ts, end = d["ts"].to_numpy(), d["end"].to_numpy()
-    role = d["role"]  # (masks from polars: not an array of 2 million Python strings)
-    compute_mask, comm_mask = (role == "compute").to_numpy(), (role == "comm").to_numpy()
-    k_union = iv.union(ts[compute_mask], end[compute_mask])
+    ts, end, compute_mask, comm_mask, k_union = ev.ts, ev.end, ev.compute, ev.comm, ev.compute_union
     covered, uncovered = iv.split_by_owner(ts[comm_mask], end[comm_mask], gid[comm_mask], n, k_union)
 
     compute_us = iv.measure_by_group(ts[compute_mask], end[compute_mask], gid[compute_mask], n)

@@ -62,7 +62,7 @@ def measure_by_group(starts, ends, groups, n_groups: int) -> np.ndarray:
     out = np.zeros(n_groups)
     if s.size == 0:
         return out
-    order = np.lexsort((s, g))
+    order = group_order(s, g, n_groups)
     s, e, g = s[order], e[order], g[order]
     first = np.empty(s.size, dtype=bool)
     first[0] = True
@@ -71,20 +71,50 @@ def measure_by_group(starts, ends, groups, n_groups: int) -> np.ndarray:
     return out + np.bincount(g[run_groups], weights=lengths, minlength=n_groups)
 
 
+def group_order(s: np.ndarray, g: np.ndarray, n_groups: int) -> np.ndarray:
+    """The order that sorts by (group, start), ties in input order: ``np.lexsort((s, g))``.
+
+    Events usually come sorted by start (the classifier sorts by device, ts); then a stable sort
+    of the group ids alone gives the same order, and as 16-bit ids numpy radix-sorts them (a
+    fraction of a lexsort of 2 million rows)."""
+    if s.size > 1 and n_groups <= 1 << 16 and bool(np.all(s[1:] >= s[:-1])):
+        return np.argsort(g.astype(np.uint16), kind="stable")
+    return np.lexsort((s, g))
+
+
 def sorted_group_runs(s: np.ndarray, e: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Union pieces of intervals sorted by (group, start), ``first`` marking each group's first
     row (zero-length intervals already dropped): each piece's length and its first row.
 
-    As ``union``, with a running maximum of the ends that restarts at each group (polars'
-    windowed ``cum_max``: numpy has no segmented accumulate)."""
-    import polars as pl
-
-    reach = (pl.DataFrame({"g": np.cumsum(first), "e": e}).select(pl.col("e").cum_max().over("g"))
-             .to_series().to_numpy())
+    As ``union``, with a running maximum of the ends that restarts at each group."""
+    reach = _segmented_cummax(e, first)
     new = first.copy()
     new[1:] |= s[1:] > reach[:-1]
     idx = np.flatnonzero(new)
     return np.maximum.reduceat(e, idx) - s[idx], idx
+
+
+#: Up to this many groups the segmented running maximum is numpy's accumulate per group (a
+#: loop of at most this many slices, ~10x faster than a polars window at 2 million rows);
+#: above it, polars' windowed ``cum_max`` (linear whatever the number of groups).
+ACCUMULATE_GROUPS = 4096
+
+
+def _segmented_cummax(e: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Running maximum of ``e`` restarting where ``first`` is set (numpy has no segmented
+    accumulate)."""
+    starts = np.flatnonzero(first)
+    if starts.size == 0 or starts[0] != 0:
+        starts = np.concatenate([[0], starts])
+    if starts.size <= ACCUMULATE_GROUPS:
+        out = np.empty_like(e)
+        for a, b in zip(starts, np.append(starts[1:], e.size)):
+            np.maximum.accumulate(e[a:b], out=out[a:b])
+        return out
+    import polars as pl
+
+    return (pl.DataFrame({"g": np.cumsum(first), "e": e}).select(pl.col("e").cum_max().over("g"))
+            .to_series().to_numpy())
 
 
 def concat(*sets: Intervals) -> Intervals:
@@ -178,19 +208,18 @@ def split_by_owner(starts, ends, owners, n_owners: int, cover: Intervals) -> tup
     uncovered = np.zeros(n_owners)
     if s.size == 0:
         return covered, uncovered
-    # union per owner, so an owner never counts twice
-    us, ue, uo = [], [], []
-    order = np.argsort(owners, kind="stable")
-    s, e, owners = s[order], e[order], owners[order]
-    cuts = np.flatnonzero(np.diff(owners)) + 1
-    for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [owners.size]])):
-        ps, pe = union(s[a:b], e[a:b])
-        us.append(ps)
-        ue.append(pe)
-        uo.append(np.full(ps.size, owners[a]))
-    s, e, owners = np.concatenate(us), np.concatenate(ue), np.concatenate(uo)
+    # union per owner, so an owner never counts twice (all owners in one sort, no loop over them)
+    keep = e > s
+    s, e, owners = s[keep], e[keep], owners[keep]
     if s.size == 0:
         return covered, uncovered
+    order = group_order(s, owners, n_owners)
+    s, e, owners = s[order], e[order], owners[order]
+    first = np.empty(s.size, dtype=bool)
+    first[0] = True
+    first[1:] = owners[1:] != owners[:-1]
+    _, idx = sorted_group_runs(s, e, first)
+    s, e, owners = s[idx], np.maximum.reduceat(e, idx), owners[idx]
     ks, ke = union(*cover)
     bounds = np.unique(np.concatenate([s, e, ks, ke]))
     # (bincount, not np.add.at: the same counts, ~20x faster on millions of intervals)

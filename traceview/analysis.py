@@ -174,7 +174,7 @@ def expand_paths(paths: Iterable[str | os.PathLike], skipped: list | None = None
     A file with a trace's name that the scan already saw is not a trace (a results list, a
     manifest) is appended to ``skipped`` as a ``SkippedInput`` (when given), for the caller's note.
     """
-    from .load.reader import TRACE_SUFFIXES
+    from .load.reader import SIDECAR_NOTE, TRACE_SUFFIXES
 
     out: list[Path] = []
     for p in map(Path, paths):
@@ -182,8 +182,8 @@ def expand_paths(paths: Iterable[str | os.PathLike], skipped: list | None = None
             found = find_trace_files(p)
             out.extend(ScannedPath(f) for f in found)
             if skipped is not None:
-                skipped.extend(SkippedInput(q, "not a trace: " + why.replace(" (a sidecar, not a trace)", " (a sidecar)")) for q, why in getattr(found, "skipped", ())
-                               if q.name.endswith(TRACE_SUFFIXES))
+                skipped.extend(SkippedInput(q, "not a trace: " + why.replace(SIDECAR_NOTE, " (a sidecar)"))
+                               for q, why in found.skipped if q.name.endswith(TRACE_SUFFIXES))
         elif not p.exists():
             raise TraceError(p, missing_reason(p))  # a dangling symlink or a loop says so
         else:

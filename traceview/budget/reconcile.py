@@ -45,7 +45,7 @@ from .gpus import GPUSpec, describe_device, get_gpu, gpu_from_device
 from .models import ModelConfig, load_model
 from .flops import expected_experts_hit
 from .ops import (DEFAULT_CONVENTION, ZARTBOT_2025, _compute_op, allreduce_cost, alltoall_cost, attention_costs,
-                  check_convention, dense_mlp_cost, expert_cost, kv_load_cost, shared_expert_cost)
+                  check_convention, dense_mlp_cost, expert_cost, kv_load_cost, shared_expert_cost, value_bytes)
 
 CLASSES = ("mla", "routed_experts", "shared_expert", "dense_mlp", "dispatch", "combine", "all_reduce")
 _MAIN = ("mla", "routed_experts", "shared_expert", "dense_mlp")  # the compute classes sanity checks watch
@@ -437,7 +437,7 @@ def reconcile(analysis, model: ModelConfig | str, gpu: GPUSpec | str | None = No
         names = k.filter(pl.col("class").is_in(list(_MAIN)))["name"]
         fp8 = names.cast(pl.Utf8).str.contains("(?i)fp8|e4m3|e5m2").mean() if names.len() else 0.0
         precision = "fp8" if (fp8 or 0) > 0.5 else "bf16"
-    elem = 1 if precision == "fp8" else 2
+    elem = value_bytes(precision)
     ws = analysis.trace.world_size or 1
     ep = ws if ws > 1 else max(1, len(getattr(analysis, "gpus", []) or []))  # one file may hold several GPUs
     link = "nvlink" if ws <= gpus_per_node else "scaleout"

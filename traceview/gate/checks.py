@@ -109,8 +109,7 @@ class Thresholds:
         return self
 
     def any(self) -> bool:
-        return any(v is not None for v in (self.max_exposed_comm_pct, self.max_exposed_comm_us,
-                                           self.max_exposed_of_comm_pct, self.baseline, self.max_wait_pct))
+        return self.exposed_checks() or self.baseline is not None or self.max_wait_pct is not None
 
     def exposed_checks(self) -> bool:
         return any(v is not None for v in (self.max_exposed_comm_pct, self.max_exposed_comm_us,

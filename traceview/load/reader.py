@@ -889,6 +889,9 @@ TRACE_SUFFIXES = (".json", ".json.gz", ".json.zst", ".json.zstd", ".json.bz2", "
 _SNIFF_BYTES = 64 << 10
 
 
+SIDECAR_NOTE = " (a sidecar, not a trace)"  # how a scan says a file beside the ranks is no trace
+
+
 def sidecar_reason(path: Path) -> str | None:
     """Why a JSON file beside the ranks is not a trace (a manifest, a config, a list of
     records), from its first 64 KiB; None when it may be one (the loader decides)."""
@@ -906,17 +909,17 @@ def sidecar_reason(path: Path) -> str | None:
         return None  # unreadable or damaged: the loader says what is wrong, by name
     text = head.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()
     if text.startswith(b"{"):
-        if whole and decode._TRACE_EVENTS_KEY.search(text) is None and b"traceEvent" not in text:
-            return "JSON without 'traceEvents' (a sidecar, not a trace)"
+        if whole and b"traceEvent" not in text:  # (every match of the events key holds it)
+            return "JSON without 'traceEvents'" + SIDECAR_NOTE
         return None
     if text.startswith(b"["):
         first = text[1:].lstrip()
         if first.startswith(b"]"):
             return None  # an empty array: the loader says "no GPU events"
         if not first.startswith(b"{"):
-            return "a JSON list of values, not of trace events (a sidecar, not a trace)"
+            return "a JSON list of values, not of trace events" + SIDECAR_NOTE
         m = re.match(rb'\{\s*"(\w+)"', first)
         body = first[: first.find(b"}") + 1] if b"}" in first else first[:4096]
         if m is not None and b'"ph"' not in body and b'"ts"' not in body:
-            return "a JSON list of records without 'ph'/'ts' (a sidecar, not a trace)"
+            return "a JSON list of records without 'ph'/'ts'" + SIDECAR_NOTE
     return None

@@ -34,7 +34,7 @@ def _shown_gpus(results: list[TraceAnalysis]) -> list[tuple[TraceAnalysis, objec
 def gpu_label(a: TraceAnalysis, device: int) -> str:
     """'r0/gpu0'; a file without a rank (one process driving several GPUs) says 'gpu0', 'gpu1';
     a pid given as a string is shown by its name, not an internal id."""
-    name = a.trace.thread_names.get(device)
+    name = a.trace.given_name(device)
     dev = f"gpu{device}" if name is None else one_line(name, 60)
     return dev if a.rank is None else f"r{a.rank}/{dev}"
 

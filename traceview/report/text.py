@@ -98,7 +98,9 @@ def device_label(device: int, given_name: str | None) -> str:
 
 def gpu_cell(device: int, given_name: str | None) -> str:
     """The GPU column of a table: its number, or its given name (made safe)."""
-    return str(device) if given_name is None else one_line(given_name, 80)
+    from ..load.trace import gpu_text
+
+    return one_line(gpu_text(device, given_name), 80)
 
 
 #: What a file name may hold that must not reach a terminal as it is: controls (newlines
@@ -111,12 +113,9 @@ def display_path(path: object, limit: int | None = None) -> str:
     (``\\n``, ``\\x1b``, ``\\u202e``), bytes that are not UTF-8 as ``\\xNN``, so the name
     cannot forge a line or hide itself, yet still says which file it is."""
     def esc(m: re.Match) -> str:
-        c = m.group()
-        if 0xDC80 <= ord(c) <= 0xDCFF:
-            return f"\\x{ord(c) - 0xDC00:02x}"
-        return c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        return m.group().encode("unicode_escape", "backslashreplace").decode("ascii")
 
-    s = _PATH_UNSAFE.sub(esc, str(path))
+    s = _PATH_UNSAFE.sub(esc, fs_text(path))
     if limit is not None and len(s) > limit:
         s = s[: limit - 1] + "…"
     return s

@@ -98,7 +98,7 @@ class TraceAnalysis:
     def iterations(self) -> pl.DataFrame:
         """Per (GPU, iteration): duration, compute, exposed comm, idle (host-bound part), what-if
         (see metrics/iterations.py; computed once, read by terminal, JSON, HTML and gate)."""
-        return iteration_table(self.kernels, self.segmentation)
+        return iteration_table(self.kernels, self.segmentation, self._labelled)
 
     def iteration_summary(self, device: int) -> dict | None:
         """Means per iteration of one GPU (None when it has no events)."""

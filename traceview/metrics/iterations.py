@@ -45,12 +45,14 @@ COLUMNS = ("device", "iteration", "start_us", "end_us", "duration_us", "compute_
 ITERATION_EXTRA = ("duration_us", "idle_us", "idle_no_queue_us", "if_hidden_us")
 
 
-def iteration_table(kernels: pl.DataFrame, seg: Segmentation) -> pl.DataFrame:
+def iteration_table(kernels: pl.DataFrame, seg: Segmentation,
+                    labelled_kernels: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (device, iteration) with the columns above, in time order.
 
     A trace without iteration marks gets one row per device, iteration '(none)', over its span.
+    ``labelled_kernels``: ``labelled(kernels, seg)`` when the caller has it already.
     """
-    df = labelled(kernels, seg)
+    df = labelled(kernels, seg) if labelled_kernels is None else labelled_kernels
     rows: list[dict] = []
     for (device,), d in df.partition_by("device", as_dict=True, maintain_order=True).items():
         d = d.sort("ts")
@@ -84,13 +86,18 @@ def iteration_table(kernels: pl.DataFrame, seg: Segmentation) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
 
+def iteration_spans(d: pl.DataFrame) -> pl.DataFrame:
+    """The labelled iterations of one device's events: (iteration, first start, last end), by start."""
+    return (d.filter(pl.col("iteration") != NONE).group_by("iteration")
+            .agg(pl.col("ts").min().alias("start"), pl.col("end").max().alias("end")).sort("start"))
+
+
 def _windows(d: pl.DataFrame) -> list[tuple[str, float, float]]:
     """(iteration, start, end) of each iteration on one device, in time order."""
-    marked = (d.filter(pl.col("iteration") != NONE).group_by("iteration")
-              .agg(pl.col("ts").min().alias("a"), pl.col("end").max().alias("z")).sort("a"))
+    marked = iteration_spans(d)
     if marked.height == 0:
         return [(NONE, float(d["ts"].min()), float(d["end"].max()))]
-    names, a, z = marked["iteration"].to_list(), marked["a"].to_numpy(), marked["z"].to_numpy()
+    names, a, z = marked["iteration"].to_list(), marked["start"].to_numpy(), marked["end"].to_numpy()
     ends = np.concatenate([a[1:], [z[-1]]])
     return [(str(n), float(s), float(e)) for n, s, e in zip(names, a, ends)]
 

@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from ..metrics.gpu import GpuMetrics
+from ..metrics.iterations import iteration_spans
 from ..segment import NONE
 from ..timeline import intervals as iv
 from ..timeline.idle import idle_sets
@@ -138,9 +139,7 @@ def summarize(analysis) -> list[RankSummary]:
     """The summaries of one analysed trace: one per GPU it holds (normally one)."""
     trace = analysis.trace
     seg = analysis.segmentation
-    lab = seg.labels.with_columns([pl.col(c).fill_null(NONE) for c in seg.labels.columns if c != "row"])
-    k = analysis.kernels.join(lab, on="row", how="left").with_columns(
-        [pl.col(c).fill_null(NONE) for c in lab.columns if c != "row"])
+    k = analysis._labelled  # the events with their segment labels, joined once per analysis
     base = trace.metadata.get("baseTimeNanoseconds")
     base = int(base) if isinstance(base, (int, float)) and not isinstance(base, bool) else None
     from ..load.identity import identity_from_name
@@ -162,9 +161,7 @@ def summarize(analysis) -> list[RankSummary]:
 
 def _iteration_ordinals(d: pl.DataFrame) -> pl.DataFrame:
     """Iteration labels in time order -> 0, 1, 2 ... (labels differ between stacks; order does not)."""
-    firsts = (d.filter(pl.col("iteration") != NONE).group_by("iteration")
-              .agg(pl.col("ts").min().alias("start"), pl.col("end").max().alias("end")).sort("start"))
-    return firsts.with_row_index("it").with_columns(pl.col("it").cast(pl.Int64))
+    return iteration_spans(d).with_row_index("it").with_columns(pl.col("it").cast(pl.Int64))
 
 
 def _summarize_device(trace, g: GpuMetrics, d: pl.DataFrame, base, source, seg, n_gpus,

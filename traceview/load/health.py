@@ -64,7 +64,7 @@ def trace_health(trace: Trace) -> list[HealthIssue]:
     gpu = ev.filter(pl.col("kind").is_in(GPU_KINDS))
 
     empty = 0
-    graphs = rt.filter(pl.col("name").cast(pl.Utf8).str.contains("(?i)GraphLaunch") & pl.col("correlation").is_not_null())
+    graphs = trace.graph_launches().filter(pl.col("correlation").is_not_null())
     if graphs.height:
         per = (graphs.select("correlation")
                .join(gpu.group_by("correlation").agg(pl.len().alias("n")), on="correlation", how="left")

@@ -87,6 +87,16 @@ class Trace:
         d = self.device_entry(device)
         return None if d is None else d.get("name")
 
+    def graph_launches(self) -> pl.DataFrame:
+        """The CUDA/HIP graph launch calls (runtime/driver events named ``*GraphLaunch*``): the
+        replays' launching side, read by segmentation and health (found once per trace)."""
+        found = self.__dict__.get("_graph_launches")
+        if found is None:
+            found = self.__dict__["_graph_launches"] = self.events.filter(
+                pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
+                & pl.col("name").cast(pl.Utf8).str.contains("(?i)GraphLaunch"))
+        return found
+
     def given_name(self, device: int) -> str | None:
         """The string a ``pid`` was given as ("GPU 0", SGLang's "[TP00-DP00-PP00-EP03] 495"):
         the device's name in every output; None for a numbered device."""

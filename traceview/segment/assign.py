@@ -610,8 +610,7 @@ def _replay_microbatches(trace: Trace, k: pl.DataFrame, mb: np.ndarray) -> tuple
     Kernels in neither keep ``mb``; other copies and memsets take the micro-batch of the kernel
     before them in GPU order.  Also returns how many replayed kernels each pattern labelled
     (None: no graph replays)."""
-    launches = trace.events.filter(pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
-                                   & pl.col("name").cast(pl.Utf8).str.contains("(?i)GraphLaunch"))["correlation"]
+    launches = trace.graph_launches()["correlation"]
     replayed = k["correlation"].is_in(launches.drop_nulls().implode()).to_numpy()
     if not replayed.any():
         return mb, None
@@ -752,9 +751,7 @@ def _tandem_blocks(codes: np.ndarray, n: int, major: np.ndarray | None = None) -
 
 def _graph_launches(trace: Trace, k: pl.DataFrame) -> np.ndarray | None:
     """Start times of the CUDA/HIP graph launches, when most kernels are graph replays."""
-    ev = trace.events
-    launches = ev.filter(pl.col("kind").is_in(["cuda_runtime", "cuda_driver"])
-                         & pl.col("name").cast(pl.Utf8).str.contains("(?i)GraphLaunch"))
+    launches = trace.graph_launches()
     if launches.height < 2:
         return None
     replayed = k["correlation"].is_in(launches["correlation"].drop_nulls().implode()).mean()

@@ -99,9 +99,10 @@ def all_devices(gpu: pl.DataFrame) -> list[GpuMetrics]:
     if gpu.height == 0:
         return []
     d = gpu.select("device", "stream", "role", "category", "ts", "end", "dur")  # (texts only per group, below)
-    by_role = covered(d.filter(pl.col("role").is_in(["compute", "comm", "memory"])), ["device", "role"])
-    compute_or_comm = covered(d.filter(pl.col("role").is_in(["compute", "comm"])), ["device"])
-    busy = covered(d.filter(pl.col("role").is_in(["compute", "comm", "memory"])), ["device"])
+    busy_rows = d.filter(pl.col("role").is_in(["compute", "comm", "memory"]))
+    by_role = covered(busy_rows, ["device", "role"])
+    compute_or_comm = covered(busy_rows.filter(pl.col("role") != "memory"), ["device"])
+    busy = covered(busy_rows, ["device"])
     per_stream: dict[int, dict[int, float]] = {}
     for (dev, stream), us in covered(d, ["device", "stream"]).items():
         per_stream.setdefault(dev, {})[stream] = us

@@ -186,12 +186,12 @@ def _analyze_on_engine(paths, fmt, output, unsupported, rules_file, patterns, en
         run = analyze_run(paths, rules_file, engine=engine, patterns=patterns, progress=progress, address=address,
                           max_bytes=max_bytes)
     for e in run.errors:
-        error_line(str(e))
+        error_line(e)
     out = open(output, "w", encoding="utf-8") if output else sys.stdout
     try:
         if fmt == "json":
-            out.write(orjson.dumps({"run": run.to_dict()}, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
-                                   | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+            out.write(json_dumps({"run": run.to_dict()}, orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+                                 | orjson.OPT_SERIALIZE_NUMPY) + "\n")
         else:
             console = Console(file=out, width=None if out.isatty() else 160, markup=False, emoji=False)
             for r in run.ranks:  # the per-rank GPU lines the local engine prints above the run

@@ -27,6 +27,7 @@ import polars as pl
 from ..errors import TraceError
 from ..gate.checks import match_gpus
 from ..gate.summary import SEGMENT_VIEWS, GpuSummary, load_inputs
+from ..report.text import fmt_ms as _ms
 
 DIFF_SCHEMA = "traceview.diff/1"
 TOTAL_METRICS = ("span_us", "compute_us", "comm_us", "overlap_us", "exposed_comm_us", "exposed_memory_us",
@@ -289,10 +290,6 @@ def _kernels(b: GpuSummary, n: GpuSummary) -> list[KernelChange] | None:
                                 bc / b.per, nc / n.per, bt / b.per, nt / n.per,
                                 bt / bc if bc else None, nt / nc if nc else None))
     return sorted(out, key=lambda k: (-abs(k.delta), k.name, k.grid))
-
-
-def _ms(us: float | None) -> str:
-    return "-" if us is None else f"{us / 1000:.3f}"
 
 
 def _dms(us: float) -> str:

@@ -7,11 +7,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..report.text import clean, gpu_cell, short_kernel_name
+from ..report.text import fmt_ms as _ms
 from .diff import TOTAL_LABELS, DiffResult, GpuDiff
-
-
-def _ms(us: float | None) -> str:
-    return "-" if us is None else f"{us / 1000:.3f}"
 
 
 def _d(us: float) -> Text:

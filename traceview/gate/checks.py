@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from ..errors import TraceError, UsageError
+from ..report.text import fmt_ms as _ms
 from .summary import GpuSummary, SegmentRow, load_document, load_inputs
 
 PASS, FAIL, SKIP, WARN = "pass", "fail", "skip", "warn"
@@ -266,10 +267,6 @@ class GateResult:
             "checks": [c.to_dict() for c in self.checks],
             "errors": [{"file": e.path, "error": e.reason} for e in self.errors],
         }
-
-
-def _ms(us: float | None) -> str:
-    return "-" if us is None else f"{us / 1000:.3f}"
 
 
 def _signed_pct(new: float | None, base: float | None) -> str:
